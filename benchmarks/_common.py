@@ -1,0 +1,70 @@
+"""Shared set-up for the benchmark scripts: asset paths, threads, JSON output, tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relcomp._io import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assets_dir() -> Path:
+    """``../shared/assets`` relative to the repo, or ``$RELCOMP_ASSETS``."""
+    path = Path(os.environ.get("RELCOMP_ASSETS", REPO.parent / "shared" / "assets"))
+    if not path.is_dir():
+        raise SystemExit(f"assets folder not found: {path} (set RELCOMP_ASSETS)")
+    return path
+
+
+def reranker_path() -> Path:
+    return assets_dir() / "models" / "minilm-l6-reranker"
+
+
+def beir_path(name: str) -> Path:
+    return assets_dir() / "beir" / name
+
+
+def set_threads(threads: int = 2) -> None:
+    """Pin torch to ``threads`` and show relcomp's progress bars and INFO messages."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("relcomp").setLevel(logging.INFO)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    return atomic_write_json(path, payload)
+
+
+def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header]] + [
+        [f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for index, row in enumerate(cells):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def dumps(payload: Any) -> str:
+    return json.dumps(payload, indent=2)

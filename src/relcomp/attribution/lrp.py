@@ -1,0 +1,347 @@
+"""LRP attributions: token relevance and component relevance in one forward and one backward pass."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from relcomp.artifacts import ComponentRelevance, TokenRelevance
+from relcomp.attribution.composites import Composite, get_composite
+from relcomp.attribution.patch import LRPPatch
+from relcomp.attribution.tokens import DOCUMENT, QUERY, merge_sides, token_relevance_from_encoding
+from relcomp.models.base import RankingModel, batched, check_pairs, progress_enabled
+from relcomp.models.bi_encoder import BiEncoder
+
+__all__ = ["ComponentLRP", "ComponentTaps", "TokenLRP", "lrp_forward_backward"]
+
+logger = logging.getLogger(__name__)
+
+
+class ComponentTaps:
+    """Read relevance (activation × modified gradient) at each component during backward.
+
+    Per sample, relevance is summed over tokens (and over the feature dimension,
+    except per head and per neuron). Installed with forward hooks; removed on exit.
+    """
+
+    def __init__(self, model: RankingModel, linears: bool = True) -> None:
+        self.model = model
+        self.linears = linears
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.values: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+
+    def __enter__(self) -> ComponentTaps:
+        module = self.model.model
+        heads = self.model.num_heads()
+        for layer in self.model.layer_modules():
+            name = layer.layer
+            self._tap_output(
+                module.get_submodule(layer.layer), "layer", name, lambda r: r.sum((1, 2))
+            )
+            self._tap_output(
+                module.get_submodule(layer.attention_output),
+                "attention",
+                name,
+                lambda r: r.sum((1, 2)),
+            )
+            self._tap_output(
+                module.get_submodule(layer.ffn_out), "mlp", name, lambda r: r.sum((1, 2))
+            )
+            self._tap_input(
+                module.get_submodule(layer.attention_output),
+                "head",
+                name,
+                lambda r, h=heads: r.reshape(r.shape[0], r.shape[1], h, -1).sum((1, 3)),
+            )
+            self._tap_input(module.get_submodule(layer.ffn_out), "neuron", name, lambda r: r.sum(1))
+        if self.linears:
+            for linear_name, linear in self.model.named_linears().items():
+                self._tap_output(linear, "linear", linear_name, lambda r: r.flatten(1).sum(1))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _record(self, kind: str, name: str, tensor: torch.Tensor, reduce: Any) -> None:
+        if not tensor.requires_grad:
+            return
+        store = self.values[kind][name]
+        tensor.register_hook(lambda grad: store.append(reduce(tensor.detach() * grad).detach()))
+
+    def _tap_output(self, module: nn.Module, kind: str, name: str, reduce: Any) -> None:
+        def hook(_: nn.Module, __: Any, output: Any) -> None:
+            self._record(kind, name, output[0] if isinstance(output, tuple) else output, reduce)
+
+        self._handles.append(module.register_forward_hook(hook))
+
+    def _tap_input(self, module: nn.Module, kind: str, name: str, reduce: Any) -> None:
+        def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            self._record(kind, name, inputs[0], reduce)
+
+        self._handles.append(module.register_forward_pre_hook(hook))
+
+    def take(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{kind: {name: array (samples, values)}}`` recorded since the last call."""
+        taken = {
+            kind: {
+                name: torch.cat(chunks).double().cpu().numpy().reshape(chunks[0].shape[0], -1)
+                for name, chunks in names.items()
+                if chunks
+            }
+            for kind, names in self.values.items()
+        }
+        self.values.clear()
+        return taken
+
+
+def lrp_forward_backward(
+    model: RankingModel,
+    patch: LRPPatch,
+    queries: Sequence[str],
+    documents: Sequence[str],
+) -> tuple[np.ndarray, list[tuple[Any, np.ndarray]], Any]:
+    """One forward and one backward pass with the patch installed.
+
+    Returns:
+        ``(scores, [(encoding_batch, token_relevance (n, tokens))…], side)``: for a
+        cross-encoder one entry (the pairs); for a bi-encoder one batch holding the
+        queries then the documents, each side explained with the other held fixed.
+    """
+    with torch.enable_grad():
+        if isinstance(model, BiEncoder):
+            texts = [model.query_prompt + q for q in queries] + [
+                model.document_prompt + d for d in documents
+            ]
+            features = model.tokenize(texts)
+            embeddings = model.embed(features, normalize=False)
+            (leaf,) = patch.take_embedding_inputs()
+            if model.normalize or model.similarity_name == "cosine":
+                norm = embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                embeddings = embeddings / (
+                    norm.detach() if patch.composite.normalization_constant else norm
+                )
+            q, d = embeddings[: len(queries)], embeddings[len(queries) :]
+            # Each side against the other held fixed: both sides sum to the similarity.
+            explained = (q * d.detach()).sum(-1) + (q.detach() * d).sum(-1)
+            scores = (q * d).sum(-1)
+            (grad,) = torch.autograd.grad(explained.sum(), leaf)
+        else:
+            features = model.tokenize(queries, documents)
+            scores = model.forward_scores(features)
+            (leaf,) = patch.take_embedding_inputs()
+            (grad,) = torch.autograd.grad(scores.sum(), leaf)
+        relevance = (leaf * grad).sum(-1).detach().double().cpu().numpy()
+    return (
+        scores.detach().double().cpu().numpy(),
+        [(features, relevance)],
+        "both" if isinstance(model, BiEncoder) else "pair",
+    )
+
+
+class TokenLRP:
+    """Token relevance of (query, document) pairs by LRP.
+
+    A batch of pairs costs one forward and one backward pass. For cross-encoders the
+    explained score is the logit; for bi-encoders the similarity, and each side's
+    relevance sums to it with the other side's embedding held fixed.
+
+    Args:
+        model: a loaded :class:`~relcomp.models.CrossEncoder` or :class:`~relcomp.models.BiEncoder`.
+        composite: ``"AttnLRP"`` (default), ``"CP-LRP"``, ``"Epsilon"`` or a :class:`Composite`.
+        epsilon: the stabiliser of the ε and uniform rules.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> [explanation] = TokenLRP(model).attribute(["cat food"], ["what cats eat"])
+        >>> explanation.side, round(explanation.score, 3) == round(float(model.score(["cat food"], ["what cats eat"])[0]), 3)
+        ('both', True)
+    """
+
+    def __init__(
+        self,
+        model: RankingModel,
+        composite: str | Composite = "AttnLRP",
+        epsilon: float | None = None,
+    ) -> None:
+        self.model = model
+        self.composite = get_composite(composite, epsilon)
+
+    @property
+    def method(self) -> str:
+        return self.composite.name
+
+    def attribute(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> list[TokenRelevance]:
+        """Explain each (query, document) pair; one :class:`TokenRelevance` per pair."""
+        check_pairs(queries, documents)
+        results: list[TokenRelevance] = []
+        total = (len(queries) + batch_size - 1) // batch_size
+        bar = tqdm(
+            batched(range(len(queries)), batch_size),
+            total=total,
+            desc=f"{self.method}",
+            disable=not progress_enabled(show_progress_bar),
+        )
+        with LRPPatch(self.model, self.composite) as patch:
+            for _, index in bar:
+                batch_queries = [queries[i] for i in index]
+                batch_documents = [documents[i] for i in index]
+                scores, [(features, relevance)], _ = lrp_forward_backward(
+                    self.model, patch, batch_queries, batch_documents
+                )
+                results.extend(
+                    self._artifacts(features, relevance, scores, batch_queries, batch_documents)
+                )
+        return results
+
+    def _artifacts(
+        self,
+        features: Any,
+        relevance: np.ndarray,
+        scores: np.ndarray,
+        queries: Sequence[str],
+        documents: Sequence[str],
+    ) -> list[TokenRelevance]:
+        encodings = features.encodings
+        n = len(queries)
+        if not isinstance(self.model, BiEncoder):
+            return [
+                token_relevance_from_encoding(
+                    method=self.method,
+                    encoding=encodings[i],
+                    texts=(queries[i], documents[i]),
+                    segment_of_sequence=(QUERY, DOCUMENT),
+                    relevance=relevance[i],
+                    score=scores[i],
+                    query=queries[i],
+                    document=documents[i],
+                    side="pair",
+                )
+                for i in range(n)
+            ]
+        model = self.model
+        results = []
+        for i in range(n):
+            sides = [
+                token_relevance_from_encoding(
+                    method=self.method,
+                    encoding=encodings[row],
+                    texts=(prompt + text,),
+                    segment_of_sequence=(segment,),
+                    relevance=relevance[row],
+                    score=scores[i],
+                    query=queries[i],
+                    document=documents[i],
+                    side=side,
+                )
+                for row, prompt, text, segment, side in (
+                    (i, model.query_prompt, queries[i], QUERY, "query"),
+                    (n + i, model.document_prompt, documents[i], DOCUMENT, "document"),
+                )
+            ]
+            results.append(merge_sides(*sides))
+        return results
+
+
+class ComponentLRP:
+    """Relevance of layers, attention blocks, heads, MLPs, neurons and Linear modules.
+
+    The same backward pass as :class:`TokenLRP`, read at every component and
+    aggregated over a calibration set of pairs (mean of absolute and of signed
+    relevance per pair). For a bi-encoder, a pair's component relevance is the sum
+    over its query and document passes.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> relevance = ComponentLRP(model).attribute(["cat food"], ["what cats eat"])
+        >>> relevance.by_kind("head")["encoder.layer.0"].shape
+        (12,)
+    """
+
+    def __init__(
+        self,
+        model: RankingModel,
+        composite: str | Composite = "AttnLRP",
+        epsilon: float | None = None,
+    ) -> None:
+        self.model = model
+        self.composite = get_composite(composite, epsilon)
+
+    @property
+    def method(self) -> str:
+        return self.composite.name
+
+    def attribute(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        batch_size: int = 16,
+        show_progress_bar: bool | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> ComponentRelevance:
+        check_pairs(queries, documents)
+        if not queries:
+            raise ValueError("component relevance needs at least one calibration pair")
+        sums: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+        abs_sums: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+        total = (len(queries) + batch_size - 1) // batch_size
+        bar = tqdm(
+            batched(range(len(queries)), batch_size),
+            total=total,
+            desc=f"{self.method} components",
+            disable=not progress_enabled(show_progress_bar),
+        )
+        with LRPPatch(self.model, self.composite) as patch, ComponentTaps(self.model) as taps:
+            for _, index in bar:
+                lrp_forward_backward(
+                    self.model, patch, [queries[i] for i in index], [documents[i] for i in index]
+                )
+                for kind, names in taps.take().items():
+                    for name, values in names.items():
+                        per_pair = self._per_pair(values, len(index))
+                        sums[kind][name] = sums[kind].get(name, 0.0) + per_pair.sum(0)
+                        abs_sums[kind][name] = abs_sums[kind].get(name, 0.0) + np.abs(per_pair).sum(
+                            0
+                        )
+        n = len(queries)
+        components = {
+            kind: {
+                name: {
+                    "mean_abs": (abs_sums[kind][name] / n).tolist(),
+                    "mean_signed": (sums[kind][name] / n).tolist(),
+                    "count": n,
+                }
+                for name in names
+            }
+            for kind, names in sums.items()
+        }
+        return ComponentRelevance(
+            model=self.model.name,
+            method=self.method,
+            n_pairs=n,
+            components=components,
+            source=dict(source or {}),
+        )
+
+    def _per_pair(self, values: np.ndarray, pairs: int) -> np.ndarray:
+        if isinstance(self.model, BiEncoder):
+            return values[:pairs] + values[pairs:]
+        return values

@@ -1,0 +1,295 @@
+"""Install LRP rules on a loaded encoder, reversibly.
+
+:class:`LRPPatch` overrides ``forward`` on *instances* (attention modules,
+LayerNorms, activations, classification heads) and registers forward hooks on
+Linear layers; ``remove()`` deletes every override and hook, so the model's
+outputs are bit-for-bit what they were. ``transformers`` itself is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from relcomp.attribution.composites import Composite, get_composite
+from relcomp.attribution.rules import Epsilon
+from relcomp.errors import UnsupportedArchitectureError
+from relcomp.models.base import RankingModel
+
+__all__ = ["LRPPatch", "additive_mask", "attend"]
+
+
+def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Any attention-mask form transformers passes → an additive float mask (or None)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return (
+            torch.zeros((), dtype=dtype)
+            .masked_fill(~mask, torch.finfo(dtype).min)
+            .expand(mask.shape)
+        )
+    if mask.dim() == 2:  # (batch, keys) of 1 = attend, 0 = padding
+        keep = mask[:, None, None, :].to(dtype)
+        return (1.0 - keep) * torch.finfo(dtype).min
+    return mask.to(dtype)
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    composite: Composite,
+    mask: torch.Tensor | None = None,
+    position_bias: torch.Tensor | None = None,
+    head_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention over ``(batch, heads, tokens, head_dim)`` with LRP rules."""
+    scores = composite.query_key.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
+    if position_bias is not None:
+        scores = scores + position_bias
+    if mask is not None:
+        scores = scores + mask
+    probabilities = composite.softmax.softmax(scores)
+    if head_mask is not None:
+        probabilities = probabilities * head_mask
+    return composite.attention_value.matmul(probabilities, value), probabilities
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, tokens, width = x.shape
+    return x.view(batch, tokens, heads, width // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    batch, heads, tokens, size = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * size)
+
+
+def _bert_attention(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+    if getattr(module, "position_embedding_type", "absolute") != "absolute":
+        raise UnsupportedArchitectureError(
+            f"LRP supports absolute position embeddings only, not {module.position_embedding_type!r}"
+        )
+
+    def forward(
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if encoder_hidden_states is not None:
+            raise UnsupportedArchitectureError("LRP does not support cross-attention")
+        heads = module.num_attention_heads
+        context, probabilities = attend(
+            _split_heads(module.query(hidden_states), heads),
+            _split_heads(module.key(hidden_states), heads),
+            _split_heads(module.value(hidden_states), heads),
+            composite,
+            mask=additive_mask(attention_mask, hidden_states.dtype),
+            head_mask=head_mask,
+        )
+        return _merge_heads(context), probabilities
+
+    return forward
+
+
+def _distilbert_attention(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+    def forward(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, ...]:
+        heads = module.n_heads
+        context, probabilities = attend(
+            _split_heads(module.q_lin(query), heads),
+            _split_heads(module.k_lin(key), heads),
+            _split_heads(module.v_lin(value), heads),
+            composite,
+            mask=additive_mask(mask, query.dtype),
+            head_mask=head_mask,
+        )
+        output = module.out_lin(_merge_heads(context))
+        return (output, probabilities) if output_attentions else (output,)
+
+    return forward
+
+
+def _mpnet_attention(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+    def forward(
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, ...]:
+        heads = module.num_attention_heads
+        context, probabilities = attend(
+            _split_heads(module.q(hidden_states), heads),
+            _split_heads(module.k(hidden_states), heads),
+            _split_heads(module.v(hidden_states), heads),
+            composite,
+            mask=additive_mask(attention_mask, hidden_states.dtype),
+            position_bias=position_bias,
+            head_mask=head_mask,
+        )
+        output = module.o(_merge_heads(context))
+        return (output, probabilities) if output_attentions else (output,)
+
+    return forward
+
+
+_ATTENTION_FORWARDS = {
+    "bert": _bert_attention,
+    "distilbert": _distilbert_attention,
+    "mpnet": _mpnet_attention,
+}
+
+
+def _roberta_head(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+    """RoBERTa / XLM-R / MPNet heads call ``torch.tanh`` inline; mirror them with the rule."""
+
+    def forward(features: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        x = module.dense(features[:, 0, :])
+        x = composite.activation.activation(x, torch.tanh)
+        return module.out_proj(x)
+
+    return forward
+
+
+class LRPPatch:
+    """LRP rules installed on a :class:`~relcomp.models.RankingModel`'s torch module.
+
+    While installed, parameters do not require gradients (no weight gradients are
+    computed); the embedding output is the leaf of the backward pass, and its
+    relevance per token is read by :meth:`embedding_relevance`.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> with LRPPatch(model, "AttnLRP") as patch:
+        ...     features = model.tokenize(["a cat"])
+        ...     embedding = model.embed(features)
+        >>> len(patch.embedding_inputs) == 0  # cleared on exit
+        True
+    """
+
+    def __init__(self, model: RankingModel, composite: str | Composite = "AttnLRP") -> None:
+        self.ranking_model = model
+        self.composite = get_composite(composite)
+        self._overridden: list[nn.Module] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._requires_grad: dict[nn.Parameter, bool] = {}
+        self.embedding_inputs: list[torch.Tensor] = []
+        self._installed = False
+
+    # -- install / remove ---------------------------------------------------------
+    def install(self) -> LRPPatch:
+        if self._installed:
+            return self
+        module = self.ranking_model.model
+        adapter = self.ranking_model.adapter
+        composite = self.composite
+        try:
+            for parameter in module.parameters():
+                self._requires_grad[parameter] = parameter.requires_grad
+                parameter.requires_grad_(False)
+            names = adapter.embedding_names(module)
+            self._embedding_norm = module.get_submodule(names["embedding_norm"])
+            self._override(self._embedding_norm, self._embedding_norm_forward)
+            for layer in self.ranking_model.layer_modules():
+                attention = module.get_submodule(layer.attention)
+                self._override(
+                    attention, _ATTENTION_FORWARDS[adapter.attention_style](attention, composite)
+                )
+                for norm in (layer.attention_norm, layer.ffn_norm):
+                    self._override(
+                        module.get_submodule(norm),
+                        self._layer_norm_forward(module.get_submodule(norm)),
+                    )
+                self._override_activation(module.get_submodule(layer.ffn_activation))
+            if self.ranking_model.kind == "cross-encoder":
+                self._patch_head(module)
+            if isinstance(composite.linear, Epsilon):
+                for submodule in module.modules():
+                    if isinstance(submodule, nn.Linear):
+                        self._handles.append(submodule.register_forward_hook(self._linear_hook))
+        except BaseException:
+            self.remove()
+            raise
+        self._installed = True
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for overridden in self._overridden:
+            overridden.__dict__.pop("forward", None)
+        self._overridden.clear()
+        for parameter, flag in self._requires_grad.items():
+            parameter.requires_grad_(flag)
+        self._requires_grad.clear()
+        self.embedding_inputs.clear()
+        self._installed = False
+
+    def __enter__(self) -> LRPPatch:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # -- overrides ----------------------------------------------------------------
+    def _override(self, target: nn.Module, forward: Callable[..., Any]) -> None:
+        if "forward" in target.__dict__:
+            raise RuntimeError(
+                f"{type(target).__name__} already has a patched forward; remove that patch first"
+            )
+        target.forward = forward  # instance attribute: shadows the class's forward
+        self._overridden.append(target)
+
+    def _override_activation(self, activation: nn.Module) -> None:
+        original = type(activation).forward.__get__(activation)
+        rule = self.composite.activation
+        self._override(activation, lambda x: rule.activation(x, original))
+
+    def _layer_norm_forward(self, norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        rule = self.composite.layer_norm
+        return lambda x: rule.layer_norm(norm, x)
+
+    def _embedding_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The sum of word, position and token-type embeddings is where token relevance is read.
+        leaf = x.detach().requires_grad_(torch.is_grad_enabled())
+        if leaf.requires_grad:
+            self.embedding_inputs.append(leaf)
+        return self.composite.layer_norm.layer_norm(self._embedding_norm, leaf)
+
+    def _patch_head(self, module: nn.Module) -> None:
+        adapter = self.ranking_model.adapter
+        if adapter.head_activation is not None:
+            self._override_activation(module.get_submodule(adapter.head_activation))
+        elif adapter.head_style == "roberta":
+            head = module.get_submodule("classifier")
+            self._override(head, _roberta_head(head, self.composite))
+        # DistilBERT's head applies ReLU, whose identity rule equals its gradient.
+
+    def _linear_hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return self.composite.linear.linear_output(output)
+
+    # -- reading ------------------------------------------------------------------
+    def take_embedding_inputs(self) -> list[torch.Tensor]:
+        """The embedding outputs recorded since the last call (leaves of the backward pass)."""
+        taken = list(self.embedding_inputs)
+        self.embedding_inputs.clear()
+        return taken

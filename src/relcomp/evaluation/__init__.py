@@ -1,0 +1,67 @@
+"""Evaluation: BEIR data, first stages, re-ranking, measures and significance.
+
+The flow of a quality check, top to bottom::
+
+    dataset = load_beir(path, "test")                       # validated BEIR split
+    query_ids = sample_queries(dataset.split_queries, 100)  # quick protocol (or all)
+    candidates = bm25_retrieve(dataset, query_ids, depth=30)  # cached on disk
+    run = rerank(model, dataset, candidates, depth=30)
+    report = quality_report(model.name, dataset, run, query_ids=query_ids, first_stage="bm25", depth=30)
+
+Every run is ``{query id: {document id: score}}``, ranked by one rule everywhere:
+higher score first, equal scores by document id ascending.
+"""
+
+from __future__ import annotations
+
+from relcomp.evaluation._common import Qrels, Run, ranked
+from relcomp.evaluation.beir import BeirDataset, available_splits, load_beir
+from relcomp.evaluation.cache import Cache, default_cache_dir
+from relcomp.evaluation.first_stage import (
+    FIRST_STAGES,
+    BM25Settings,
+    bm25_retrieve,
+    dense_retrieve,
+    encode_corpus,
+    retrieve,
+    top_k,
+)
+from relcomp.evaluation.metrics import (
+    DEFAULT_MEASURES,
+    compare_runs,
+    evaluate_run,
+    paired_test,
+    parse_measures,
+    tie_rate,
+)
+from relcomp.evaluation.report import quality_report
+from relcomp.evaluation.rerank import candidate_pairs, rerank
+from relcomp.evaluation.sampling import sample_queries
+
+__all__ = [
+    "DEFAULT_MEASURES",
+    "FIRST_STAGES",
+    "BM25Settings",
+    "BeirDataset",
+    "Cache",
+    "Qrels",
+    "Run",
+    "available_splits",
+    "bm25_retrieve",
+    "candidate_pairs",
+    "compare_runs",
+    "default_cache_dir",
+    "dense_retrieve",
+    "encode_corpus",
+    "evaluate_run",
+    "load_beir",
+    "paired_test",
+    "parse_measures",
+    "quality_report",
+    "ranked",
+    "rerank",
+    "retrieve",
+    "sample_queries",
+    "tie_rate",
+    "top_k",
+]

@@ -1,0 +1,217 @@
+"""An on-disk cache for first-stage runs and corpus embeddings.
+
+Entries are keyed by a hash of everything that changes them: the model's identity
+(``model.cache_key``), the data (folder, size and mtime of the files read) and
+the settings (depth, maximum length…). The cache lives under
+``$RELCOMP_CACHE_DIR``, or ``~/.cache/relcomp`` when that is unset::
+
+    <cache dir>/runs/<kind>-<hash>.json         {"material": ..., "run": {qid: {docid: score}}}
+    <cache dir>/embeddings/<kind>-<hash>.npy    the array
+    <cache dir>/embeddings/<kind>-<hash>.json   what the hash was made of, for people
+
+Every file is written atomically, so an interrupted run leaves no half-written
+entry; an entry that cannot be read is recomputed, with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relcomp._io import atomic_write_json
+from relcomp.evaluation._common import Run
+
+__all__ = ["CACHE_ENV", "Cache", "default_cache_dir", "hash_ids"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "RELCOMP_CACHE_DIR"
+_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$RELCOMP_CACHE_DIR`` if set, else ``~/.cache/relcomp``.
+
+    Example:
+        >>> import os
+        >>> os.environ["RELCOMP_CACHE_DIR"] = "/tmp/relcomp-cache"
+        >>> str(default_cache_dir())
+        '/tmp/relcomp-cache'
+        >>> del os.environ["RELCOMP_CACHE_DIR"]
+    """
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "relcomp"
+
+
+def hash_ids(ids: Any) -> str:
+    """A short, order-independent digest of a set of ids (the queries of a run).
+
+    Example:
+        >>> hash_ids(["b", "a"]) == hash_ids(["a", "b"])
+        True
+    """
+    digest = hashlib.sha256("\n".join(sorted(set(ids))).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+class Cache:
+    """Get-or-compute access to cached runs and arrays.
+
+    Args:
+        directory: where entries live; :func:`default_cache_dir` when ``None``.
+        enabled: ``False`` computes every time and writes nothing.
+
+    Example:
+        >>> import tempfile
+        >>> cache = Cache(tempfile.mkdtemp())
+        >>> calls = []
+        >>> def compute():
+        ...     calls.append(1)
+        ...     return {"q1": {"d1": 1.5}}
+        >>> cache.run("bm25", {"depth": 10}, compute) == cache.run("bm25", {"depth": 10}, compute)
+        True
+        >>> len(calls)
+        1
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, *, enabled: bool = True
+    ) -> None:
+        self.directory = (
+            Path(directory).expanduser() if directory is not None else default_cache_dir()
+        )
+        self.enabled = enabled
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.directory)!r}, enabled={self.enabled})"
+
+    @staticmethod
+    def key(kind: str, material: Mapping[str, Any]) -> str:
+        """``<kind>-<hash>``: the hash of ``material`` written as canonical JSON."""
+        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", kind)[:40] or "entry"
+        return f"{slug}-{hashlib.sha256(canonical.encode('utf-8')).hexdigest()[:32]}"
+
+    def run_path(self, kind: str, material: Mapping[str, Any]) -> Path:
+        return self.directory / "runs" / f"{self.key(kind, material)}.json"
+
+    def array_path(self, kind: str, material: Mapping[str, Any]) -> Path:
+        return self.directory / "embeddings" / f"{self.key(kind, material)}.npy"
+
+    # -- runs -------------------------------------------------------------------------
+    def run(self, kind: str, material: Mapping[str, Any], compute: Callable[[], Run]) -> Run:
+        """The cached run for ``material``, or ``compute()``'s, stored for next time."""
+        if not self.enabled:
+            return compute()
+        path = self.run_path(kind, material)
+        cached = self._load_run(path)
+        if cached is not None:
+            logger.info("first-stage run read from the cache: %s", path)
+            return cached
+        run = compute()
+        payload = {"format": _FORMAT, "kind": kind, "material": material, "run": run}
+        atomic_write_json(path, _plain(payload))
+        logger.debug("run cached at %s", path)
+        return run
+
+    @staticmethod
+    def _load_run(path: Path) -> Run | None:
+        if not path.is_file():
+            return None
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if payload.get("format") != _FORMAT:
+                return None
+            return {
+                str(qid): {str(doc): float(score) for doc, score in docs.items()}
+                for qid, docs in payload["run"].items()
+            }
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+            logger.warning("ignoring an unreadable cache entry %s (%s); recomputing", path, error)
+            return None
+
+    # -- arrays -----------------------------------------------------------------------
+    def array(
+        self,
+        kind: str,
+        material: Mapping[str, Any],
+        compute: Callable[[], np.ndarray],
+        *,
+        rows: int | None = None,
+    ) -> np.ndarray:
+        """The cached array for ``material``, or ``compute()``'s, stored for next time.
+
+        ``rows``, when given, is checked against the cached array's first dimension.
+        """
+        if not self.enabled:
+            return compute()
+        path = self.array_path(kind, material)
+        cached = self._load_array(path, rows)
+        if cached is not None:
+            logger.info("embeddings read from the cache: %s", path)
+            return cached
+        array = np.ascontiguousarray(compute())
+        _atomic_save_npy(path, array)
+        atomic_write_json(
+            path.with_suffix(".json"),
+            _plain(
+                {"format": _FORMAT, "kind": kind, "material": material, "shape": list(array.shape)}
+            ),
+        )
+        logger.debug("array cached at %s", path)
+        return array
+
+    @staticmethod
+    def _load_array(path: Path, rows: int | None) -> np.ndarray | None:
+        if not path.is_file():
+            return None
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            logger.warning("ignoring an unreadable cache entry %s (%s); recomputing", path, error)
+            return None
+        if rows is not None and (array.ndim == 0 or array.shape[0] != rows):
+            logger.warning(
+                "ignoring cache entry %s: %s rows, expected %d", path, array.shape[:1], rows
+            )
+            return None
+        return array
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file in the same folder, then rename (as relcomp._io does)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, array, allow_pickle=False)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: mappings become dicts, numpy scalars Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value

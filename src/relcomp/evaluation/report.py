@@ -1,0 +1,72 @@
+"""From a run to a :class:`~relcomp.artifacts.QualityReport`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from relcomp.artifacts import QualityReport
+from relcomp.evaluation.beir import BeirDataset
+from relcomp.evaluation.metrics import DEFAULT_MEASURES, evaluate_run, tie_rate
+
+__all__ = ["quality_report"]
+
+
+def quality_report(
+    model: str,
+    dataset: BeirDataset,
+    run: Mapping[str, Mapping[str, float]],
+    measures: Iterable[str] = DEFAULT_MEASURES,
+    *,
+    query_ids: Iterable[str] | None = None,
+    first_stage: str | None = None,
+    depth: int | None = None,
+    max_length: int | None = None,
+    truncation: Mapping[str, int] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    tie_k: int = 10,
+) -> QualityReport:
+    """Evaluate a run on a dataset's split and package the result as a :class:`QualityReport`.
+
+    Args:
+        model: the system's name as reported (a model name, ``"bm25"``…).
+        dataset: the collection; its ``qrels`` are the judgements.
+        run: the system's run.
+        measures: ir_measures names; the report keeps them as given.
+        query_ids: evaluate on these judged queries only (a quick-protocol sample);
+            every judged query of the split by default.
+        first_stage: what produced the candidates a reranker saw (``"bm25"``), if any.
+        depth: the re-ranking or retrieval depth.
+        max_length: the model's maximum input length.
+        truncation: the model's truncation counter (``{"inputs", "truncated"}``).
+        settings: anything else worth recording (protocol, seed, batch size…).
+        tie_k: the cut-off of the tie rate (top-10).
+
+    Returns:
+        The report: mean and per-query measures, number of queries and tie rate.
+
+    Example:
+        >>> from pathlib import Path
+        >>> corpus = {"d1": ("", "a"), "d2": ("", "b")}
+        >>> toy = BeirDataset("toy", Path("toy"), "test", corpus, {"q1": "a"}, {"q1": {"d1": 1}})
+        >>> report = quality_report("bm25", toy, {"q1": {"d2": 1.0, "d1": 1.0}}, ["RR@10"])
+        >>> report.measures, report.n_queries, report.tie_rate
+        ({'RR@10': 1.0}, 1, 1.0)
+    """
+    ids = None if query_ids is None else list(query_ids)
+    means, per_query = evaluate_run(dataset.qrels, run, measures, query_ids=ids)
+    evaluated = list(per_query)
+    return QualityReport(
+        model=model,
+        dataset=dataset.name,
+        split=dataset.split,
+        measures=means,
+        per_query=per_query,
+        n_queries=len(evaluated),
+        first_stage=first_stage,
+        depth=depth,
+        max_length=max_length,
+        tie_rate=tie_rate(run, tie_k, query_ids=evaluated),
+        truncation=dict(truncation or {}),
+        settings=dict(settings or {}),
+    )

@@ -1,0 +1,39 @@
+"""Model adapters: rerankers and retrievers behind one scoring protocol."""
+
+from __future__ import annotations
+
+from relcomp.models.adapters import (
+    ADAPTERS,
+    ArchitectureAdapter,
+    LayerModules,
+    adapter_for,
+    supported_model_types,
+)
+from relcomp.models.base import ModelKind, RankingModel, Scorer
+from relcomp.models.bi_encoder import BiEncoder
+from relcomp.models.cross_encoder import CrossEncoder
+from relcomp.models.loading import (
+    DEFAULT_RETRIEVER,
+    default_retriever_path,
+    detect_kind,
+    load_model,
+    resolve_model_path,
+)
+
+__all__ = [
+    "ADAPTERS",
+    "DEFAULT_RETRIEVER",
+    "ArchitectureAdapter",
+    "BiEncoder",
+    "CrossEncoder",
+    "LayerModules",
+    "ModelKind",
+    "RankingModel",
+    "Scorer",
+    "adapter_for",
+    "default_retriever_path",
+    "detect_kind",
+    "load_model",
+    "resolve_model_path",
+    "supported_model_types",
+]

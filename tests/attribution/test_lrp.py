@@ -1,0 +1,173 @@
+"""LRP on whole models: reversible patches, conservation, batching, components, BiLRP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from relcomp.attribution import BiLRP, ComponentLRP, LRPPatch, TokenLRP, get_composite, get_method
+from relcomp.registry import UnknownNameError
+from tests.fixtures import DOCUMENTS, FAMILIES, KINDS, QUERIES
+
+PAIRS = list(zip(QUERIES[:3], DOCUMENTS[:3], strict=True))
+
+
+def _outputs(model, queries, documents):
+    with torch.inference_mode():
+        if model.kind == "cross-encoder":
+            return model.forward_scores(model.tokenize(queries, documents))
+        return model.embed(model.tokenize(list(queries) + list(documents)))
+
+
+def _zero_biases(model) -> None:
+    with torch.no_grad():
+        for module in model.model.modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.LayerNorm) and module.bias is not None:
+                module.bias.zero_()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patch_then_remove_restores_outputs_bit_for_bit(tiny_model, family: str, kind: str) -> None:
+    model = tiny_model(family, kind)
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    before = _outputs(model, queries, documents)
+    requires_grad = [p.requires_grad for p in model.model.parameters()]
+    with LRPPatch(model, "AttnLRP"):
+        patched = _outputs(model, queries, documents)
+    explanations = TokenLRP(model).attribute(queries, documents)
+    after = _outputs(model, queries, documents)
+    assert torch.equal(before, after)
+    assert [p.requires_grad for p in model.model.parameters()] == requires_grad
+    assert not any("forward" in m.__dict__ for m in model.model.modules())
+    # The rules change the backward pass only: the forward is the model's own.
+    torch.testing.assert_close(patched, before, rtol=1e-5, atol=1e-5)
+    scores = model.score(queries, documents)
+    assert [round(e.score, 4) for e in explanations] == [round(float(s), 4) for s in scores]
+    assert all(np.isfinite(e.relevance).all() for e in explanations)
+
+
+def test_patch_removes_itself_when_installation_fails(tiny_model) -> None:
+    model = tiny_model("bert")
+    with LRPPatch(model), pytest.raises(RuntimeError, match="already has a patched forward"):
+        LRPPatch(model).install()
+    assert not any("forward" in m.__dict__ for m in model.model.modules())
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "mpnet", "roberta"])
+def test_cp_lrp_conserves_the_score_in_float64_without_biases(tiny_model, family: str) -> None:
+    model = tiny_model(family)
+    model.model.double()
+    _zero_biases(model)
+    composite = get_composite("CP-LRP", epsilon=0.0)
+    [explanation] = TokenLRP(model, composite).attribute([QUERIES[0]], [DOCUMENTS[0]])
+    assert abs(explanation.conservation_error) <= 1e-6 * abs(explanation.score)
+    assert sum(explanation.relevance) == pytest.approx(explanation.score, rel=1e-6)
+
+
+def test_bi_encoder_sides_each_sum_to_the_similarity(tiny_model) -> None:
+    model = tiny_model("bert", "bi-encoder")
+    model.model.double()
+    _zero_biases(model)
+    [explanation] = TokenLRP(model, get_composite("CP-LRP", 0.0)).attribute(
+        [QUERIES[1]], [DOCUMENTS[2]]
+    )
+    relevance, segment = np.array(explanation.relevance), np.array(explanation.segment)
+    # Special tokens of each side carry segment -1; split the sides by token order.
+    boundary = len(model.tokenize([QUERIES[1]])["input_ids"][0])
+    assert relevance[:boundary].sum() == pytest.approx(explanation.score, rel=1e-6)
+    assert relevance[boundary:].sum() == pytest.approx(explanation.score, rel=1e-6)
+    assert set(segment[:boundary]) <= {0, -1} and set(segment[boundary:]) <= {1, -1}
+
+
+def test_attnlrp_reports_its_conservation_residual(tiny_model) -> None:
+    model = tiny_model("bert")
+    [explanation] = TokenLRP(model).attribute([QUERIES[0]], [DOCUMENTS[0]])
+    assert explanation.conservation_error == pytest.approx(
+        explanation.score - sum(explanation.relevance)
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_batch_explains_each_pair_as_alone(tiny_model, kind: str) -> None:
+    model = tiny_model("bert", kind)
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    together = TokenLRP(model).attribute(queries, documents, batch_size=3)
+    alone = [TokenLRP(model).attribute([q], [d])[0] for q, d in PAIRS]
+    for a, b in zip(together, alone, strict=True):
+        assert a.tokens == b.tokens and a.words == b.words
+        np.testing.assert_allclose(a.relevance, b.relevance, rtol=1e-4, atol=1e-5)
+
+
+def test_words_group_subword_tokens_and_keep_segments_apart(tiny_model) -> None:
+    model = tiny_model("bert")
+    [explanation] = TokenLRP(model).attribute([QUERIES[0]], [DOCUMENTS[0]])
+    assert sum(explanation.word_relevance) == pytest.approx(sum(explanation.relevance))
+    query_words = [
+        w for w, s in zip(explanation.words, explanation.word_segment, strict=True) if s == 0
+    ]
+    assert " ".join(query_words).replace(" ?", "?") == QUERIES[0]
+    assert {0, 1, -1} == set(explanation.segment)
+
+
+def test_component_relevance_is_consistent_across_levels(tiny_model) -> None:
+    model = tiny_model("bert")
+    model.model.double()
+    _zero_biases(model)
+    relevance = ComponentLRP(model, get_composite("CP-LRP", 0.0)).attribute(
+        [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    )
+    assert relevance.kinds() == ["attention", "head", "layer", "linear", "mlp", "neuron"]
+    heads, attention = (
+        relevance.by_kind("head", "mean_signed"),
+        relevance.by_kind("attention", "mean_signed"),
+    )
+    neurons, mlp = (
+        relevance.by_kind("neuron", "mean_signed"),
+        relevance.by_kind("mlp", "mean_signed"),
+    )
+    linears = relevance.by_kind("linear", "mean_signed")
+    for layer in model.layer_modules():
+        # Without biases, a block's output relevance is what its heads / neurons pass on.
+        assert heads[layer.layer].sum() == pytest.approx(attention[layer.layer][0], rel=1e-6)
+        assert neurons[layer.layer].sum() == pytest.approx(mlp[layer.layer][0], rel=1e-6)
+        assert linears[layer.ffn_out][0] == pytest.approx(mlp[layer.layer][0], rel=1e-6)
+        assert heads[layer.layer].shape == (model.num_heads(),)
+    scores = model.score([q for q, _ in PAIRS], [d for _, d in PAIRS]).astype(np.float64)
+    last = model.layer_modules()[-1].layer
+    assert relevance.by_kind("layer", "mean_signed")[last][0] == pytest.approx(
+        scores.mean(), rel=1e-5
+    )
+    roundtrip = type(relevance).from_json(relevance.to_json())
+    assert roundtrip == relevance
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_bilrp_batched_agrees_with_the_per_dimension_reference(tiny_model, family: str) -> None:
+    model = tiny_model(family, "bi-encoder")
+    bilrp = BiLRP(model)
+    batched = bilrp.attribute(QUERIES[1], DOCUMENTS[2])
+    reference = bilrp.attribute_per_dimension(QUERIES[1], DOCUMENTS[2])
+    assert batched.matrix().shape == (len(batched.query_tokens), len(batched.document_tokens))
+    r = np.corrcoef(batched.matrix().ravel(), reference.matrix().ravel())[0, 1]
+    assert r >= 0.99
+    np.testing.assert_allclose(batched.matrix(), reference.matrix(), rtol=1e-4, atol=1e-7)
+    assert batched.score == pytest.approx(
+        float(model.score([QUERIES[1]], [DOCUMENTS[2]])[0]), rel=1e-5
+    )
+
+
+def test_bilrp_interactions_sum_to_the_similarity_when_conservative(tiny_model) -> None:
+    model = tiny_model("bert", "bi-encoder")
+    model.model.double()
+    _zero_biases(model)
+    result = BiLRP(model, get_composite("CP-LRP", 0.0)).attribute(QUERIES[0], DOCUMENTS[0])
+    assert result.matrix().sum() == pytest.approx(result.score, rel=1e-6)
+
+
+def test_unknown_method_and_composite_names_list_the_valid_ones() -> None:
+    with pytest.raises(UnknownNameError, match=r"Valid names: .*attnlrp"):
+        get_method("attnlrpp")
+    with pytest.raises(UnknownNameError, match="did you mean 'AttnLRP'"):
+        get_composite("atnlrp")
