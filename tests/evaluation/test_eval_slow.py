@@ -98,3 +98,25 @@ def test_quick_protocol_is_paired(tmp_path: Path) -> None:
     second = quality_report("bm25-reranked", dataset, reranked, query_ids=query_ids, depth=30)
     assert first.n_queries == second.n_queries == 100
     assert first.measures == second.measures
+
+
+def test_rerank_with_the_real_retriever(tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 re-ranking BM25's top-10 on 30 sampled scifact queries: sane quality."""
+    import torch
+
+    from relcomp.models import load_model
+
+    torch.set_num_threads(2)
+    dataset = load_beir(_collection("scifact"), "test")
+    query_ids = sample_queries(dataset.split_queries, 30)
+    candidates = bm25_retrieve(dataset, query_ids, depth=10, cache_dir=tmp_path)
+    model = load_model("all-MiniLM-L6-v2", max_length=256)
+    reranked = rerank(model, dataset, candidates, depth=10, show_progress_bar=False)
+    assert {qid: set(docs) for qid, docs in reranked.items()} == {
+        qid: set(docs) for qid, docs in candidates.items()
+    }
+    bm25_means, _ = evaluate_run(dataset.qrels, candidates, query_ids=query_ids)
+    model_means, _ = evaluate_run(dataset.qrels, reranked, query_ids=query_ids)
+    # MODELS.md: re-ranking BM25's candidates, all-MiniLM-L6-v2 is on a par with BM25.
+    assert model_means["nDCG@10"] > 0.45
+    assert abs(model_means["nDCG@10"] - bm25_means["nDCG@10"]) < 0.15

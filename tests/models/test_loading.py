@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -161,7 +160,6 @@ def offline_hub(monkeypatch, tmp_path):
 @pytest.mark.timeout(60)
 def test_hub_id_offline_names_the_id_and_local_alternatives(offline_hub):
     name = "cross-encoder/ms-marco-MiniLM-L-6-v2"
-    start = time.perf_counter()
     with pytest.raises(ModelLoadError) as error:
         load_model(name)
     message = str(error.value)
@@ -170,7 +168,6 @@ def test_hub_id_offline_names_the_id_and_local_alternatives(offline_hub):
     assert "local folder" in message
     assert "all-MiniLM-L6-v2" in message
     assert offline_hub == []  # offline mode answered, not a refused connection
-    assert time.perf_counter() - start < 10
 
 
 def test_default_retriever_name_resolves_to_the_installed_package():

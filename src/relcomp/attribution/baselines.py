@@ -52,7 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from relcomp.artifacts import TokenRelevance
-from relcomp.attribution.tokens import DOCUMENT, QUERY, merge_sides, token_relevance_from_encoding
+from relcomp.attribution.tokens import artifacts_from_batch
 from relcomp.models.base import RankingModel, batched, check_pairs, progress_enabled
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
@@ -214,7 +214,16 @@ class TokenAttribution:
                 )
                 relevance, scores, errors = self._relevance(batch)
                 results.extend(
-                    _artifacts(self.method, self.model, batch, relevance, scores, errors)
+                    artifacts_from_batch(
+                        method=self.method,
+                        model=self.model,
+                        features=batch.features,
+                        relevance=relevance,
+                        scores=scores,
+                        queries=batch.queries,
+                        documents=batch.documents,
+                        errors=errors,
+                    )
                 )
         return results
 
@@ -224,62 +233,6 @@ class TokenAttribution:
     def _relevance(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(relevance (rows, tokens), score per row, conservation error per row or None)``."""
         raise NotImplementedError
-
-
-def _artifacts(
-    method: str,
-    model: RankingModel,
-    batch: _Batch,
-    relevance: np.ndarray,
-    scores: np.ndarray,
-    errors: np.ndarray | None,
-) -> list[TokenRelevance]:
-    """One artifact per pair, laid out as :class:`TokenLRP` lays them out."""
-    encodings = batch.features.encodings
-    queries, documents = batch.queries, batch.documents
-    n = len(queries)
-
-    def error(row: int) -> float | None:
-        return None if errors is None else float(errors[row])
-
-    if not isinstance(model, BiEncoder):
-        return [
-            token_relevance_from_encoding(
-                method=method,
-                encoding=encodings[i],
-                texts=(queries[i], documents[i]),
-                segment_of_sequence=(QUERY, DOCUMENT),
-                relevance=relevance[i],
-                score=scores[i],
-                query=queries[i],
-                document=documents[i],
-                side="pair",
-                conservation_error=error(i),
-            )
-            for i in range(n)
-        ]
-    results = []
-    for i in range(n):
-        sides = [
-            token_relevance_from_encoding(
-                method=method,
-                encoding=encodings[row],
-                texts=(prompt + text,),
-                segment_of_sequence=(segment,),
-                relevance=relevance[row],
-                score=scores[i],
-                query=queries[i],
-                document=documents[i],
-                side=side,
-                conservation_error=error(row),
-            )
-            for row, prompt, text, segment, side in (
-                (i, model.query_prompt, queries[i], QUERY, "query"),
-                (n + i, model.document_prompt, documents[i], DOCUMENT, "document"),
-            )
-        ]
-        results.append(merge_sides(*sides))
-    return results
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

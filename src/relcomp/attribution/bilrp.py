@@ -110,6 +110,6 @@ class BiLRP:
             score=score,
             query_tokens=tuple(encodings[0].tokens[:query_length]),
             document_tokens=tuple(encodings[1].tokens[:document_length]),
-            interactions=interactions.cpu().numpy(),
+            interactions=interactions.cpu().numpy().tolist(),
             conservation_error=score - float(interactions.sum()),
         )

@@ -124,4 +124,4 @@ def get_composite(composite: str | Composite, epsilon: float | None = None) -> C
     if isinstance(composite, Composite):
         return composite
     factory = COMPOSITES.get(composite)
-    return factory() if epsilon is None else factory(epsilon)  # type: ignore[operator]
+    return factory() if epsilon is None else factory(epsilon)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -15,9 +15,10 @@ from tqdm.auto import tqdm
 from relcomp.artifacts import ComponentRelevance, TokenRelevance
 from relcomp.attribution.composites import Composite, get_composite
 from relcomp.attribution.patch import LRPPatch
-from relcomp.attribution.tokens import DOCUMENT, QUERY, merge_sides, token_relevance_from_encoding
+from relcomp.attribution.tokens import artifacts_from_batch
 from relcomp.models.base import RankingModel, batched, check_pairs, progress_enabled
 from relcomp.models.bi_encoder import BiEncoder
+from relcomp.models.cross_encoder import CrossEncoder
 
 __all__ = ["ComponentLRP", "ComponentTaps", "TokenLRP", "lrp_forward_backward"]
 
@@ -137,8 +138,9 @@ def lrp_forward_backward(
             scores = (q * d).sum(-1)
             (grad,) = torch.autograd.grad(explained.sum(), leaf)
         else:
-            features = model.tokenize(queries, documents)
-            scores = model.forward_scores(features)
+            cross_encoder = cast(CrossEncoder, model)
+            features = cross_encoder.tokenize(queries, documents)
+            scores = cross_encoder.forward_scores(features)
             (leaf,) = patch.take_embedding_inputs()
             (grad,) = torch.autograd.grad(scores.sum(), leaf)
         relevance = (leaf * grad).sum(-1).detach().double().cpu().numpy()
@@ -207,56 +209,16 @@ class TokenLRP:
                     self.model, patch, batch_queries, batch_documents
                 )
                 results.extend(
-                    self._artifacts(features, relevance, scores, batch_queries, batch_documents)
+                    artifacts_from_batch(
+                        method=self.method,
+                        model=self.model,
+                        features=features,
+                        relevance=relevance,
+                        scores=scores,
+                        queries=batch_queries,
+                        documents=batch_documents,
+                    )
                 )
-        return results
-
-    def _artifacts(
-        self,
-        features: Any,
-        relevance: np.ndarray,
-        scores: np.ndarray,
-        queries: Sequence[str],
-        documents: Sequence[str],
-    ) -> list[TokenRelevance]:
-        encodings = features.encodings
-        n = len(queries)
-        if not isinstance(self.model, BiEncoder):
-            return [
-                token_relevance_from_encoding(
-                    method=self.method,
-                    encoding=encodings[i],
-                    texts=(queries[i], documents[i]),
-                    segment_of_sequence=(QUERY, DOCUMENT),
-                    relevance=relevance[i],
-                    score=scores[i],
-                    query=queries[i],
-                    document=documents[i],
-                    side="pair",
-                )
-                for i in range(n)
-            ]
-        model = self.model
-        results = []
-        for i in range(n):
-            sides = [
-                token_relevance_from_encoding(
-                    method=self.method,
-                    encoding=encodings[row],
-                    texts=(prompt + text,),
-                    segment_of_sequence=(segment,),
-                    relevance=relevance[row],
-                    score=scores[i],
-                    query=queries[i],
-                    document=documents[i],
-                    side=side,
-                )
-                for row, prompt, text, segment, side in (
-                    (i, model.query_prompt, queries[i], QUERY, "query"),
-                    (n + i, model.document_prompt, documents[i], DOCUMENT, "document"),
-                )
-            ]
-            results.append(merge_sides(*sides))
         return results
 
 

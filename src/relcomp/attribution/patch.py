@@ -70,7 +70,7 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * size)
 
 
-def _bert_attention(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+def _bert_attention(module: Any, composite: Composite) -> Callable[..., Any]:
     if getattr(module, "position_embedding_type", "absolute") != "absolute":
         raise UnsupportedArchitectureError(
             f"LRP supports absolute position embeddings only, not {module.position_embedding_type!r}"
@@ -100,7 +100,7 @@ def _bert_attention(module: nn.Module, composite: Composite) -> Callable[..., An
     return forward
 
 
-def _distilbert_attention(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+def _distilbert_attention(module: Any, composite: Composite) -> Callable[..., Any]:
     def forward(
         query: torch.Tensor,
         key: torch.Tensor,
@@ -125,7 +125,7 @@ def _distilbert_attention(module: nn.Module, composite: Composite) -> Callable[.
     return forward
 
 
-def _mpnet_attention(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+def _mpnet_attention(module: Any, composite: Composite) -> Callable[..., Any]:
     def forward(
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
@@ -157,7 +157,7 @@ _ATTENTION_FORWARDS = {
 }
 
 
-def _roberta_head(module: nn.Module, composite: Composite) -> Callable[..., Any]:
+def _roberta_head(module: Any, composite: Composite) -> Callable[..., Any]:
     """RoBERTa / XLM-R / MPNet heads call ``torch.tanh`` inline; mirror them with the rule."""
 
     def forward(features: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -206,7 +206,7 @@ class LRPPatch:
                 self._requires_grad[parameter] = parameter.requires_grad
                 parameter.requires_grad_(False)
             names = adapter.embedding_names(module)
-            self._embedding_norm = module.get_submodule(names["embedding_norm"])
+            self._embedding_norm: Any = module.get_submodule(names["embedding_norm"])
             self._override(self._embedding_norm, self._embedding_norm_forward)
             for layer in self.ranking_model.layer_modules():
                 attention = module.get_submodule(layer.attention)
@@ -264,7 +264,7 @@ class LRPPatch:
         rule = self.composite.activation
         self._override(activation, lambda x: rule.activation(x, original))
 
-    def _layer_norm_forward(self, norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _layer_norm_forward(self, norm: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         rule = self.composite.layer_norm
         return lambda x: rule.layer_norm(norm, x)
 

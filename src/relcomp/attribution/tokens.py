@@ -9,7 +9,15 @@ import numpy as np
 
 from relcomp.artifacts import TokenRelevance
 
-__all__ = ["DOCUMENT", "QUERY", "SPECIAL", "token_relevance_from_encoding", "words_from_encoding"]
+__all__ = [
+    "DOCUMENT",
+    "QUERY",
+    "SPECIAL",
+    "artifacts_from_batch",
+    "merge_sides",
+    "token_relevance_from_encoding",
+    "words_from_encoding",
+]
 
 QUERY, DOCUMENT, SPECIAL = 0, 1, -1
 
@@ -119,3 +127,67 @@ def merge_sides(query_side: TokenRelevance, document_side: TokenRelevance) -> To
         conservation_error=error,
         side="both",
     )
+
+
+def artifacts_from_batch(
+    *,
+    method: str,
+    model: Any,
+    features: Any,
+    relevance: np.ndarray,
+    scores: np.ndarray,
+    queries: Sequence[str],
+    documents: Sequence[str],
+    errors: np.ndarray | None = None,
+) -> list[TokenRelevance]:
+    """One :class:`TokenRelevance` per pair from one batch's per-token relevance.
+
+    For a cross-encoder, row ``i`` of ``relevance`` is pair ``i``. For a bi-encoder
+    (``model.query_prompt`` is defined), rows ``0..n-1`` are the queries and rows
+    ``n..2n-1`` the documents, merged per pair with :func:`merge_sides`. ``errors``
+    (one per row) replaces the default conservation error ``score − sum``.
+    """
+    encodings = features.encodings
+    n = len(queries)
+
+    def error(row: int) -> float | None:
+        return None if errors is None else float(errors[row])
+
+    if not hasattr(model, "query_prompt"):
+        return [
+            token_relevance_from_encoding(
+                method=method,
+                encoding=encodings[i],
+                texts=(queries[i], documents[i]),
+                segment_of_sequence=(QUERY, DOCUMENT),
+                relevance=relevance[i],
+                score=scores[i],
+                query=queries[i],
+                document=documents[i],
+                side="pair",
+                conservation_error=error(i),
+            )
+            for i in range(n)
+        ]
+    results = []
+    for i in range(n):
+        sides = [
+            token_relevance_from_encoding(
+                method=method,
+                encoding=encodings[row],
+                texts=(prompt + text,),
+                segment_of_sequence=(segment,),
+                relevance=relevance[row],
+                score=scores[i],
+                query=queries[i],
+                document=documents[i],
+                side=side,
+                conservation_error=error(row),
+            )
+            for row, prompt, text, segment, side in (
+                (i, model.query_prompt, queries[i], QUERY, "query"),
+                (n + i, model.document_prompt, documents[i], DOCUMENT, "document"),
+            )
+        ]
+        results.append(merge_sides(*sides))
+    return results

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 #: Scores computed per block of queries are at most this many floats (128 MiB).
 _MAX_BLOCK_FLOATS = 32 * 1024 * 1024
 
+#: Part of every cache key: bump it when a change here changes the runs produced.
+_ALGORITHM_VERSION = 1
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -200,6 +203,7 @@ def bm25_retrieve(
     material = {
         "first_stage": settings.identity(),
         "bm25s": _bm25s_version(),
+        "algorithm": _ALGORITHM_VERSION,
         **dataset.corpus_identity(),
         **dataset.queries_identity(),
         "queries": hash_ids(ids),
@@ -433,6 +437,7 @@ def dense_retrieve(
         return compute()
     material = {
         "first_stage": "dense",
+        "algorithm": _ALGORITHM_VERSION,
         "model": identity,
         "similarity": similarity,
         **dataset.corpus_identity(),

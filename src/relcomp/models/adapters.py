@@ -13,7 +13,7 @@ wrapper adds the prefix of the task model (``bert.`` for
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -97,7 +97,7 @@ class ArchitectureAdapter:
     def layer_modules(self, model: nn.Module) -> list[LayerModules]:
         """Per-layer module names, full dotted names in ``model``."""
         prefix = self.prefix(model)
-        layers = _get(self.encoder(model), self.layers)
+        layers: Any = _get(self.encoder(model), self.layers)
         result = []
         for index in range(len(layers)):
             base = f"{prefix}{self.layers}.{index}"

@@ -39,7 +39,7 @@ class BiEncoder(RankingModel):
         *args: Any,
         pooling: Pooling = "mean",
         normalize: bool = True,
-        similarity_name: Similarity = "cosine",
+        similarity_name: str = "cosine",
         query_prompt: str = "",
         document_prompt: str = "",
         **kwargs: Any,
@@ -117,11 +117,8 @@ class BiEncoder(RankingModel):
         return self.encode(documents, prompt=self.document_prompt, **kwargs)
 
     def _dimension(self) -> int:
-        return int(
-            self.model.config.hidden_size
-            if hasattr(self.model.config, "hidden_size")
-            else self.model.config.dim
-        )
+        config: Any = self.model.config
+        return int(config.hidden_size if hasattr(config, "hidden_size") else config.dim)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Row-wise similarity of two ``(n, dim)`` arrays, as the model defines it."""

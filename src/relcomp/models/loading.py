@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +223,8 @@ def load_model(
         else:
             if config.model_type in _POOLER_MODELS:
                 load_kwargs["add_pooling_layer"] = False
-            model = AutoModel.from_pretrained(path, **load_kwargs)
+            with _quiet_unused_pooler(config.model_type in _POOLER_MODELS):
+                model = AutoModel.from_pretrained(path, **load_kwargs)
     except UnsupportedArchitectureError:
         raise
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
@@ -233,6 +236,22 @@ def load_model(
     limit = max_length or settings.pop("max_length", None) or _default_max_length(tokenizer, config)
     settings.pop("max_length", None)
     return BiEncoder(name, path, model, tokenizer, adapter, int(limit), device=device, **settings)
+
+
+@contextlib.contextmanager
+def _quiet_unused_pooler(active: bool) -> Iterator[None]:
+    """Silence transformers' "weights not used: pooler…" notice: bi-encoders drop the pooler on purpose."""
+    if not active:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 # Encoders whose AutoModel adds a pooler that bi-encoders never use.

@@ -1,0 +1,143 @@
+"""What an explanation costs: one forward, AttnLRP, gradient × input and captum's LIG-50.
+
+    python benchmarks/attribution_cost.py --output benchmarks/results/attribution_cost.json
+
+minilm-l6-reranker, 32 real scifact test pairs (query, judged-relevant document), max
+length 256, batch 32, 2 threads. The systems are interleaved (A B C D A B C D …) after a
+warm-up; each figure is the median of ``--repeats`` runs. Also BiLRP with
+all-MiniLM-L6-v2: one pair, batched (one forward, one vmapped backward) against the
+per-dimension reference (one backward per embedding dimension).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from relcomp.attribution import BiLRP, TokenLRP, get_method
+from relcomp.evaluation import load_beir, sample_queries
+from relcomp.models import load_model
+
+
+def scifact_pairs(n: int) -> tuple[list[str], list[str]]:
+    dataset = load_beir(beir_path("scifact"), "test")
+    queries, documents = [], []
+    for query_id in sample_queries(dataset.split_queries, n):
+        judged = dataset.qrels[query_id]
+        best = max(sorted(judged), key=lambda doc: judged[doc])
+        queries.append(dataset.query_text(query_id))
+        documents.append(dataset.document_text(best))
+    return queries, documents
+
+
+def timed(function: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lig-steps", type=int, default=50)
+    parser.add_argument("--skip-bilrp", action="store_true")
+    args = parser.parse_args()
+    set_threads(2)
+
+    model = load_model(reranker_path(), max_length=args.max_length)
+    queries, documents = scifact_pairs(args.pairs)
+    attnlrp = TokenLRP(model, "AttnLRP")
+    gradient = TokenLRP(model, "Gradient")
+    lig = get_method("ig")(model, n_steps=args.lig_steps)
+
+    def forward() -> None:
+        model.score(queries, documents, batch_size=args.pairs, show_progress_bar=False)
+
+    systems: dict[str, Callable[[], Any]] = {
+        "forward_s": forward,
+        "attnlrp_s": lambda: attnlrp.attribute(
+            queries, documents, batch_size=args.pairs, show_progress_bar=False
+        ),
+        "gradient_x_input_s": lambda: gradient.attribute(
+            queries, documents, batch_size=args.pairs, show_progress_bar=False
+        ),
+        "lig_s": lambda: lig.attribute(
+            queries, documents, batch_size=args.pairs, show_progress_bar=False
+        ),
+    }
+    for run in systems.values():  # warm-up
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in systems}
+    for _ in range(args.repeats):
+        for name, run in systems.items():
+            samples[name].append(timed(run))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    forward_s = medians["forward_s"]
+    rows = [(name, value, value / forward_s) for name, value in medians.items()]
+    print(f"{args.pairs} scifact pairs, max length {args.max_length}, median of {args.repeats}")
+    print_table(rows, ("system", "seconds", "x forward"))
+    ratios = {
+        "attnlrp_over_forward": medians["attnlrp_s"] / forward_s,
+        "lig_over_attnlrp": medians["lig_s"] / medians["attnlrp_s"],
+        "gradient_x_input_over_forward": medians["gradient_x_input_s"] / forward_s,
+    }
+    print(
+        f"AttnLRP = {ratios['attnlrp_over_forward']:.2f}x one forward (target <= 2.0); "
+        f"LIG-{args.lig_steps} = {ratios['lig_over_attnlrp']:.1f}x AttnLRP (target >= 40)"
+    )
+    payload: dict[str, Any] = {
+        **medians,
+        **ratios,
+        "samples": samples,
+        "_meta": {
+            "model": str(model.path.name),
+            "pairs": args.pairs,
+            "max_length": args.max_length,
+            "repeats": args.repeats,
+            "lig_steps": args.lig_steps,
+            "machine": machine(),
+        },
+    }
+    if not args.skip_bilrp:
+        payload["bilrp"] = bilrp_cost(args.repeats)
+    print(f"wrote {write_json(args.output, payload)}")
+
+
+def bilrp_cost(repeats: int) -> dict[str, float]:
+    retriever = load_model("all-MiniLM-L6-v2")
+    queries, documents = scifact_pairs(1)
+    bilrp = BiLRP(retriever)
+    batched = lambda: bilrp.attribute(queries[0], documents[0])  # noqa: E731
+    per_dimension = lambda: bilrp.attribute_per_dimension(queries[0], documents[0])  # noqa: E731
+    batched()
+    times: dict[str, list[float]] = {"batched_s": [], "per_dimension_s": []}
+    for _ in range(max(1, repeats // 2)):
+        times["batched_s"].append(timed(batched))
+        times["per_dimension_s"].append(timed(per_dimension))
+    result = {name: statistics.median(values) for name, values in times.items()}
+    result["speedup"] = result["per_dimension_s"] / result["batched_s"]
+    tokens = retriever.tokenize([queries[0], documents[0]])["attention_mask"].sum(1).tolist()
+    result["tokens"] = tokens
+    print_table(
+        [
+            ("BiLRP batched", result["batched_s"]),
+            ("BiLRP per dimension", result["per_dimension_s"]),
+        ],
+        ("system", "seconds"),
+    )
+    print(f"BiLRP batched is {result['speedup']:.1f}x faster than per dimension (target >= 20)")
+    return result
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
