@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from relcomp.artifacts import ComponentRelevance, QualityReport, TokenRelevance
 from relcomp.evaluation import (
     DEFAULT_MEASURES,
     bm25_retrieve,
+    candidate_pairs,
     dense_retrieve,
+    encode_corpus,
     load_beir,
     parse_measures,
     quality_report,
@@ -112,14 +116,19 @@ def evaluate(
             raise ValueError(
                 f"--first-stage must be 'bm25' or a bi-encoder, got a {type(stage).__name__}"
             )
-        run = rerank(
-            scorer,
-            dataset,
-            candidates,
-            depth=depth,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-        )
+        if isinstance(scorer, BiEncoder):
+            run = rerank_with_corpus_embeddings(
+                scorer, dataset, candidates, depth, batch_size, **options
+            )
+        else:
+            run = rerank(
+                scorer,
+                dataset,
+                candidates,
+                depth=depth,
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+            )
         name, stage_name = scorer.name, stage if isinstance(stage, str) else stage.name
     truncation = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
     if isinstance(scorer, RankingModel) and truncation.get("truncated"):
@@ -140,6 +149,36 @@ def evaluate(
             "sample_seed": 13 if queries else None,
         },
     )
+
+
+def rerank_with_corpus_embeddings(
+    model: BiEncoder,
+    dataset: Any,
+    candidates: Mapping[str, Mapping[str, float]],
+    depth: int,
+    batch_size: int = 32,
+    **options: Any,
+) -> dict[str, dict[str, float]]:
+    """Re-rank candidates with a bi-encoder from its (cached) corpus embeddings.
+
+    Scores equal ``model.score(query, document)``; the corpus is encoded once per
+    model and collection and read from the cache afterwards.
+    """
+    documents = encode_corpus(model, dataset, batch_size=batch_size, **options)
+    row_of = {doc_id: row for row, doc_id in enumerate(dataset.sorted_doc_ids)}
+    query_ids = list(candidates)
+    queries = model.encode_queries(
+        [dataset.query_text(q) for q in query_ids],
+        batch_size=batch_size,
+        show_progress_bar=options.get("show_progress_bar"),
+    )
+    run = {}
+    for query_id, vector in zip(query_ids, queries, strict=True):
+        doc_ids = [doc_id for _, doc_id in candidate_pairs({query_id: candidates[query_id]}, depth)]
+        rows = documents[[row_of[doc_id] for doc_id in doc_ids]]
+        scores = model.similarity(np.broadcast_to(vector, rows.shape), rows)
+        run[query_id] = dict(zip(doc_ids, scores.tolist(), strict=True))
+    return run
 
 
 def explain(

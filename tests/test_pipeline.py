@@ -1,0 +1,63 @@
+"""The flow's steps on tiny models and a toy collection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from relcomp.evaluation import bm25_retrieve, load_beir, rerank
+from relcomp.pipeline import calibration_pairs, evaluate, rerank_with_corpus_embeddings
+from tests.fixtures import DOCUMENTS, QUERIES
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    folder = tmp_path / "toy"
+    (folder / "qrels").mkdir(parents=True)
+    rows = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(DOCUMENTS)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    queries = [{"_id": f"q{i}", "text": text} for i, text in enumerate(QUERIES)]
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    qrels = "query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t{1 + i % 2}\n" for i in range(len(QUERIES))
+    )
+    (folder / "qrels" / "test.tsv").write_text(qrels)
+    (folder / "qrels" / "dev.tsv").write_text(qrels)
+    return folder
+
+
+def test_bi_encoder_rerank_from_corpus_embeddings_equals_scoring_pairs(
+    tiny_model, toy: Path, tmp_path: Path
+) -> None:
+    model = tiny_model("bert", "bi-encoder")
+    dataset = load_beir(toy, "test")
+    candidates = bm25_retrieve(dataset, depth=5, use_cache=False, show_progress_bar=False)
+    fast = rerank_with_corpus_embeddings(model, dataset, candidates, 5, use_cache=False)
+    slow = rerank(model, dataset, candidates, depth=5, show_progress_bar=False)
+    assert fast.keys() == slow.keys()
+    for query_id in slow:
+        assert fast[query_id].keys() == slow[query_id].keys()
+        for doc_id, score in slow[query_id].items():
+            assert fast[query_id][doc_id] == pytest.approx(score, abs=1e-5)
+
+
+def test_evaluate_counts_queries_and_keeps_settings(
+    tiny_model, toy: Path, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    report = evaluate(
+        tiny_model("bert", "cross-encoder"), toy, depth=4, queries=3, show_progress_bar=False
+    )
+    assert report.n_queries == 3 and report.first_stage == "bm25" and report.depth == 4
+    assert set(report.measures) == {"nDCG@10", "RR@10", "R@100"}
+
+
+def test_calibration_pairs_take_the_most_relevant_judged_document(toy: Path) -> None:
+    dataset = load_beir(toy, "dev")
+    pairs = calibration_pairs(dataset, 4)
+    assert len(pairs) == 4
+    for query, document in pairs:
+        index = QUERIES.index(query)
+        assert document == DOCUMENTS[index]
