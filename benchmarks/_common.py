@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from relcomp._io import atomic_write_json
+from relcomp._table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,14 +57,7 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 
 def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
-    cells = [[str(c) for c in header]] + [
-        [f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for index, row in enumerate(cells):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
+    print(format_table(rows, header))
 
 
 def dumps(payload: Any) -> str:

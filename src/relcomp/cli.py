@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relcomp import __version__
+from relcomp._table import format_table
 from relcomp.errors import RelcompError
 
 __all__ = ["main"]
@@ -138,14 +139,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
-    cells = [[str(c) for c in header]] + [
-        [f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for index, row in enumerate(cells):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
+    print(format_table(rows, header))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

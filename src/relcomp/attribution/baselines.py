@@ -49,11 +49,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from relcomp.artifacts import TokenRelevance
 from relcomp.attribution.tokens import artifacts_from_batch
-from relcomp.models.base import RankingModel, batched, check_pairs, progress_enabled
+from relcomp.models.base import (
+    RankingModel,
+    check_pairs,
+    progress_batches,
+)
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
 from relcomp.registry import Registry
@@ -200,13 +203,7 @@ class TokenAttribution:
         check_pairs(queries, documents)
         self._start()
         results: list[TokenRelevance] = []
-        total = (len(queries) + batch_size - 1) // batch_size
-        bar = tqdm(
-            batched(range(len(queries)), batch_size),
-            total=total,
-            desc=self.method,
-            disable=not progress_enabled(show_progress_bar),
-        )
+        bar = progress_batches(range(len(queries)), batch_size, self.method, show_progress_bar)
         with frozen_parameters(self.model.model), torch.enable_grad():
             for _, index in bar:
                 batch = _Batch(

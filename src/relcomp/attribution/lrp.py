@@ -10,13 +10,16 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from relcomp.artifacts import ComponentRelevance, TokenRelevance
 from relcomp.attribution.composites import Composite, get_composite
 from relcomp.attribution.patch import LRPPatch
 from relcomp.attribution.tokens import artifacts_from_batch
-from relcomp.models.base import RankingModel, batched, check_pairs, progress_enabled
+from relcomp.models.base import (
+    RankingModel,
+    check_pairs,
+    progress_batches,
+)
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
 
@@ -194,13 +197,7 @@ class TokenLRP:
         """Explain each (query, document) pair; one :class:`TokenRelevance` per pair."""
         check_pairs(queries, documents)
         results: list[TokenRelevance] = []
-        total = (len(queries) + batch_size - 1) // batch_size
-        bar = tqdm(
-            batched(range(len(queries)), batch_size),
-            total=total,
-            desc=f"{self.method}",
-            disable=not progress_enabled(show_progress_bar),
-        )
+        bar = progress_batches(range(len(queries)), batch_size, f"{self.method}", show_progress_bar)
         with LRPPatch(self.model, self.composite) as patch:
             for _, index in bar:
                 batch_queries = [queries[i] for i in index]
@@ -264,12 +261,8 @@ class ComponentLRP:
             raise ValueError("component relevance needs at least one calibration pair")
         sums: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
         abs_sums: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
-        total = (len(queries) + batch_size - 1) // batch_size
-        bar = tqdm(
-            batched(range(len(queries)), batch_size),
-            total=total,
-            desc=f"{self.method} components",
-            disable=not progress_enabled(show_progress_bar),
+        bar = progress_batches(
+            range(len(queries)), batch_size, f"{self.method} components", show_progress_bar
         )
         with LRPPatch(self.model, self.composite) as patch, ComponentTaps(self.model) as taps:
             for _, index in bar:

@@ -15,7 +15,7 @@ from torch import nn
 
 from relcomp.models.adapters import ArchitectureAdapter, LayerModules
 
-__all__ = ["ModelKind", "RankingModel", "Scorer", "batched", "progress_enabled"]
+__all__ = ["ModelKind", "RankingModel", "Scorer", "batched", "progress_batches", "progress_enabled"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,21 @@ def batched(items: Sequence[Any], batch_size: int) -> Iterator[tuple[int, Sequen
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(items), batch_size):
         yield start, items[start : start + batch_size]
+
+
+def progress_batches(
+    items: Sequence[Any], batch_size: int, description: str, show_progress_bar: bool | None = None
+) -> Iterator[tuple[int, Sequence[Any]]]:
+    """:func:`batched` with a tqdm bar over the batches (shown as :func:`progress_enabled` says)."""
+    from tqdm.auto import tqdm
+
+    total = (len(items) + batch_size - 1) // batch_size
+    yield from tqdm(
+        batched(items, batch_size),
+        total=total,
+        desc=description,
+        disable=not progress_enabled(show_progress_bar),
+    )
 
 
 class RankingModel:

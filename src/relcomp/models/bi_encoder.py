@@ -7,9 +7,13 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from relcomp.models.base import ModelKind, RankingModel, batched, check_pairs, progress_enabled
+from relcomp.models.base import (
+    ModelKind,
+    RankingModel,
+    check_pairs,
+    progress_batches,
+)
 
 __all__ = ["BiEncoder", "Pooling"]
 
@@ -98,14 +102,7 @@ class BiEncoder(RankingModel):
         order = np.argsort([-len(text) for text in texts], kind="stable")
         ordered = [prompt + texts[i] for i in order]
         output = np.empty((len(texts), self._dimension()), dtype=np.float32)
-        total = (len(texts) + batch_size - 1) // batch_size
-        bar = tqdm(
-            batched(ordered, batch_size),
-            total=total,
-            desc="Encoding",
-            disable=not progress_enabled(show_progress_bar),
-        )
-        for start, chunk in bar:
+        for start, chunk in progress_batches(ordered, batch_size, "Encoding", show_progress_bar):
             vectors = self.embed(self.tokenize(chunk)).float().cpu().numpy()
             output[order[start : start + len(chunk)]] = vectors
         return output

@@ -7,9 +7,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from relcomp.models.base import ModelKind, RankingModel, batched, check_pairs, progress_enabled
+from relcomp.models.base import (
+    ModelKind,
+    RankingModel,
+    check_pairs,
+    progress_batches,
+)
 
 __all__ = ["CrossEncoder"]
 
@@ -60,15 +64,8 @@ class CrossEncoder(RankingModel):
         """Score each (query, document) pair; returns a float32 array of logits."""
         check_pairs(queries, documents)
         scores = np.empty(len(queries), dtype=np.float32)
-        chunks = batched(range(len(queries)), batch_size)
-        total = (len(queries) + batch_size - 1) // batch_size
-        bar = tqdm(
-            chunks,
-            total=total,
-            desc="Scoring pairs",
-            disable=not progress_enabled(show_progress_bar),
-        )
-        for start, index in bar:
+        pairs = range(len(queries))
+        for start, index in progress_batches(pairs, batch_size, "Scoring pairs", show_progress_bar):
             batch = self.tokenize([queries[i] for i in index], [documents[i] for i in index])
             scores[start : start + len(index)] = self.forward_scores(batch).float().cpu().numpy()
         return scores
