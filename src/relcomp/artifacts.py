@@ -8,21 +8,29 @@ this module, :mod:`relcomp.models` and the stages before it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
 from relcomp._io import atomic_write_json
 from relcomp.errors import DataFormatError
 
+if TYPE_CHECKING:
+    from relcomp.compression.actions import Action
+    from relcomp.compression.size import SizeEstimate
+    from relcomp.compression.statistics import ActivationStatistics
+    from relcomp.models.base import RankingModel
+
 __all__ = [
     "Artifact",
     "ComponentRelevance",
+    "CompressionPlan",
     "QualityReport",
     "TokenInteractions",
     "TokenRelevance",
@@ -263,3 +271,176 @@ class QualityReport(Artifact):
     tie_rate: float = 0.0
     truncation: Mapping[str, int] = dataclasses.field(default_factory=dict)
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: Budgets a plan can be asked to meet, and what each means.
+COMPRESSION_BUDGETS: dict[str, str] = {
+    "size_mb": "stored weights in MB (10^6 bytes), scales and biases included",
+    "bits_per_weight": "mean bits per stored Linear weight, scales included",
+    "params_removed": "share of the Linear layers' weights removed by pruning or factorisation",
+    "sparsity": "share of Linear input activations zeroed (sparsify), weighted by weights",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionPlan(Artifact):
+    """What to do to each module of one model: an ordered ``{pattern: action}`` map.
+
+    A pattern is a module name as in ``model.named_modules()``, ``"re:<regex>"``
+    (matched in full against module names) or ``"_default"`` (every module the action
+    applies to). ``entries`` keeps the pairs in order, as a tuple, so that JSON keeps
+    the order and a pattern may carry several actions of different kinds (``int8``
+    and ``sparsify(threshold=0.1)`` on one Linear). Actions are stored in their
+    canonical string form (:mod:`relcomp.compression.actions`).
+
+    For each module and each kind of action (precision, head pruning, neuron pruning,
+    weight pruning, sparsity, low rank), an explicit name wins over a regex, the first
+    matching regex over later ones, and any of them over ``_default``; two explicit
+    entries that disagree are an error, as are actions that exclude each other.
+
+    ``budget`` is what the plan was asked to meet (keys in
+    :data:`COMPRESSION_BUDGETS`), ``achieved`` what it reaches, as
+    :func:`relcomp.compression.estimate_size` computes it, and ``relevance`` names the
+    :class:`ComponentRelevance` (method, source) the plan was made from.
+
+    Example:
+        >>> plan = CompressionPlan(
+        ...     model="tiny-bert",
+        ...     entries={"_default": "int8", "re:classifier.*": "fp32"},
+        ...     method="uniform",
+        ...     budget={"bits_per_weight": 8},
+        ... )
+        >>> plan.entries
+        (('_default', 'int8(per_channel=True)'), ('re:classifier.*', 'fp32'))
+        >>> CompressionPlan.from_json(plan.to_json()) == plan
+        True
+    """
+
+    KIND: ClassVar[str] = "compression_plan"
+
+    model: str
+    entries: tuple[tuple[str, str], ...]
+    method: str = "manual"
+    budget: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    achieved: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    relevance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from relcomp.compression.actions import PlanError, parse_action
+
+        entries: Any = self.entries
+        if isinstance(entries, Mapping):
+            entries = list(entries.items())
+        if isinstance(entries, str) or not isinstance(entries, list | tuple):
+            raise PlanError(f"plan entries must be pairs (pattern, action), got {entries!r}")
+        object.__setattr__(self, "entries", entries)
+        super().__post_init__()
+        normalised = []
+        for entry in self.entries:
+            if not (isinstance(entry, tuple) and len(entry) == 2):
+                raise PlanError(f"a plan entry must be a (pattern, action) pair, got {entry!r}")
+            pattern, action = entry
+            _check_pattern(pattern)
+            try:
+                canonical = str(parse_action(action))
+            except PlanError as error:
+                raise PlanError(f"entry {pattern!r}: {error}") from None
+            normalised.append((pattern, canonical))
+        object.__setattr__(self, "entries", tuple(normalised))
+        _check_budget_values(self.budget)
+
+    def actions(self) -> list[tuple[str, Action]]:
+        """The entries with their actions parsed, in plan order."""
+        from relcomp.compression.actions import parse_action
+
+        return [(pattern, parse_action(action)) for pattern, action in self.entries]
+
+    def resolve(self, model: RankingModel) -> dict[str, list[Action]]:
+        """``{module name: actions}`` for every module the plan touches (regexes expanded).
+
+        Structural actions are keyed by the module that owns what they remove: the
+        attention module for ``prune_heads``, the FFN's input Linear for
+        ``prune_neurons``. Raises :class:`~relcomp.compression.PlanError` for a plan
+        that does not fit the model.
+        """
+        from relcomp.compression.plan import resolve_plan
+
+        return resolve_plan(self, model)
+
+    def estimate(
+        self,
+        model: RankingModel,
+        statistics: Mapping[str, ActivationStatistics] | None = None,
+    ) -> SizeEstimate:
+        """Stored size, bits per weight and parameters removed (see ``estimate_size``)."""
+        from relcomp.compression.size import estimate_size
+
+        return estimate_size(model, self, statistics=statistics)
+
+    def with_achieved(
+        self,
+        model: RankingModel,
+        statistics: Mapping[str, ActivationStatistics] | None = None,
+    ) -> CompressionPlan:
+        """A copy whose ``achieved`` is what :meth:`estimate` computes on ``model``."""
+        return dataclasses.replace(self, achieved=self.estimate(model, statistics).achieved())
+
+    def split_structural(self) -> tuple[CompressionPlan, CompressionPlan]:
+        """``(structural, rest)``: head/neuron pruning, and everything else.
+
+        ``prune_physically`` carries out the first; the second applies unchanged to
+        the pruned model (module names survive pruning).
+        """
+        pairs = list(zip(self.entries, self.actions(), strict=True))
+        structural = tuple(entry for entry, (_, action) in pairs if action.structural)
+        rest = tuple(entry for entry, (_, action) in pairs if not action.structural)
+        return (
+            dataclasses.replace(self, entries=structural, achieved={}),
+            dataclasses.replace(self, entries=rest, achieved={}),
+        )
+
+    def fingerprint(self) -> str:
+        """A short digest of the entries: equal for plans that ask the same of a model."""
+        return hashlib.sha256(json.dumps(_plain(self.entries)).encode()).hexdigest()[:12]
+
+
+def _check_pattern(pattern: Any) -> None:
+    import re
+
+    from relcomp.compression.actions import PlanError
+
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise PlanError(
+            f"a plan pattern must be a module name, 're:<regex>' or '_default', got {pattern!r}"
+        )
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as error:
+            raise PlanError(f"pattern {pattern!r} is not a valid regex: {error}") from None
+
+
+def _check_budget_values(budget: Mapping[str, Any]) -> None:
+    from relcomp.compression.actions import PlanError
+
+    unknown = sorted(set(budget) - set(COMPRESSION_BUDGETS))
+    if unknown:
+        raise PlanError(
+            f"unknown budget {unknown}; valid budgets: {', '.join(sorted(COMPRESSION_BUDGETS))}"
+        )
+    for key, value in budget.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise PlanError(f"budget {key} must be a number, got {value!r}")
+        if key == "size_mb" and value <= 0:
+            raise PlanError(f"impossible budget: size_mb={value} (a model takes some space)")
+        if key == "bits_per_weight" and value < 4:
+            raise PlanError(
+                f"impossible budget: bits_per_weight={value}; no supported precision stores "
+                "fewer than 4 bits per weight (int4)"
+            )
+        if key in ("params_removed", "sparsity") and not 0 <= value < 1:
+            raise PlanError(f"impossible budget: {key}={value} must be in [0, 1)")

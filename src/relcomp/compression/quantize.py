@@ -1,0 +1,91 @@
+"""Fake quantization: round tensors to what a quantized model would compute with.
+
+Weights are quantized once, when a plan is realised; activations on every forward
+pass, with a straight-through gradient so that attribution still works on a
+fake-quantized model. All schemes are symmetric (no zero point), as onnxruntime's
+weight quantization and ``MatMulNBits`` use by default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "fake_quantize_activations",
+    "fake_quantize_fp16",
+    "fake_quantize_int4",
+    "fake_quantize_int8",
+]
+
+INT8_MAX = 127
+INT4_MAX = 7
+
+
+def _symmetric(values: torch.Tensor, absmax: torch.Tensor, levels: int) -> torch.Tensor:
+    scale = torch.where(absmax > 0, absmax / levels, torch.ones_like(absmax))
+    return torch.clamp(torch.round(values / scale), -levels, levels) * scale
+
+
+def fake_quantize_int8(weight: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """Symmetric int8 (±127): one scale per output row, or one for the whole tensor.
+
+    Example:
+        >>> w = torch.tensor([[0.3, -1.0, 0.25]])
+        >>> fake_quantize_int8(w)
+        tensor([[ 0.2992, -1.0000,  0.2520]])
+    """
+    source = weight.float()
+    absmax = source.abs().amax(dim=1, keepdim=True) if per_channel else source.abs().amax()
+    return _symmetric(source, absmax, INT8_MAX).to(weight.dtype)
+
+
+def fake_quantize_int4(
+    weight: torch.Tensor, block_size: int = 32, columns: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric int4 (±7) with one scale per block of ``block_size`` inputs of each row.
+
+    ``columns`` (bool, one per input) restricts blocks to the kept inputs, so that a
+    matrix with pruned columns is quantized as its physically pruned version would
+    be; the other columns are returned as they are (zero, after pruning).
+
+    Example:
+        >>> w = torch.arange(1.0, 33.0).reshape(1, 32)
+        >>> q = fake_quantize_int4(w, block_size=16)
+        >>> q[0, :3], q[0, -1]
+        (tensor([0.0000, 2.2857, 2.2857]), tensor(32.))
+    """
+    if columns is not None and not bool(columns.all()):
+        result = weight.clone()
+        result[:, columns] = fake_quantize_int4(weight[:, columns], block_size)
+        return result
+    source = weight.float()
+    rows, width = source.shape
+    padded_width = -(-width // block_size) * block_size
+    padded = torch.nn.functional.pad(source, (0, padded_width - width))
+    blocks = padded.reshape(rows, -1, block_size)
+    absmax = blocks.abs().amax(dim=2, keepdim=True)
+    quantized = _symmetric(blocks, absmax, INT4_MAX).reshape(rows, padded_width)[:, :width]
+    return quantized.to(weight.dtype)
+
+
+def fake_quantize_fp16(tensor: torch.Tensor) -> torch.Tensor:
+    """Round through float16 and back.
+
+    Example:
+        >>> fake_quantize_fp16(torch.tensor([1.0001]))
+        tensor([1.])
+    """
+    return tensor.half().to(tensor.dtype)
+
+
+def fake_quantize_activations(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-tensor symmetric int8 with a calibrated ``scale``; values beyond ±127·scale clip.
+
+    The gradient passes straight through, so attribution methods still run.
+
+    Example:
+        >>> fake_quantize_activations(torch.tensor([0.01, 0.5, 9.0]), scale=0.05)
+        tensor([0.0000, 0.5000, 6.3500])
+    """
+    quantized = torch.clamp(torch.round(x / scale), -INT8_MAX, INT8_MAX) * scale
+    return x + (quantized - x).detach()

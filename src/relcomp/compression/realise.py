@@ -1,0 +1,499 @@
+"""Carry out a plan in torch, reversibly: ``compress_(model, plan)``.
+
+One handler per action type (registered in :data:`HANDLERS`) edits a working copy
+of each Linear it touches; edits compose in a fixed order whatever the plan's order
+(:data:`~relcomp.compression.plan.CATEGORY_ORDER`: heads and neurons, unstructured
+pruning, low rank, precision, activation sparsity):
+
+* ``prune_heads`` / ``prune_neurons``: zero the rows (and biases) and columns that
+  physical pruning would remove, so outputs match the pruned model;
+* ``prune_weights``: zero the lowest-scoring weights of each row (``|W|``, or Wanda's
+  ``|W|·‖X‖`` when activation statistics are given);
+* ``low_rank``: a truncated SVD, computed once, stored as two factors;
+* ``fp16`` / ``int8`` / ``int4``: fake quantization of the weight (of each factor
+  under ``low_rank``), computed once;
+* ``int8(activations=True)`` and ``sparsify``: forward pre-hooks on the Linear's input.
+
+The finished weights replace the parameters' data; the original tensors are kept by
+the :class:`CompressionHandle` (and through it by the model, so they are never
+lost), and ``remove()`` puts them back: outputs are then bit-for-bit what they were.
+While a handle is active, ``model.variant`` names the plan, so caches keyed by
+``model.cache_key`` never mix compressed and original scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import weakref
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from relcomp.artifacts import CompressionPlan
+from relcomp.compression.actions import (
+    FP16,
+    FP32,
+    Action,
+    Int4,
+    Int8,
+    LowRank,
+    PlanError,
+    PruneHeads,
+    PruneNeurons,
+    PruneWeights,
+    Sparsify,
+)
+from relcomp.compression.plan import (
+    CATEGORY_ORDER,
+    LinearKeep,
+    ModelStructure,
+    _resolve,
+    structural_masks,
+)
+from relcomp.compression.quantize import (
+    fake_quantize_activations,
+    fake_quantize_fp16,
+    fake_quantize_int4,
+    fake_quantize_int8,
+)
+from relcomp.compression.statistics import ActivationStatistics, activation_scales
+from relcomp.models.base import RankingModel
+from relcomp.registry import Registry, UnknownNameError
+
+__all__ = [
+    "HANDLERS",
+    "CompressionHandle",
+    "LinearEdit",
+    "Realisation",
+    "active_compression",
+    "compress_",
+]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["Realisation", str, Action], None]
+#: Action name → the function that carries it out in torch.
+HANDLERS: Registry[Handler] = Registry("compression handler")
+
+# Each model's active handle: it holds the original weights while the model lives.
+_ACTIVE: weakref.WeakKeyDictionary[RankingModel, CompressionHandle] = weakref.WeakKeyDictionary()
+
+
+def handler(action_type: type[Action]) -> Callable[[Handler], Handler]:
+    """Register the torch handler of an action type."""
+    return HANDLERS.register(action_type.name)
+
+
+@dataclasses.dataclass
+class LinearEdit:
+    """A working copy of one Linear's parameters, and the input transforms to install."""
+
+    name: str
+    module: nn.Linear
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    keep: LinearKeep
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None
+    input_transforms: list[tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = dataclasses.field(
+        default_factory=list
+    )
+    weight_changed: bool = False
+    bias_changed: bool = False
+
+    def map_weights(
+        self, function: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    ) -> None:
+        """Apply ``function(matrix, columns)`` to the weight, or to each low-rank factor.
+
+        ``columns`` is the bool mask of kept inputs for the matrix that sees the
+        module's inputs, ``None`` for the left factor.
+        """
+        if self.factors is not None:
+            left, right = self.factors
+            self.factors = (function(left, None), function(right, self.keep.columns))
+        else:
+            self.weight = function(self.weight, self.keep.columns)
+        self.weight_changed = True
+
+    def final_weight(self) -> torch.Tensor:
+        if self.factors is None:
+            return self.weight
+        left, right = self.factors
+        return (left.double() @ right.double()).to(self.weight.dtype)
+
+
+class Realisation:
+    """What handlers work on: the model's structure and a working copy of each Linear."""
+
+    def __init__(
+        self,
+        model: RankingModel,
+        structure: ModelStructure,
+        resolved: Mapping[str, list[Action]],
+        statistics: Mapping[str, ActivationStatistics] | None,
+        scales: Mapping[str, float],
+    ) -> None:
+        self.model = model
+        self.structure = structure
+        self.resolved = resolved
+        self.statistics = statistics or {}
+        self.scales = dict(scales)
+        self.keep = structural_masks(resolved, structure)
+        self.edits: dict[str, LinearEdit] = {}
+
+    def linear(self, name: str) -> LinearEdit:
+        """The working copy of a Linear, made on first use."""
+        if name not in self.edits:
+            module = self.structure.linears[name]
+            keep = self.keep.get(name, LinearKeep())
+            device = module.weight.device
+            self.edits[name] = LinearEdit(
+                name=name,
+                module=module,
+                weight=module.weight.detach().clone(),
+                bias=module.bias.detach().clone() if module.bias is not None else None,
+                keep=LinearKeep(
+                    rows=keep.rows.to(device) if keep.rows is not None else None,
+                    columns=keep.columns.to(device) if keep.columns is not None else None,
+                ),
+            )
+        return self.edits[name]
+
+
+# -- handlers: structure ------------------------------------------------------------------
+def _zero_pruned(edit: LinearEdit) -> None:
+    if edit.keep.rows is not None:
+        edit.weight[~edit.keep.rows] = 0.0
+        if edit.bias is not None:
+            edit.bias[~edit.keep.rows] = 0.0
+            edit.bias_changed = True
+    if edit.keep.columns is not None:
+        edit.weight[:, ~edit.keep.columns] = 0.0
+    edit.weight_changed = True
+
+
+@handler(PruneHeads)
+def _prune_heads(realisation: Realisation, module: str, action: Action) -> None:
+    layer = realisation.structure.layer_of(module)
+    for name in (layer.query, layer.key, layer.value, layer.attention_output):
+        _zero_pruned(realisation.linear(name))
+
+
+@handler(PruneNeurons)
+def _prune_neurons(realisation: Realisation, module: str, action: Action) -> None:
+    layer = realisation.structure.layer_of(module)
+    for name in (layer.ffn_in, layer.ffn_out):
+        _zero_pruned(realisation.linear(name))
+
+
+# -- handlers: weights -----------------------------------------------------------------------
+@handler(PruneWeights)
+def _prune_weights(realisation: Realisation, module: str, action: Action) -> None:
+    assert isinstance(action, PruneWeights)
+    edit = realisation.linear(module)
+    columns = (
+        edit.keep.columns
+        if edit.keep.columns is not None
+        else torch.ones(edit.weight.shape[1], dtype=torch.bool, device=edit.weight.device)
+    )
+    kept = edit.weight[:, columns]
+    count = math.floor(action.ratio * kept.shape[1])
+    if count == 0:
+        return
+    score = kept.abs().double()
+    stats = realisation.statistics.get(module)
+    if stats is not None:
+        if stats.in_features != edit.weight.shape[1]:
+            raise PlanError(
+                f"activation statistics of {module!r} have {stats.in_features} input channels, "
+                f"the module {edit.weight.shape[1]}: collect them on this model"
+            )
+        score = score * stats.channel_norm.double().to(score.device)[columns]
+    drop = torch.topk(score, count, dim=1, largest=False).indices
+    kept = kept.scatter(1, drop, 0.0)
+    edit.weight[:, columns] = kept
+    edit.weight_changed = True
+
+
+@handler(LowRank)
+def _low_rank(realisation: Realisation, module: str, action: Action) -> None:
+    assert isinstance(action, LowRank)
+    edit = realisation.linear(module)
+    rows = (
+        edit.keep.rows
+        if edit.keep.rows is not None
+        else torch.ones(edit.weight.shape[0], dtype=torch.bool, device=edit.weight.device)
+    )
+    columns = (
+        edit.keep.columns
+        if edit.keep.columns is not None
+        else torch.ones(edit.weight.shape[1], dtype=torch.bool, device=edit.weight.device)
+    )
+    kept = edit.weight[rows][:, columns].double()
+    u, s, vh = torch.linalg.svd(kept, full_matrices=False)
+    root = s[: action.rank].sqrt()
+    left = edit.weight.new_zeros(edit.weight.shape[0], action.rank)
+    right = edit.weight.new_zeros(action.rank, edit.weight.shape[1])
+    left[rows] = (u[:, : action.rank] * root).to(left.dtype)
+    right[:, columns] = (root[:, None] * vh[: action.rank]).to(right.dtype)
+    edit.factors = (left, right)
+    edit.weight_changed = True
+
+
+@handler(FP32)
+def _fp32(realisation: Realisation, module: str, action: Action) -> None:
+    """Full precision: nothing to do (an explicit entry keeps a module out of ``_default``)."""
+
+
+@handler(FP16)
+def _fp16(realisation: Realisation, module: str, action: Action) -> None:
+    edit = realisation.linear(module)
+    edit.map_weights(lambda matrix, columns: fake_quantize_fp16(matrix))
+    if edit.bias is not None:
+        edit.bias = fake_quantize_fp16(edit.bias)
+        edit.bias_changed = True
+
+
+@handler(Int8)
+def _int8(realisation: Realisation, module: str, action: Action) -> None:
+    assert isinstance(action, Int8)
+    edit = realisation.linear(module)
+    edit.map_weights(lambda matrix, columns: fake_quantize_int8(matrix, action.per_channel))
+    if action.activations:
+        scale = realisation.scales[module]
+        edit.input_transforms.append((1, lambda x: fake_quantize_activations(x, scale)))
+
+
+@handler(Int4)
+def _int4(realisation: Realisation, module: str, action: Action) -> None:
+    assert isinstance(action, Int4)
+    edit = realisation.linear(module)
+    edit.map_weights(lambda matrix, columns: fake_quantize_int4(matrix, action.block_size, columns))
+
+
+@handler(Sparsify)
+def _sparsify(realisation: Realisation, module: str, action: Action) -> None:
+    assert isinstance(action, Sparsify)
+    threshold = action.threshold
+    realisation.linear(module).input_transforms.append(
+        (0, lambda x: torch.where(x.abs() < threshold, torch.zeros_like(x), x))
+    )
+
+
+# -- the handle ---------------------------------------------------------------------------
+class CompressionHandle:
+    """An applied plan: the original tensors and hooks, and how to undo them.
+
+    Works as a context manager; ``remove()`` is idempotent.
+
+    Attributes:
+        model: the compressed model.
+        plan: the plan realised.
+        resolved: ``{module: actions}`` as carried out.
+        variant: ``model.variant`` while the handle is active.
+    """
+
+    def __init__(
+        self,
+        model: RankingModel,
+        plan: CompressionPlan,
+        resolved: dict[str, list[Action]],
+        swaps: list[tuple[torch.Tensor, torch.Tensor]],
+        hooks: list[torch.utils.hooks.RemovableHandle],
+        previous_variant: str,
+        variant: str,
+    ) -> None:
+        self.model = model
+        self.plan = plan
+        self.resolved = resolved
+        self._swaps = swaps
+        self._hooks = hooks
+        self._previous_variant = previous_variant
+        self.variant = variant
+
+    @property
+    def active(self) -> bool:
+        return _ACTIVE.get(self.model) is self
+
+    def remove(self) -> None:
+        """Restore the original weights, drop the hooks and the variant."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for parameter, original in reversed(self._swaps):
+                parameter.data = original
+        for hook in self._hooks:
+            hook.remove()
+        self._swaps.clear()
+        self._hooks.clear()
+        self.model.variant = self._previous_variant
+        del _ACTIVE[self.model]
+        logger.info("removed compression %s from %s", self.variant, self.model.name)
+
+    def __enter__(self) -> CompressionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"CompressionHandle({self.model.name!r}, variant={self.variant!r}, {state})"
+
+
+def active_compression(model: RankingModel) -> CompressionHandle | None:
+    """The handle of the plan currently applied to ``model``, if any."""
+    return _ACTIVE.get(model)
+
+
+def compress_(
+    model: RankingModel,
+    plan: CompressionPlan | Mapping[str, str],
+    *,
+    statistics: Mapping[str, ActivationStatistics] | None = None,
+    activation_scales: Mapping[str, float] | None = None,
+    percentile: float = 100.0,
+) -> CompressionHandle:
+    """Apply ``plan`` to ``model`` in place (fake quantization and masks); undo with the handle.
+
+    Args:
+        model: a relcomp model; one plan at a time (remove the previous handle first).
+        plan: a :class:`~relcomp.artifacts.CompressionPlan`, or a ``{pattern: action}``
+            mapping for a quick experiment.
+        statistics: activation statistics (:func:`collect_activation_statistics`):
+            Wanda norms for ``prune_weights``, and clipped scales for
+            ``int8(activations=True)`` where ``activation_scales`` gives none.
+        activation_scales: ``{Linear name: scale}`` (:func:`calibrate`).
+        percentile: where activation scales are clipped when read from ``statistics``
+            (see :func:`~relcomp.compression.activation_scales`).
+
+    Returns:
+        The :class:`CompressionHandle`; ``handle.remove()`` (or leaving its ``with``
+        block) restores the model bit for bit.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> before = model.encode(["a cat"])
+        >>> with compress_(model, {"_default": "int4(block_size=32)"}) as handle:
+        ...     model.variant == handle.variant != "fp32"
+        True
+        >>> bool((model.encode(["a cat"]) == before).all()), model.variant
+        (True, 'fp32')
+    """
+    if not isinstance(plan, CompressionPlan):
+        plan = CompressionPlan(model=model.name, entries=tuple(dict(plan).items()))
+    previous = active_compression(model)
+    if previous is not None:
+        raise PlanError(
+            f"{model.name} is already compressed ({previous.variant}); remove that handle first"
+        )
+    structure = ModelStructure.of(model)
+    resolved = _resolve(plan, structure)
+    scales = _activation_scales(resolved, statistics, activation_scales, percentile)
+    for actions in resolved.values():
+        for action in actions:
+            try:
+                HANDLERS.get(action.name)
+            except UnknownNameError:
+                raise PlanError(f"{action} has no torch handler; it cannot be simulated") from None
+    realisation = Realisation(model, structure, resolved, statistics, scales)
+    with torch.no_grad():
+        for category in CATEGORY_ORDER:
+            for module, actions in resolved.items():
+                for action in actions:
+                    if action.category == category:
+                        HANDLERS.get(action.name)(realisation, module, action)
+    swaps, hooks = _install(realisation)
+    variant = f"{model.variant}|plan-{_digest(plan, realisation)}"
+    handle = CompressionHandle(model, plan, resolved, swaps, hooks, model.variant, variant)
+    model.variant = variant
+    _ACTIVE[model] = handle
+    counts = Counter(action.name for actions in resolved.values() for action in actions)
+    logger.info(
+        "compressed %s with plan %s: %s",
+        model.name,
+        plan.fingerprint(),
+        ", ".join(f"{name} × {count}" for name, count in sorted(counts.items())) or "nothing",
+    )
+    return handle
+
+
+def _activation_scales(
+    resolved: Mapping[str, list[Action]],
+    statistics: Mapping[str, ActivationStatistics] | None,
+    given: Mapping[str, float] | None,
+    percentile: float,
+) -> dict[str, float]:
+    needed = [
+        module
+        for module, actions in resolved.items()
+        if any(isinstance(a, Int8) and a.activations for a in actions)
+    ]
+    scales: dict[str, float] = {}
+    missing = []
+    for module in needed:
+        if given is not None and module in given:
+            scales[module] = float(given[module])
+        elif statistics is not None and module in statistics:
+            scales[module] = activation_scales({module: statistics[module]}, percentile)[module]
+        else:
+            missing.append(module)
+    if missing:
+        raise PlanError(
+            f"int8(activations=True) needs calibrated activation scales for {len(missing)} "
+            f"module(s), e.g. {missing[0]!r}: pass activation_scales=calibrate(model, batches) "
+            "or statistics=collect_activation_statistics(model, batches)"
+        )
+    bad = {m: s for m, s in scales.items() if not (math.isfinite(s) and s > 0)}
+    if bad:
+        raise PlanError(f"activation scales must be positive and finite, got {bad}")
+    return scales
+
+
+def _install(
+    realisation: Realisation,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.utils.hooks.RemovableHandle]]:
+    swaps: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks: list[torch.utils.hooks.RemovableHandle] = []
+    with torch.no_grad():
+        for edit in realisation.edits.values():
+            module = edit.module
+            if edit.weight_changed:
+                swaps.append((module.weight, module.weight.data))
+                module.weight.data = edit.final_weight().to(module.weight.dtype)
+            if edit.bias_changed and module.bias is not None and edit.bias is not None:
+                swaps.append((module.bias, module.bias.data))
+                module.bias.data = edit.bias.to(module.bias.dtype)
+            if edit.input_transforms:
+                transforms = [fn for _, fn in sorted(edit.input_transforms, key=lambda t: t[0])]
+                hooks.append(module.register_forward_pre_hook(_input_hook(transforms)))
+    return swaps, hooks
+
+
+def _input_hook(transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        for transform in transforms:
+            x = transform(x)
+        return (x, *args[1:])
+
+    return hook
+
+
+def _digest(plan: CompressionPlan, realisation: Realisation) -> str:
+    """The plan's fingerprint, plus the calibration data that changes its outputs."""
+    digest = hashlib.sha256(plan.fingerprint().encode())
+    digest.update(json.dumps(sorted(realisation.scales.items())).encode())
+    for module, actions in sorted(realisation.resolved.items()):
+        if any(isinstance(a, PruneWeights) for a in actions) and module in realisation.statistics:
+            norm = realisation.statistics[module].channel_norm
+            digest.update(module.encode() + norm.cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
