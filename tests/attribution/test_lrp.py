@@ -171,3 +171,19 @@ def test_unknown_method_and_composite_names_list_the_valid_ones() -> None:
         get_method("attnlrpp")
     with pytest.raises(UnknownNameError, match="did you mean 'AttnLRP'"):
         get_composite("atnlrp")
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_component_relevance_follows_pruned_head_counts(tiny_model, family: str) -> None:
+    from relcomp.artifacts import CompressionPlan
+    from relcomp.compression import prune_physically
+
+    model = tiny_model(family)
+    first = model.layer_modules()[0]
+    pruned = prune_physically(model, CompressionPlan(model.name, {first.attention: "prune_heads(0,2)"}))
+    relevance = ComponentLRP(pruned).attribute([QUERIES[0]], [DOCUMENTS[0]])
+    heads = relevance.by_kind("head")
+    assert heads[first.layer].shape == (model.num_heads() - 2,)
+    assert heads[model.layer_modules()[1].layer].shape == (model.num_heads(),)
+    [explanation] = TokenLRP(pruned).attribute([QUERIES[0]], [DOCUMENTS[0]])
+    assert explanation.score == pytest.approx(float(pruned.score([QUERIES[0]], [DOCUMENTS[0]])[0]), rel=1e-4)

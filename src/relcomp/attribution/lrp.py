@@ -45,9 +45,9 @@ class ComponentTaps:
 
     def __enter__(self) -> ComponentTaps:
         module = self.model.model
-        heads = self.model.num_heads()
         for layer in self.model.layer_modules():
             name = layer.layer
+            heads = self.model.adapter.heads_in(module.get_submodule(layer.attention))
             self._tap_output(
                 module.get_submodule(layer.layer), "layer", name, lambda r: r.sum((1, 2))
             )

@@ -128,8 +128,16 @@ class ArchitectureAdapter:
         }
 
     def num_heads(self, model: nn.Module) -> int:
-        config = model.config
+        """Heads per layer as configured (see :meth:`heads_in` for a pruned layer)."""
+        config: Any = model.config
         return int(getattr(config, "num_attention_heads", getattr(config, "n_heads", 0)))
+
+    def heads_in(self, attention: nn.Module) -> int:
+        """Heads an attention module has now; fewer than configured after head pruning."""
+        for attribute in ("num_attention_heads", "n_heads"):
+            if hasattr(attention, attribute):
+                return int(getattr(attention, attribute))
+        raise AttributeError(f"{type(attention).__name__} has no head count")
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
