@@ -61,3 +61,36 @@ def test_calibration_pairs_take_the_most_relevant_judged_document(toy: Path) -> 
     for query, document in pairs:
         index = QUERIES.index(query)
         assert document == DOCUMENTS[index]
+
+
+def test_evaluate_simulates_a_plan_and_restores_the_model(
+    tiny_model, toy: Path, monkeypatch, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from relcomp.artifacts import CompressionPlan
+
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model("bert", "cross-encoder")
+    before = model.score(QUERIES, DOCUMENTS[: len(QUERIES)])
+    plan = CompressionPlan(model.name, {"_default": "prune_weights(ratio=0.5)"}, method="manual")
+    plan_file = plan.save(tmp_path / "plan.json")
+    reference = evaluate(model, toy, depth=4, show_progress_bar=False)
+    compressed = evaluate(model, toy, depth=4, plan=plan_file, show_progress_bar=False)
+    assert compressed.settings["plan"]["variant"] != "fp32"
+    assert compressed.per_query != reference.per_query or compressed.measures == reference.measures
+    assert np.array_equal(before, model.score(QUERIES, DOCUMENTS[: len(QUERIES)]))
+    assert model.variant == "fp32"
+
+
+def test_plan_calibration_never_uses_the_evaluated_split(tiny_model, toy: Path) -> None:
+    from relcomp.artifacts import CompressionPlan
+    from relcomp.pipeline import apply_plan
+
+    model = tiny_model("bert", "cross-encoder")
+    plan = CompressionPlan(model.name, {"_default": "prune_weights(ratio=0.5)"})
+    with (
+        pytest.raises(ValueError, match="evaluated split"),
+        apply_plan(model, plan, toy, split="test"),
+    ):
+        pass

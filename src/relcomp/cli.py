@@ -158,12 +158,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         measures=args.measures or DEFAULT_MEASURES,
         use_cache=not args.no_cache,
         show_progress_bar=not args.quiet,
+        plan=args.plan,
+        calibration_split=args.calibration_split,
     )
     system = (
         report.model
         if report.first_stage is None
         else f"{report.model} (re-ranking {report.first_stage} top-{report.depth})"
     )
+    if args.plan:
+        system += f" with plan {args.plan}"
     print(f"{system} on {report.dataset}/{report.split}, {report.n_queries} queries")
     _print_table([(name, value) for name, value in report.measures.items()], ("measure", "value"))
     if report.truncation.get("inputs"):

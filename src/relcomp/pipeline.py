@@ -6,14 +6,16 @@ each returns or writes the artifact of its step.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from relcomp.artifacts import ComponentRelevance, QualityReport, TokenRelevance
+from relcomp.artifacts import ComponentRelevance, CompressionPlan, QualityReport, TokenRelevance
 from relcomp.evaluation import (
     DEFAULT_MEASURES,
     bm25_retrieve,
@@ -28,7 +30,7 @@ from relcomp.evaluation import (
 )
 from relcomp.models import BiEncoder, RankingModel, load_model
 
-__all__ = ["component_relevance", "evaluate", "explain", "load_scorer"]
+__all__ = ["apply_plan", "component_relevance", "evaluate", "explain", "load_scorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ def evaluate(
     measures: Sequence[str] = DEFAULT_MEASURES,
     use_cache: bool = True,
     show_progress_bar: bool | None = None,
+    plan: str | os.PathLike[str] | CompressionPlan | None = None,
+    calibration_split: str | None = None,
+    calibration: int = 64,
 ) -> QualityReport:
     """Retrieval quality of a model (or BM25) on one split of a BEIR collection.
 
@@ -77,6 +82,11 @@ def evaluate(
         max_length: longest input in tokens (the model's own limit by default).
         batch_size: pairs or texts per forward pass.
         measures: ir_measures names (``nDCG@10``, ``RR@10``, ``R@100`` by default).
+        plan: a :class:`CompressionPlan` (or its JSON file) simulated in torch while
+            evaluating (fake quantization and masks, removed afterwards).
+        calibration_split: where activation statistics for the plan come from (Wanda
+            norms, activation scales): ``dev``, else ``train``; never the evaluated split.
+        calibration: calibration pairs for those statistics.
 
     Example:
         >>> report = evaluate("bm25", "src/relcomp/data/scifact-demo", queries=5)  # doctest: +SKIP
@@ -87,6 +97,37 @@ def evaluate(
         sample_queries(dataset.split_queries, queries) if queries else list(dataset.split_queries)
     )
     scorer = load_scorer(model, max_length)
+    if plan is not None:
+        if not isinstance(scorer, RankingModel):
+            raise ValueError("a compression plan needs a neural model, not bm25")
+        if not isinstance(plan, CompressionPlan):
+            plan = CompressionPlan.load(plan)
+        with apply_plan(
+            scorer,
+            plan,
+            data_dir,
+            split=calibration_split,
+            evaluated=split,
+            calibration=calibration,
+        ) as handle:
+            report = evaluate(
+                scorer,
+                data_dir,
+                split=split,
+                first_stage=first_stage,
+                depth=depth,
+                queries=queries,
+                batch_size=batch_size,
+                measures=measures,
+                use_cache=use_cache,
+                show_progress_bar=show_progress_bar,
+            )
+        plan_settings = {
+            "method": plan.method,
+            "variant": handle.variant,
+            "achieved": dict(plan.achieved),
+        }
+        return dataclasses.replace(report, settings={**report.settings, "plan": plan_settings})
     options: dict[str, Any] = {"show_progress_bar": show_progress_bar, "use_cache": use_cache}
     if (
         first_stage is None
@@ -149,6 +190,66 @@ def evaluate(
             "sample_seed": 13 if queries else None,
         },
     )
+
+
+@contextlib.contextmanager
+def apply_plan(
+    model: RankingModel,
+    plan: str | os.PathLike[str] | CompressionPlan,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    split: str | None = None,
+    evaluated: str = "test",
+    calibration: int = 64,
+) -> Iterator[Any]:
+    """Simulate ``plan`` on ``model`` in torch for the duration of a ``with`` block.
+
+    Plans whose actions depend on data (``prune_weights`` uses Wanda's activation
+    norms, ``int8(activations=True)`` clipped scales) are calibrated on pairs from
+    ``split`` (``dev``, else ``train``), never from the evaluated split.
+    """
+    from relcomp.compression import calibration_features, collect_activation_statistics, compress_
+
+    if not isinstance(plan, CompressionPlan):
+        plan = CompressionPlan.load(plan)
+    statistics = None
+    needs_data = any(
+        action.startswith(("prune_weights", "sparsify")) or "activations=True" in action
+        for _, action in plan.entries
+    )
+    if needs_data:
+        if data_dir is None:
+            raise ValueError(
+                "this plan needs calibration data (a BEIR folder) for its activation statistics"
+            )
+        dataset = _calibration_dataset(data_dir, split, evaluated)
+        pairs = calibration_pairs(dataset, calibration)
+        features = calibration_features(model, [q for q, _ in pairs], [d for _, d in pairs])
+        statistics = collect_activation_statistics(model, features)
+    handle = compress_(model, plan, statistics=statistics)
+    logger.info("simulating plan %s (%s) on %s", plan.method, handle.variant, model.name)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+def _calibration_dataset(
+    data_dir: str | os.PathLike[str], split: str | None, evaluated: str
+) -> Any:
+    from relcomp.evaluation import available_splits
+
+    splits = available_splits(data_dir)
+    if split is None:
+        candidates = [name for name in ("dev", "train") if name in splits and name != evaluated]
+        if not candidates:
+            raise ValueError(
+                f"{data_dir}: no dev or train split to calibrate on (splits: {splits})"
+            )
+        split = candidates[0]
+    if split == evaluated:
+        raise ValueError(f"calibration split {split!r} is the evaluated split; use dev or train")
+    return load_beir(data_dir, split)
 
 
 def rerank_with_corpus_embeddings(
