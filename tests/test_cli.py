@@ -156,3 +156,18 @@ def test_bad_input_gives_one_message_and_exit_2(
     assert message in error
     assert "Traceback" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_with_a_plan(
+    tiny_model_path, tiny_beir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from relcomp.artifacts import CompressionPlan
+
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model_path("bert", "cross-encoder")
+    plan = CompressionPlan(str(model), {"_default": "int8"}).save(tmp_path / "plan.json")
+    args = ["evaluate", "-m", str(model), "-d", str(tiny_beir), "--depth", "5", "--plan", str(plan)]
+    assert main([*args, "-o", str(tmp_path / "out"), "-q"]) == 0
+    quality = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert quality["settings"]["plan"]["variant"].startswith("fp32|plan-")
+    assert "with plan" in capsys.readouterr().out

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--no-cache", action="store_true", help="recompute first stages and embeddings"
     )
+    evaluate.add_argument("--plan", type=Path, default=None, help="a plan.json to simulate in torch")
+    evaluate.add_argument(
+        "--calibration-split",
+        default=None,
+        help="calibration data for the plan's activation statistics (default: dev, else train)",
+    )
     evaluate.add_argument(
         "-o", "--output", type=Path, default=None, help="write OUT_DIR/quality.json"
     )
