@@ -150,7 +150,9 @@ def test_least_relevant_heads_and_neurons_are_pruned(setting):
     neurons = setting["relevance"].by_kind("neuron")
     pruned_neurons: dict[str, set[int]] = {}
     for pattern, action in plan.actions():
-        layer = pattern.rsplit(".", 2)[0] if "attention" in pattern else pattern.rsplit(".", 2)[0]
+        layer = pattern.rsplit(".", 2)[
+            0
+        ]  # '….layer.0.attention.self', '….layer.0.intermediate.dense'
         if action.name == "prune_neurons":
             pruned_neurons[layer] = set(action.indices or ())
         if action.name == "prune_heads":
@@ -190,7 +192,9 @@ def test_unstructured_ratios_are_higher_where_relevance_is_lower(setting):
 
 
 def test_allocate_ratios_keeps_the_weighted_mean():
-    ratios = allocate_ratios({"a": 0.0, "b": 1.0, "c": 50.0}, {"a": 10, "b": 1000, "c": 30}, 0.9, 0.4)
+    ratios = allocate_ratios(
+        {"a": 0.0, "b": 1.0, "c": 50.0}, {"a": 10, "b": 1000, "c": 30}, 0.9, 0.4
+    )
     mean = (ratios["a"] * 10 + ratios["b"] * 1000 + ratios["c"] * 30) / 1040
     assert mean == pytest.approx(0.9, abs=1e-9)
     assert ratios["a"] <= 0.95

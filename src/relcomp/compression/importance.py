@@ -172,7 +172,8 @@ def relevance_importance(
     linears = {n: abs(given.get(n, fill)) for n in structure.linears}
     heads_given = relevance.by_kind("head", statistic)
     neurons_given = relevance.by_kind("neuron", statistic)
-    heads, neurons = {}, {}
+    heads: dict[str, np.ndarray] = {}
+    neurons: dict[str, np.ndarray] = {}
     for layer in structure.layers:
         for target, given_values, count in (
             (heads, heads_given, structure.heads[layer.layer]),
@@ -185,8 +186,12 @@ def relevance_importance(
                     f"for {layer.layer!r}, the model {count}: make it on this model"
                 )
             target[layer.layer] = np.abs(np.asarray(values, dtype=np.float64))
-    record = {"method": relevance.method, "source": dict(relevance.source), "statistic": statistic}
-    record["n_pairs"] = relevance.n_pairs
+    record: dict[str, Any] = {
+        "method": relevance.method,
+        "source": dict(relevance.source),
+        "statistic": statistic,
+        "n_pairs": relevance.n_pairs,
+    }
     return Importance(f"relevance({relevance.method})", linears, heads, neurons, record)
 
 

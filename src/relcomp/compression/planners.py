@@ -262,7 +262,7 @@ def mixed_precision_plan(
     for name, linear in structure.linears.items():
         costs[name] = []
         for precision in PRECISION_LADDER:
-            data, bias, stored = weight_bytes(
+            data, bias, _stored = weight_bytes(
                 linear.out_features, linear.in_features, precision, bias=linear.bias is not None
             )
             costs[name].append(data if key == "bits_per_weight" else data + bias)
@@ -433,13 +433,13 @@ def _global_choice(
     # near the goal, a head that would overshoot by more than a neuron waits for neurons
     slack: float = min(neuron_cost.values())
     for _ in range(2):  # the second pass, without slack, when neurons alone fall short
-        for _, _, _, index, kind, layer in candidates:
+        for _, _, _, index, kind, name in candidates:
             if removed >= goal:
                 break
-            taken = chosen[(kind, layer)]
-            if len(taken) >= removable[(kind, layer)] or index in taken:
+            taken = chosen[(kind, name)]
+            if len(taken) >= removable[(kind, name)] or index in taken:
                 continue
-            cost = (head_cost if kind == "head" else neuron_cost)[layer]
+            cost = (head_cost if kind == "head" else neuron_cost)[name]
             if kind == "head" and removed + cost > goal + slack:
                 continue
             taken.append(index)
