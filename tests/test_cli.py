@@ -171,3 +171,80 @@ def test_evaluate_with_a_plan(
     quality = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert quality["settings"]["plan"]["variant"].startswith("fp32|plan-")
     assert "with plan" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("method", "budget", "importance"),
+    [("mixed-precision", "6bits", "relevance"), ("prune-structured", "0.2", "magnitude")],
+)
+def test_relevance_then_plan_then_evaluate(
+    tiny_model_path,
+    tiny_beir: Path,
+    tmp_path: Path,
+    monkeypatch,
+    method: str,
+    budget: str,
+    importance: str,
+) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    model = str(tiny_model_path("bert", "cross-encoder"))
+    relevance = [
+        "relevance",
+        "-m",
+        model,
+        "-d",
+        str(tiny_beir),
+        "--calibration",
+        "4",
+        "-o",
+        str(tmp_path),
+        "-q",
+    ]
+    assert main(relevance) == 0
+    plan_file = tmp_path / "plan.json"
+    args = [
+        "plan",
+        "-m",
+        model,
+        "--relevance",
+        str(tmp_path / "component_relevance.json"),
+        "--method",
+        method,
+    ]
+    assert (
+        main([*args, "--budget", budget, "--importance", importance, "-o", str(plan_file), "-q"])
+        == 0
+    )
+    plan = json.loads(plan_file.read_text())
+    assert plan["kind"] == "compression_plan" and plan["entries"]
+    assert plan["method"].startswith(method)
+    evaluate = [
+        "evaluate",
+        "-m",
+        model,
+        "-d",
+        str(tiny_beir),
+        "--depth",
+        "5",
+        "--plan",
+        str(plan_file),
+    ]
+    assert main([*evaluate, "-o", str(tmp_path / "q"), "-q"]) == 0
+
+
+def test_plan_rejects_a_bad_budget(tiny_model_path, tmp_path: Path, capsys) -> None:
+    model = str(tiny_model_path("bert", "cross-encoder"))
+    args = [
+        "plan",
+        "-m",
+        model,
+        "--method",
+        "mixed-precision",
+        "--budget",
+        "lots",
+        "--importance",
+        "uniform",
+    ]
+    assert main([*args, "-o", str(tmp_path / "plan.json")]) == 2
+    assert "--budget 'lots'" in capsys.readouterr().err
+    assert not (tmp_path / "plan.json").exists()

@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--no-cache", action="store_true", help="recompute first stages and embeddings"
     )
-    evaluate.add_argument("--plan", type=Path, default=None, help="a plan.json to simulate in torch")
+    evaluate.add_argument(
+        "--plan", type=Path, default=None, help="a plan.json to simulate in torch"
+    )
     evaluate.add_argument(
         "--calibration-split",
         default=None,
@@ -131,6 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
     relevance.add_argument("--batch-size", type=_positive_int, default=16)
     relevance.add_argument("-o", "--output", type=Path, required=True)
     _common(relevance)
+    plan = verbs.add_parser("plan", help="a compression plan from component relevance and a budget")
+    plan.add_argument("-m", "--model", required=True)
+    plan.add_argument(
+        "--relevance", type=Path, default=None, help="component_relevance.json (relcomp relevance)"
+    )
+    plan.add_argument(
+        "--method",
+        required=True,
+        help="mixed-precision, prune-structured, prune-unstructured or sparsify",
+    )
+    plan.add_argument(
+        "--budget",
+        required=True,
+        help="name=value (bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5), 40MB, 6bits or 0.3",
+    )
+    plan.add_argument(
+        "--importance",
+        default="relevance",
+        help="relevance (default), uniform, random, magnitude, taylor",
+    )
+    plan.add_argument(
+        "-d", "--data", type=Path, default=None, help="BEIR folder for calibration pairs"
+    )
+    plan.add_argument(
+        "--calibration-split", default=None, help="dev (default) or train; never test"
+    )
+    plan.add_argument("--calibration", type=_positive_int, default=64)
+    plan.add_argument("--seed", type=int, default=13)
+    plan.add_argument("-o", "--output", type=Path, required=True, help="the plan's JSON file")
+    _common(plan)
     return parser
 
 
@@ -232,7 +264,36 @@ def _cmd_relevance(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-_COMMANDS = {"evaluate": _cmd_evaluate, "explain": _cmd_explain, "relevance": _cmd_relevance}
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from relcomp.pipeline import plan
+
+    result = plan(
+        args.model,
+        args.method,
+        args.budget,
+        relevance=args.relevance,
+        importance=args.importance,
+        data_dir=args.data,
+        calibration_split=args.calibration_split,
+        calibration=args.calibration,
+        seed=args.seed,
+    )
+    achieved = result.achieved
+    print(f"{result.method}: budget {dict(result.budget)}")
+    _print_table(
+        [(key, value) for key, value in achieved.items() if isinstance(value, int | float)],
+        ("achieved", "value"),
+    )
+    output = args.output if args.output.suffix == ".json" else args.output / "plan.json"
+    print(f"wrote {result.save(output)}")
+
+
+_COMMANDS = {
+    "evaluate": _cmd_evaluate,
+    "explain": _cmd_explain,
+    "relevance": _cmd_relevance,
+    "plan": _cmd_plan,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,15 @@ from relcomp.evaluation import (
 )
 from relcomp.models import BiEncoder, RankingModel, load_model
 
-__all__ = ["apply_plan", "component_relevance", "evaluate", "explain", "load_scorer"]
+__all__ = [
+    "apply_plan",
+    "component_relevance",
+    "evaluate",
+    "explain",
+    "load_scorer",
+    "parse_budget_text",
+    "plan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +288,90 @@ def rerank_with_corpus_embeddings(
         scores = model.similarity(np.broadcast_to(vector, rows.shape), rows)
         run[query_id] = dict(zip(doc_ids, scores.tolist(), strict=True))
     return run
+
+
+_BUDGET_UNITS = (("mb", "size_mb"), ("bits", "bits_per_weight"), ("bit", "bits_per_weight"))
+_RATIO_BUDGET = {"sparsify": "sparsity"}  # the other planners read a bare ratio as params_removed
+
+
+def parse_budget_text(text: str, method: str) -> dict[str, float]:
+    """``--budget``: ``name=value``, ``40MB``, ``6bits``, or a bare ratio (``0.3``).
+
+    A bare ratio is the share of parameters removed for pruning and the activation
+    sparsity for ``sparsify``.
+
+    Example:
+        >>> parse_budget_text("40MB", "mixed-precision"), parse_budget_text("0.3", "sparsify")
+        ({'size_mb': 40.0}, {'sparsity': 0.3})
+    """
+    from relcomp.compression.planners import parse_budget
+
+    cleaned = text.strip().lower().replace(" ", "")
+    if "=" in cleaned:
+        return parse_budget(text)
+    for suffix, name in _BUDGET_UNITS:
+        if cleaned.endswith(suffix):
+            return parse_budget({name: _number(cleaned[: -len(suffix)], text)})
+    key = _RATIO_BUDGET.get(method, "params_removed")
+    return parse_budget(
+        {key: _number(cleaned.rstrip("%"), text) / (100 if cleaned.endswith("%") else 1)}
+    )
+
+
+def _number(value: str, text: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"--budget {text!r}: write name=value (bits_per_weight=6, size_mb=40, "
+            "params_removed=0.3, sparsity=0.5), 40MB, 6bits or a ratio such as 0.3"
+        ) from None
+
+
+def plan(
+    model: str | RankingModel,
+    method: str,
+    budget: str | Mapping[str, float],
+    *,
+    relevance: str | os.PathLike[str] | ComponentRelevance | None = None,
+    importance: str = "relevance",
+    data_dir: str | os.PathLike[str] | None = None,
+    calibration_split: str | None = None,
+    calibration: int = 64,
+    seed: int = 13,
+) -> CompressionPlan:
+    """A compression plan under ``budget``, driven by relevance (or a blind baseline).
+
+    Args:
+        model: the model to compress (folder, hub id or loaded model).
+        method: ``mixed-precision``, ``prune-structured``, ``prune-unstructured`` or ``sparsify``.
+        budget: see :func:`parse_budget_text`, or a dict.
+        relevance: a ``component_relevance.json`` (from ``relcomp relevance``) or artifact.
+        importance: ``relevance`` (default), ``uniform``, ``random``, ``magnitude``, ``taylor``.
+        data_dir: a BEIR folder for calibration pairs (Taylor scores, Wanda and TEAL
+            statistics); its dev split (else train) is used, never test.
+    """
+    from relcomp.compression.planners import make_plan
+
+    scorer = load_scorer(model)
+    if not isinstance(scorer, RankingModel):
+        raise ValueError("a compression plan needs a neural model, not bm25")
+    parsed = parse_budget_text(budget, method) if isinstance(budget, str) else dict(budget)
+    artifact = None
+    if relevance is not None:
+        artifact = (
+            relevance
+            if isinstance(relevance, ComponentRelevance)
+            else ComponentRelevance.load(relevance)
+        )
+    pairs = None
+    if data_dir is not None:
+        pairs = calibration_pairs(
+            _calibration_dataset(data_dir, calibration_split, "test"), calibration
+        )
+    return make_plan(
+        scorer, method, parsed, importance, relevance=artifact, calibration=pairs, seed=seed
+    )
 
 
 def explain(
