@@ -154,7 +154,24 @@ def lrp_forward_backward(
     )
 
 
-class TokenLRP:
+class _LRPMethod:
+    """A model and the LRP composite that explains it."""
+
+    def __init__(
+        self,
+        model: RankingModel,
+        composite: str | Composite = "AttnLRP",
+        epsilon: float | None = None,
+    ) -> None:
+        self.model = model
+        self.composite = get_composite(composite, epsilon)
+
+    @property
+    def method(self) -> str:
+        return self.composite.name
+
+
+class TokenLRP(_LRPMethod):
     """Token relevance of (query, document) pairs by LRP.
 
     A batch of pairs costs one forward and one backward pass. For cross-encoders the
@@ -173,19 +190,6 @@ class TokenLRP:
         >>> explanation.side, round(explanation.score, 3) == round(float(model.score(["cat food"], ["what cats eat"])[0]), 3)
         ('both', True)
     """
-
-    def __init__(
-        self,
-        model: RankingModel,
-        composite: str | Composite = "AttnLRP",
-        epsilon: float | None = None,
-    ) -> None:
-        self.model = model
-        self.composite = get_composite(composite, epsilon)
-
-    @property
-    def method(self) -> str:
-        return self.composite.name
 
     def attribute(
         self,
@@ -219,7 +223,7 @@ class TokenLRP:
         return results
 
 
-class ComponentLRP:
+class ComponentLRP(_LRPMethod):
     """Relevance of layers, attention blocks, heads, MLPs, neurons and Linear modules.
 
     The same backward pass as :class:`TokenLRP`, read at every component and
@@ -234,19 +238,6 @@ class ComponentLRP:
         >>> relevance.by_kind("head")["encoder.layer.0"].shape
         (12,)
     """
-
-    def __init__(
-        self,
-        model: RankingModel,
-        composite: str | Composite = "AttnLRP",
-        epsilon: float | None = None,
-    ) -> None:
-        self.model = model
-        self.composite = get_composite(composite, epsilon)
-
-    @property
-    def method(self) -> str:
-        return self.composite.name
 
     def attribute(
         self,
