@@ -248,3 +248,23 @@ def test_plan_rejects_a_bad_budget(tiny_model_path, tmp_path: Path, capsys) -> N
     assert main([*args, "-o", str(tmp_path / "plan.json")]) == 2
     assert "--budget 'lots'" in capsys.readouterr().err
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_patch_writes_patching_json(tiny_model_path, tiny_beir: Path, tmp_path: Path) -> None:
+    model = str(tiny_model_path("bert", "cross-encoder"))
+    args = [
+        "patch",
+        "-m",
+        model,
+        "-d",
+        str(tiny_beir),
+        "--pairs",
+        "3",
+        "--corruption",
+        "query-terms",
+    ]
+    assert main([*args, "-o", str(tmp_path), "-q"]) == 0
+    payload = json.loads((tmp_path / "patching.json").read_text())
+    assert {"head", "attention", "mlp"} <= set(payload["correlations"])
+    for values in payload["correlations"].values():
+        assert {"atp_pearson", "relp_pearson", "n"} <= set(values)

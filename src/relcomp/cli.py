@@ -133,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     relevance.add_argument("--batch-size", type=_positive_int, default=16)
     relevance.add_argument("-o", "--output", type=Path, required=True)
     _common(relevance)
+    patch = verbs.add_parser("patch", help="RelP and AtP against exact activation patching")
+    patch.add_argument("-m", "--model", required=True)
+    patch.add_argument("-d", "--data", required=True, type=Path)
+    patch.add_argument("--split", default="test")
+    patch.add_argument("--pairs", type=_positive_int, default=64)
+    patch.add_argument("--corruption", choices=("doc-terms", "query-terms"), default="doc-terms")
+    patch.add_argument("--max-length", type=_positive_int, default=None)
+    patch.add_argument(
+        "--residual-positions",
+        type=_positive_int,
+        default=None,
+        help="patch the residual stream at this many random positions per pair (default: all)",
+    )
+    patch.add_argument("-o", "--output", type=Path, required=True)
+    _common(patch)
+
     plan = verbs.add_parser("plan", help="a compression plan from component relevance and a budget")
     plan.add_argument("-m", "--model", required=True)
     plan.add_argument(
@@ -264,6 +280,29 @@ def _cmd_relevance(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_patch(args: argparse.Namespace) -> None:
+    from relcomp._io import atomic_write_json
+    from relcomp.attribution.patching import run_patching
+
+    payload = run_patching(
+        args.model,
+        args.data,
+        pairs=args.pairs,
+        corruption=args.corruption,
+        split=args.split,
+        max_length=args.max_length,
+        residual_positions=args.residual_positions,
+        show_progress_bar=not args.quiet,
+    )
+    rows = [
+        (kind, values["atp_pearson"], values["relp_pearson"], values["n"])
+        for kind, values in payload["correlations"].items()
+    ]
+    print(f"{args.corruption}: correlation with activation patching ({payload['counts']})")
+    _print_table(rows, ("component", "AtP Pearson", "RelP Pearson", "n"))
+    print(f"wrote {atomic_write_json(args.output / 'patching.json', payload)}")
+
+
 def _cmd_plan(args: argparse.Namespace) -> None:
     from relcomp.pipeline import plan
 
@@ -293,6 +332,7 @@ _COMMANDS = {
     "explain": _cmd_explain,
     "relevance": _cmd_relevance,
     "plan": _cmd_plan,
+    "patch": _cmd_patch,
 }
 
 
