@@ -2,6 +2,11 @@
 
     python benchmarks/relp_vs_patching.py --pairs 16 --output benchmarks/results/relp_vs_patching_reranker.json
     python benchmarks/relp_vs_patching.py --model all-MiniLM-L6-v2 --pairs 16 --output benchmarks/results/relp_vs_patching_retriever.json
+    python benchmarks/relp_vs_patching.py --model all-MiniLM-L6-v2 --pairs 64 --corruptions query-terms \
+        --residual-positions 0 --output benchmarks/results/relp_vs_patching_retriever_query64.json
+
+(16 pairs: what fits in ~15 minutes per model on 2 busy cores; 64 pairs of the
+reranker take about 50 minutes. ``--extra-composites`` adds RelP with AttnLRP's rules.)
 
 Pairs: a seeded sample of ``--pairs`` scifact *test* queries, each with its
 best-judged document, corrupted by ``doc-terms`` and by ``query-terms``

@@ -371,6 +371,11 @@ class ActivationPatching:
     ) -> list[PatchingEffects]:
         """The exact effect of every component of every pair."""
         plans = [self.components(pair) for pair in pairs]
+        logger.info(
+            "activation patching: %d components of %d pairs, one patched copy each",
+            sum(len(plan) for plan in plans),
+            len(pairs),
+        )
         bar = tqdm(
             total=sum(len(plan) for plan in plans),
             desc="Activation patching",
