@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from relcomp.attribution.composites import Composite, get_composite
-from relcomp.attribution.rules import Epsilon
+from relcomp.attribution.rules import Epsilon, GradientMatmul
 from relcomp.errors import UnsupportedArchitectureError
 from relcomp.models.base import RankingModel
 
@@ -157,6 +157,13 @@ _ATTENTION_FORWARDS = {
 }
 
 
+def _plain_attention(composite: Composite) -> bool:
+    return all(
+        isinstance(rule, GradientMatmul)
+        for rule in (composite.softmax, composite.query_key, composite.attention_value)
+    )
+
+
 def _roberta_head(module: Any, composite: Composite) -> Callable[..., Any]:
     """RoBERTa / XLM-R / MPNet heads call ``torch.tanh`` inline; mirror them with the rule."""
 
@@ -210,9 +217,13 @@ class LRPPatch:
             self._override(self._embedding_norm, self._embedding_norm_forward)
             for layer in self.ranking_model.layer_modules():
                 attention = module.get_submodule(layer.attention)
-                self._override(
-                    attention, _ATTENTION_FORWARDS[adapter.attention_style](attention, composite)
-                )
+                if not _plain_attention(composite):
+                    # With gradient rules throughout, the model's own (SDPA) attention
+                    # is the same function and backward, and faster.
+                    self._override(
+                        attention,
+                        _ATTENTION_FORWARDS[adapter.attention_style](attention, composite),
+                    )
                 for norm in (layer.attention_norm, layer.ffn_norm):
                     self._override(
                         module.get_submodule(norm),
