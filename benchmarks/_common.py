@@ -34,6 +34,15 @@ def beir_path(name: str) -> Path:
     return assets_dir() / "beir" / name
 
 
+def display_name(model: Any) -> str:
+    """A model's name for results files: paths relative to the repo, never a machine path."""
+    name = str(model.name)
+    path = Path(name)
+    if path.is_absolute():
+        return os.path.relpath(path, REPO)
+    return name
+
+
 def set_threads(threads: int = 2) -> None:
     """Pin torch to ``threads`` and show relcomp's progress bars and INFO messages."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

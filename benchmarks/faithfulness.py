@@ -18,7 +18,15 @@ import argparse
 import time
 from typing import Any
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import (
+    beir_path,
+    display_name,
+    machine,
+    print_table,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.attribution import get_method
 from relcomp.attribution.faithfulness import faithfulness, rank_drop
 from relcomp.evaluation import bm25_retrieve, load_beir, sample_queries
@@ -106,7 +114,7 @@ def main() -> None:
         rows, ("method", "AOPC comp. (higher)", "AOPC suff. (lower)", "dA^F", "dA^F norm.", "time")
     )
     results["_meta"] = {
-        "model": model.name,
+        "model": display_name(model),
         "kind": model.kind,
         "pairs": len(triples),
         "max_length": args.max_length,

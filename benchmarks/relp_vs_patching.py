@@ -33,7 +33,15 @@ from typing import Any
 
 import torch
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import (
+    beir_path,
+    display_name,
+    machine,
+    print_table,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.attribution.corruption import build_pairs
 from relcomp.attribution.patching import (
     COMPONENT_KINDS,
@@ -198,7 +206,7 @@ def main() -> None:
     payload_out = {
         **results,
         "_meta": {
-            "model": model.name,
+            "model": display_name(model),
             "kind": model.kind,
             "protocol": {
                 "dataset": "scifact",
