@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from relcomp.attribution import BiLRP, ComponentLRP, LRPPatch, TokenLRP, get_composite, get_method
+from relcomp.attribution.rules import Epsilon, Gradient
 from relcomp.registry import UnknownNameError
 from tests.fixtures import DOCUMENTS, FAMILIES, KINDS, QUERIES
 
@@ -44,7 +47,7 @@ def test_patch_then_remove_restores_outputs_bit_for_bit(tiny_model, family: str,
     # The rules change the backward pass only: the forward is the model's own.
     torch.testing.assert_close(patched, before, rtol=1e-5, atol=1e-5)
     scores = model.score(queries, documents)
-    assert [round(e.score, 4) for e in explanations] == [round(float(s), 4) for s in scores]
+    np.testing.assert_allclose([e.score for e in explanations], scores, rtol=1e-5, atol=1e-5)
     assert all(np.isfinite(e.relevance).all() for e in explanations)
 
 
@@ -180,10 +183,38 @@ def test_component_relevance_follows_pruned_head_counts(tiny_model, family: str)
 
     model = tiny_model(family)
     first = model.layer_modules()[0]
-    pruned = prune_physically(model, CompressionPlan(model.name, {first.attention: "prune_heads(0,2)"}))
+    pruned = prune_physically(
+        model, CompressionPlan(model.name, {first.attention: "prune_heads(0,2)"})
+    )
     relevance = ComponentLRP(pruned).attribute([QUERIES[0]], [DOCUMENTS[0]])
     heads = relevance.by_kind("head")
     assert heads[first.layer].shape == (model.num_heads() - 2,)
     assert heads[model.layer_modules()[1].layer].shape == (model.num_heads(),)
     [explanation] = TokenLRP(pruned).attribute([QUERIES[0]], [DOCUMENTS[0]])
-    assert explanation.score == pytest.approx(float(pruned.score([QUERIES[0]], [DOCUMENTS[0]])[0]), rel=1e-4)
+    assert explanation.score == pytest.approx(
+        float(pruned.score([QUERIES[0]], [DOCUMENTS[0]])[0]), rel=1e-4
+    )
+
+
+@pytest.mark.parametrize("composite", ["AttnLRP", "CP-LRP"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_efficient_form_gives_the_explicit_rules_relevance(
+    tiny_model, family: str, composite: str
+) -> None:
+    # The default composite is the efficient gradient × input form: Q/K/V gradients
+    # scaled around fused attention, Linear layers' own gradient. The explicit one
+    # applies every rule as written with its ε stabilisers. At the same (small) ε
+    # they agree; ε itself only matters for outputs within ~ε of zero.
+    default = get_composite(composite)
+    assert default.fused_attention and isinstance(default.linear, Gradient)
+    model = tiny_model(family, "cross-encoder")
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    explicit_rules = get_composite(composite, epsilon=1e-9)
+    assert not explicit_rules.fused_attention and isinstance(explicit_rules.linear, Epsilon)
+    efficient_rules = dataclasses.replace(
+        explicit_rules, linear=Gradient(1e-9), fused_attention=True
+    )
+    explicit = TokenLRP(model, explicit_rules).attribute(queries, documents)
+    efficient = TokenLRP(model, efficient_rules).attribute(queries, documents)
+    for a, b in zip(efficient, explicit, strict=True):
+        np.testing.assert_allclose(a.relevance, b.relevance, rtol=1e-4, atol=2e-6)

@@ -39,6 +39,8 @@ class Composite:
         attention_value: rule for the product ``A V``.
         normalization_constant: hold an embedding's norm constant when a bi-encoder
             normalises it (the LN-style rule for ``x / ‖x‖``).
+        fused_attention: realise the attention rules on torch's fused attention by
+            scaling the gradients of Q, K and V (see :func:`relcomp.attribution.patch.attend`).
     """
 
     name: str
@@ -49,6 +51,7 @@ class Composite:
     query_key: Uniform | CPLRPAttention | GradientMatmul
     attention_value: Uniform | CPLRPAttention | GradientMatmul
     normalization_constant: bool = True
+    fused_attention: bool = False
 
     @property
     def modifies_backward(self) -> bool:
@@ -58,27 +61,37 @@ class Composite:
 COMPOSITES: Registry[type] = Registry("LRP composite")
 
 
-def _attn_lrp(epsilon: float = DEFAULT_EPSILON) -> Composite:
+def _attn_lrp(epsilon: float | None = None) -> Composite:
+    # The default is the efficient gradient × input form (Arras et al. 2025, as in LXT):
+    # ε-LRP on a Linear layer is its plain gradient up to the stabiliser, so Linear
+    # layers keep their own backward, and attention runs fused. Asking for an ε
+    # explicitly installs every stabiliser as written (slower, same rules).
+    explicit = epsilon is not None
+    epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
     return Composite(
         name="AttnLRP",
-        linear=Epsilon(epsilon),
+        linear=Epsilon(epsilon) if explicit else Gradient(epsilon),
         activation=Identity(epsilon),
         layer_norm=LayerNormRule(epsilon),
         softmax=AttnLRPSoftmax(epsilon),
         query_key=Uniform(epsilon),
         attention_value=Uniform(epsilon),
+        fused_attention=not explicit,
     )
 
 
-def _cp_lrp(epsilon: float = DEFAULT_EPSILON) -> Composite:
+def _cp_lrp(epsilon: float | None = None) -> Composite:
+    explicit = epsilon is not None
+    epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
     return Composite(
         name="CP-LRP",
-        linear=Epsilon(epsilon),
+        linear=Epsilon(epsilon) if explicit else Gradient(epsilon),
         activation=Identity(epsilon),
         layer_norm=LayerNormRule(epsilon),
         softmax=CPLRPAttention(epsilon),
         query_key=CPLRPAttention(epsilon),
         attention_value=CPLRPAttention(epsilon),
+        fused_attention=not explicit,
     )
 
 

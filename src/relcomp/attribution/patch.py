@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from relcomp.attribution.composites import Composite, get_composite
-from relcomp.attribution.rules import Epsilon, GradientMatmul
+from relcomp.attribution.rules import Epsilon, GradientMatmul, scale_gradient
 from relcomp.errors import UnsupportedArchitectureError
 from relcomp.models.base import RankingModel
 
@@ -47,8 +47,35 @@ def attend(
     mask: torch.Tensor | None = None,
     position_bias: torch.Tensor | None = None,
     head_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scaled dot-product attention over ``(batch, heads, tokens, head_dim)`` with LRP rules."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scaled dot-product attention over ``(batch, heads, tokens, head_dim)`` with LRP rules.
+
+    With ``composite.fused_attention`` (the default) the rules are realised on top of
+    torch's fused ``scaled_dot_product_attention``: in gradient × input form, the
+    uniform rule halves each operand's gradient of ``Q Kᵀ`` and ``A V`` and the
+    AttnLRP softmax rule is the softmax's own gradient, so scaling the gradients of
+    ``Q``, ``K`` (by ¼) and ``V`` (by ½) gives the same relevance without ever
+    materialising the attention matrix for the backward pass. CP-LRP detaches
+    ``Q`` and ``K``. Only the rules' ε stabilisers of the two products are left out
+    (they matter only for outputs within ~ε of zero). The explicit path, used when
+    ``fused_attention`` is off or a head mask is given, applies every rule as written
+    and also returns the attention probabilities.
+    """
+    if composite.fused_attention and head_mask is None:
+        value_scale = composite.attention_value.operand_scale
+        score_scale = (
+            value_scale * composite.query_key.operand_scale
+            if composite.softmax.scores_relevant
+            else 0.0
+        )
+        bias = mask if position_bias is None else position_bias + (0 if mask is None else mask)
+        context = torch.nn.functional.scaled_dot_product_attention(
+            scale_gradient(query, score_scale),
+            scale_gradient(key, score_scale),
+            scale_gradient(value, value_scale),
+            attn_mask=bias,
+        )
+        return context, None
     scores = composite.query_key.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
     if position_bias is not None:
         scores = scores + position_bias

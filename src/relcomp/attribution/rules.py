@@ -39,6 +39,7 @@ __all__ = [
     "epsilon_stabilise",
     "identity_activation",
     "layer_norm_constant_scale",
+    "scale_gradient",
     "uniform_matmul",
 ]
 
@@ -88,7 +89,10 @@ def epsilon_stabilise(output: torch.Tensor, epsilon: float = DEFAULT_EPSILON) ->
 
 
 class _IdentityActivation(torch.autograd.Function):
-    """``y = f(x)`` forward; backward ``g · y / x`` so that ``x·grad_x = y·grad_y``."""
+    """``y = f(x)`` forward; backward ``g · y / x`` so that ``x·grad_x = y·grad_y``.
+
+    Only the ratio ``y / x`` is kept for the backward pass (one tensor, not two).
+    """
 
     @staticmethod
     def forward(
@@ -96,14 +100,13 @@ class _IdentityActivation(torch.autograd.Function):
     ) -> torch.Tensor:
         with torch.no_grad():
             outputs = function(inputs)
-        ctx.save_for_backward(inputs, outputs)
-        ctx.epsilon = epsilon
+            ctx.save_for_backward(_safe_divide(outputs, inputs, epsilon))
         return outputs
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        inputs, outputs = ctx.saved_tensors
-        return _safe_divide(grad * outputs, inputs, ctx.epsilon), None, None
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None, None
 
 
 def identity_activation(
@@ -113,6 +116,35 @@ def identity_activation(
     if not inputs.requires_grad:
         return function(inputs)
     return _IdentityActivation.apply(inputs, function, epsilon)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by a constant."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return inputs.view_as(inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def scale_gradient(inputs: torch.Tensor, factor: float) -> torch.Tensor:
+    """``inputs`` unchanged in the forward pass; its gradient times ``factor`` (0 detaches).
+
+    Example:
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> scale_gradient(x, 0.25).sum().backward()
+        >>> x.grad.tolist()
+        [0.25, 0.25]
+    """
+    if factor == 1.0 or not inputs.requires_grad:
+        return inputs
+    if factor == 0.0:
+        return inputs.detach()
+    return _ScaleGradient.apply(inputs, factor)
 
 
 class _LayerNormConstantScale(torch.autograd.Function):
@@ -258,6 +290,8 @@ class AttnLRPSoftmax(Rule):
     """AttnLRP's softmax rule; equals the softmax gradient in gradient × input form."""
 
     name = "AttnLRPSoftmax"
+    #: Relevance reaches the attention scores (the softmax's gradient passes).
+    scores_relevant = True
 
     def softmax(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.softmax(scores, dim=-1)
@@ -268,6 +302,8 @@ class Uniform(Rule):
     """AttnLRP's uniform rule for a product of two variables (``Q Kᵀ``, ``A V``)."""
 
     name = "Uniform"
+    #: Each operand's gradient is scaled by this (the fused attention path uses it).
+    operand_scale = 0.5
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return uniform_matmul(a, b, self.epsilon)
@@ -278,6 +314,8 @@ class CPLRPAttention(Rule):
     """CP-LRP: attention weights are constants; relevance flows through the values only."""
 
     name = "CPLRPAttention"
+    operand_scale = 1.0
+    scores_relevant = False
 
     def softmax(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.softmax(scores, dim=-1).detach()
@@ -292,6 +330,8 @@ class GradientMatmul(Rule):
     """Plain product and softmax (the gradient), for the Epsilon composite and baselines."""
 
     name = "GradientMatmul"
+    operand_scale = 1.0
+    scores_relevant = True
 
     def softmax(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.softmax(scores, dim=-1)
