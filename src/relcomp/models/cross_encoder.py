@@ -61,11 +61,17 @@ class CrossEncoder(RankingModel):
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """Score each (query, document) pair; returns a float32 array of logits."""
+        """Score each (query, document) pair; returns a float32 array of logits.
+
+        Pairs are batched longest first (by characters), so a batch pads to similar
+        lengths; scores come back in the order given.
+        """
         check_pairs(queries, documents)
         scores = np.empty(len(queries), dtype=np.float32)
-        pairs = range(len(queries))
-        for start, index in progress_batches(pairs, batch_size, "Scoring pairs", show_progress_bar):
+        order = np.argsort(
+            [-(len(q) + len(d)) for q, d in zip(queries, documents, strict=True)], kind="stable"
+        )
+        for _, index in progress_batches(order, batch_size, "Scoring pairs", show_progress_bar):
             batch = self.tokenize([queries[i] for i in index], [documents[i] for i in index])
-            scores[start : start + len(index)] = self.forward_scores(batch).float().cpu().numpy()
+            scores[np.asarray(index)] = self.forward_scores(batch).float().cpu().numpy()
         return scores
