@@ -14,6 +14,12 @@ from typing import Any
 __all__ = ["atomic_directory", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -33,6 +39,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -72,6 +80,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     )
     try:
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes it 0700
         yield temporary
         if target.exists():
             backup = target.with_name(f".{target.name}.old")
