@@ -28,9 +28,12 @@ if TYPE_CHECKING:
     from relcomp.models.base import RankingModel
 
 __all__ = [
+    "EXPORT_BUNDLE_FILE",
     "Artifact",
     "ComponentRelevance",
     "CompressionPlan",
+    "ExportBundle",
+    "ParityReport",
     "QualityReport",
     "TokenInteractions",
     "TokenRelevance",
@@ -271,6 +274,96 @@ class QualityReport(Artifact):
     tie_rate: float = 0.0
     truncation: Mapping[str, int] = dataclasses.field(default_factory=dict)
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport(Artifact):
+    """How closely a candidate (an ONNX bundle) scores and ranks like a reference model.
+
+    Computed over groups of candidates, one group per query. ``max_abs_diff`` and
+    ``mean_abs_diff`` are over every (query, document) pair, in score units;
+    ``kendall_tau`` is Kendall's τ-b between the two models' scores within a group,
+    averaged over groups (``kendall_tau_min`` the worst group); ``top10_overlap`` is
+    the share of the reference's top-10 that the candidate also puts in its top-10,
+    averaged; the tie rates are those of :func:`relcomp.evaluation.tie_rate`.
+    ``per_query`` holds each group's ``tau``, ``top10_overlap`` and ``max_abs_diff``.
+    """
+
+    KIND: ClassVar[str] = "parity_report"
+
+    reference: str
+    candidate: str
+    n_queries: int
+    n_pairs: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    kendall_tau: float
+    kendall_tau_min: float
+    top10_overlap: float
+    tie_rate_reference: float
+    tie_rate_candidate: float
+    per_query: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline figures, without ``per_query``."""
+        return {
+            k: v for k, v in self.to_dict().items() if k not in ("kind", "version", "per_query")
+        }
+
+
+#: The marker file of an ONNX bundle: an :class:`ExportBundle` as JSON.
+EXPORT_BUNDLE_FILE = "relcomp_bundle.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportBundle(Artifact):
+    """An exported model: what ``relcomp export`` wrote, and how the plan was realised.
+
+    Saved as ``relcomp_bundle.json`` (:data:`EXPORT_BUNDLE_FILE`) in a folder laid out
+    as sentence-transformers expects (config, tokenizer, ``onnx/model_<variant>.onnx``,
+    ``plan.json``, ``parity.json``). ``size_bytes`` counts the ONNX file and its
+    external data, as stored; ``fp32_size_bytes`` the plain float32 export of the same
+    (pruned) model before quantization. ``modules`` maps each Linear to the precision
+    it runs at in ONNX Runtime; ``model_kind`` is ``cross-encoder`` or ``bi-encoder``
+    (``kind`` names the artifact); ``nodes`` maps each realised precision to the graph
+    nodes that carry it; ``fusion`` counts the fused operators (and names the attention
+    operator used). ``notes`` says
+    everything the bundle does differently from the plan, or gains nothing from.
+
+    Example:
+        >>> bundle = ExportBundle(model="m", model_kind="cross-encoder", family="bert",
+        ...                       variant="fp32", onnx_file="onnx/model_fp32.onnx",
+        ...                       exporter="optimum", size_bytes=10, fp32_size_bytes=10,
+        ...                       max_length=128)
+        >>> ExportBundle.from_json(bundle.to_json()) == bundle
+        True
+    """
+
+    KIND: ClassVar[str] = "export_bundle"
+
+    model: str
+    model_kind: str
+    family: str
+    variant: str
+    onnx_file: str
+    exporter: str
+    size_bytes: int
+    fp32_size_bytes: int
+    max_length: int
+    plan: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    modules: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    nodes: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    fusion: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    parity: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    gate: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def size_mb(self) -> float:
+        """``size_bytes`` in MB (10^6 bytes)."""
+        return self.size_bytes / 1e6
 
 
 #: Budgets a plan can be asked to meet, and what each means.

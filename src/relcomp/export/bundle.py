@@ -1,0 +1,485 @@
+"""``export_bundle``: a model and its plan in, an ONNX Runtime bundle out (or nothing at all).
+
+The plan is realised where each action can be:
+
+=============================  ==========================================================
+action                         realised as
+=============================  ==========================================================
+``prune_heads``,               removed for real in torch (:func:`prune_physically`) before
+``prune_neurons``              export: smaller MatMuls, the only structural speed-up
+``prune_weights``              zeros in the dense torch weights (no ORT speed or size gain)
+``low_rank``                   the product U·V in a full-size weight (no gain either)
+``sparsify``                   ``Where(|x| < t, 0, x)`` traced before the MatMul (no gain)
+``fp16``                       weights rounded through float16, run in float32
+``int8``                       ``quantize_dynamic`` on exactly those nodes
+``int8(activations=True)``     ``quantize_static``, ranges calibrated on real pairs
+``int4(block_size=B)``         ``MatMulNBits`` on exactly those nodes
+``fp32`` / not in the plan     left alone
+=============================  ==========================================================
+
+The bundle is built in a temporary folder beside ``out_dir``; parity is measured and
+the quality gate run on the ONNX model as written, and only then is the folder renamed
+into place. A failed gate (or any error) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from relcomp._io import atomic_directory, atomic_write_json
+from relcomp.artifacts import EXPORT_BUNDLE_FILE, CompressionPlan, ExportBundle
+from relcomp.compression import (
+    FP16,
+    Action,
+    Int8,
+    LowRank,
+    PlanError,
+    PrecisionAction,
+    PruneWeights,
+    Sparsify,
+    active_compression,
+    compress_,
+    prune_physically,
+    resolve_plan,
+)
+from relcomp.errors import RelcompError
+from relcomp.export.convert import Exporter, export_onnx
+from relcomp.export.gate import quality_gate
+from relcomp.export.graph import onnx_size
+from relcomp.export.parity import ParityGroups, check_parity
+from relcomp.export.realise import realise_for_ort
+from relcomp.models.base import RankingModel
+from relcomp.models.onnx_backend import is_bundle, load_bundle
+
+__all__ = ["PARITY_FILE", "PLAN_FILE", "default_variant", "export_bundle"]
+
+logger = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.json"
+PARITY_FILE = "parity.json"
+_VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Files of the source folder that are weights (the bundle carries ONNX instead) or
+# belong to another runtime.
+_WEIGHT_SUFFIXES = {
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".h5",
+    ".msgpack",
+    ".ckpt",
+    ".onnx",
+    ".onnx_data",
+    ".ot",
+    ".gguf",
+}
+_SKIPPED_DIRECTORIES = {"onnx", "openvino", ".git", ".cache", "__pycache__"}
+_BUNDLE_FILES = {EXPORT_BUNDLE_FILE, PLAN_FILE, PARITY_FILE}
+_TWO_GB = 2**31 - 2**20  # protobuf's limit, with room for the graph itself
+
+
+def default_variant(plan: CompressionPlan | None) -> str:
+    """``fp32`` without a plan; the plan's method and fingerprint otherwise.
+
+    Example:
+        >>> default_variant(None)
+        'fp32'
+        >>> default_variant(CompressionPlan("m", {"_default": "int8"}, method="uniform"))[:8]
+        'uniform-'
+    """
+    if plan is None:
+        return "fp32"
+    method = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan.method).strip("-.") or "plan"
+    return f"{method[:40]}-{plan.fingerprint()[:8]}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("relcomp", "torch", "transformers", "optimum-onnx", "onnxruntime", "onnx"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            continue
+    return found
+
+
+def _check_inputs(
+    model: RankingModel,
+    out_dir: Path,
+    variant: str,
+    max_ndcg_loss: float | None,
+    data_dir: str | os.PathLike[str] | None,
+) -> None:
+    if getattr(model, "backend", "torch") != "torch":
+        raise RelcompError(f"{model.name} is already an ONNX bundle; export the torch model")
+    handle = active_compression(model)
+    if handle is not None:
+        raise PlanError(
+            f"{model.name} is compressed in place ({handle.variant}); remove the handle and "
+            "pass the plan to export_bundle, which realises it for ONNX Runtime"
+        )
+    if not _VARIANT.match(variant):
+        raise ValueError(
+            f"variant {variant!r}: use letters, digits, '_', '-' and '.' (at most 64), "
+            "it becomes onnx/model_<variant>.onnx"
+        )
+    if max_ndcg_loss is not None and data_dir is None:
+        raise ValueError("the quality gate (max_ndcg_loss) needs a BEIR folder (data_dir / -d)")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise RelcompError(f"{out_dir}: exists and is not a folder")
+        if any(out_dir.iterdir()) and not is_bundle(out_dir):
+            raise RelcompError(
+                f"{out_dir}: exists and is not a relcomp bundle; choose another output folder "
+                "(relcomp replaces only its own bundles)"
+            )
+
+
+def _split_actions(
+    resolved: Mapping[str, list[Action]],
+) -> tuple[dict[str, list[str]], dict[str, PrecisionAction], list[str]]:
+    """``(torch-side entries, ONNX precisions, notes)`` from a resolved non-structural plan."""
+    torch_side: dict[str, list[str]] = {}
+    precisions: dict[str, PrecisionAction] = {}
+    counts: Counter[str] = Counter()
+    for module, actions in resolved.items():
+        for action in actions:
+            if isinstance(action, PruneWeights | LowRank | Sparsify | FP16):
+                torch_side.setdefault(module, []).append(str(action))
+                counts[action.name] += 1
+            if isinstance(action, PrecisionAction):
+                precisions[module] = action
+    notes = []
+    if counts["prune_weights"]:
+        notes.append(
+            f"prune_weights on {counts['prune_weights']} Linears: realised as zeros in dense "
+            "weights; ONNX Runtime has no sparse kernel for them, so unstructured sparsity "
+            "gives no speed and no size gain in this bundle"
+        )
+    if counts["low_rank"]:
+        notes.append(
+            f"low_rank on {counts['low_rank']} Linears: realised as the product U·V in a "
+            "full-size weight (the plan's outputs, no size or speed gain)"
+        )
+    if counts["sparsify"]:
+        notes.append(
+            f"sparsify on {counts['sparsify']} Linears: realised as Where(|x| < threshold, 0, x) "
+            "before each MatMul (the plan's outputs); ONNX Runtime has no sparse-activation "
+            "kernel, so no speed gain"
+        )
+    if counts["fp16"]:
+        notes.append(
+            f"fp16 on {counts['fp16']} Linears: weights rounded through float16 and run in "
+            "float32 (ONNX Runtime's CPU provider has no fast fp16 matrix multiply on x86); "
+            "stored at 32 bits"
+        )
+    # explicit entries per module keep the resolved choice, whatever the plan's precedence was
+    return torch_side, precisions, notes
+
+
+def _torch_plan(model: RankingModel, entries: Mapping[str, list[str]]) -> CompressionPlan:
+    pairs = [(module, action) for module, actions in entries.items() for action in actions]
+    return CompressionPlan(model=model.name, entries=tuple(pairs), method="export/torch-side")
+
+
+def _structural_notes(model: RankingModel, pruned: RankingModel) -> list[str]:
+    config: Any = pruned.model.config
+    heads = {int(k): len(v) for k, v in (config.pruned_heads or {}).items()}
+    before = [model.named_linears()[layer.ffn_in].out_features for layer in model.layer_modules()]
+    linears = pruned.named_linears()
+    widths = [linears[layer.ffn_in].out_features for layer in pruned.layer_modules()]
+    removed = sum(before) - sum(widths)
+    note = (
+        f"structured pruning realised in torch before export: {sum(heads.values())} heads and "
+        f"{removed} FFN neurons removed"
+    )
+    if len(set(widths)) > 1:
+        note += f"; per-layer FFN widths {widths} (config.pruned_intermediate_sizes)"
+    return [note]
+
+
+def _word_embeddings_shape(model: RankingModel) -> tuple[int, int]:
+    name = model.adapter.embedding_names(model.model)["word_embeddings"]
+    embedding: Any = model.model.get_submodule(name)
+    return int(embedding.weight.shape[0]), int(embedding.weight.shape[1])
+
+
+def _calibration_feeds(
+    model: RankingModel,
+    pairs: Sequence[tuple[str, str]],
+    inputs: Sequence[str],
+    batch_size: int = 8,
+) -> list[dict[str, np.ndarray]]:
+    """Tokenised calibration batches, as the model tokenises (without counting truncation)."""
+    feeds = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        if model.kind == "cross-encoder":
+            batch = model.tokenizer(
+                [q for q, _ in chunk],
+                [d for _, d in chunk],
+                padding=True,
+                truncation="longest_first",
+                max_length=model.max_length,
+                return_tensors="np",
+            )
+        else:
+            texts = [text for pair in chunk for text in pair]
+            batch = model.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=model.max_length,
+                return_tensors="np",
+            )
+        feeds.append(
+            {name: np.asarray(batch[name], dtype=np.int64) for name in inputs if name in batch}
+        )
+    return feeds
+
+
+def _copy_model_files(source: Path, target: Path) -> None:
+    """The source folder's config, tokenizer and sentence-transformers files, not its weights."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if any(part in _SKIPPED_DIRECTORIES or part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_dir():
+            (target / relative).mkdir(parents=True, exist_ok=True)
+            continue
+        weights_index = relative.name.endswith((".safetensors.index.json", ".bin.index.json"))
+        if path.suffix in _WEIGHT_SUFFIXES or relative.name in _BUNDLE_FILES or weights_index:
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / relative)  # not copy2: sources may be read-only
+
+
+def _save_onnx(model: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > _TWO_GB:
+        onnx.save_model(
+            model,
+            os.fspath(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{path.name}_data",
+        )
+    else:
+        onnx.save_model(model, os.fspath(path))
+
+
+@contextlib.contextmanager
+def _torch_side(model: RankingModel, entries: Mapping[str, list[str]]) -> Iterator[None]:
+    if not entries:
+        yield
+        return
+    with compress_(model, _torch_plan(model, entries)):
+        yield
+
+
+def export_bundle(
+    model: RankingModel,
+    out_dir: str | os.PathLike[str],
+    *,
+    plan: CompressionPlan | str | os.PathLike[str] | None = None,
+    calibration_pairs: Sequence[tuple[str, str]] | None = None,
+    parity_groups: ParityGroups | None = None,
+    parity_source: Mapping[str, Any] | None = None,
+    variant: str | None = None,
+    optimize: bool = True,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_ndcg_loss: float | None = None,
+    gate_split: str | None = None,
+    gate_queries: int | None = 100,
+    gate_depth: int = 30,
+    exporter: Exporter = "auto",
+    int4_accuracy_level: int | None = None,
+    reduce_range: bool = False,
+    int8_weight_type: str = "uint8",
+    embeddings: str = "fp32",
+    batch_size: int = 32,
+    show_progress_bar: bool | None = None,
+) -> ExportBundle:
+    """Export ``model`` with ``plan`` realised for ONNX Runtime, as a sentence-transformers folder.
+
+    Args:
+        model: a torch relcomp model (uncompressed: the plan is applied here).
+        out_dir: the bundle folder; an existing relcomp bundle there is replaced, any
+            other non-empty folder is refused.
+        plan: a :class:`~relcomp.artifacts.CompressionPlan` or its JSON file; ``None``
+            exports the model as it is (fp32).
+        calibration_pairs: ``(query, document)`` pairs from a dev/train split, for
+            ``int8(activations=True)`` (static quantization).
+        parity_groups: ``{query id: (query, [documents])}``; parity against ``model``
+            is measured on the ONNX model and written to ``parity.json``.
+        parity_source: where the groups came from, recorded in ``parity.json``.
+        variant: names ``onnx/model_<variant>.onnx``; from the plan by default.
+        optimize: onnxruntime's transformer fusions (attention, LayerNorm, GELU).
+        data_dir: a BEIR folder for the quality gate.
+        max_ndcg_loss: the gate's allowance in nDCG@10 points; ``None``: no gate.
+        gate_split: the gate's split (``dev``, else ``train``; never ``test``).
+        gate_queries: the gate's seeded query sample (all when ``None``).
+        gate_depth: BM25 candidates per query in the gate.
+        exporter: ``auto`` (optimum, else ``torch.onnx``), ``optimum`` or ``torch``.
+        int4_accuracy_level: ``MatMulNBits``' compute type: ``None`` float32 (default),
+            4 int8 activations (faster only with VNNI).
+        reduce_range: 7-bit int8 weights (see :func:`~relcomp.export.realise_for_ort`).
+        int8_weight_type: ``uint8`` (the plan's symmetric grid stored with zero point 128,
+            run by ORT's u8×u8 kernel, which cannot saturate on CPUs without VNNI) or
+            ``int8`` (u8×s8: faster with VNNI, may saturate without).
+        embeddings: ``fp32`` (as the plan, which covers Linears only) or ``int8``: the
+            word-embedding table quantized too (noted in the bundle).
+        batch_size: pairs per forward pass for parity and the gate.
+        show_progress_bar: for parity and the gate.
+
+    Returns:
+        The :class:`~relcomp.artifacts.ExportBundle`, also saved as ``relcomp_bundle.json``.
+
+    Raises:
+        PlanError: the plan does not fit the model (unknown module, impossible action).
+        QualityGateError: the ONNX model lost more than ``max_ndcg_loss`` points;
+            nothing is written.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> model = load_model("all-MiniLM-L6-v2")  # doctest: +SKIP
+        >>> bundle = export_bundle(model, "runs/minilm-int8",
+        ...                        plan=CompressionPlan(model.name, {"_default": "int8"}))  # doctest: +SKIP
+        >>> bundle.onnx_file, round(bundle.size_mb)  # doctest: +SKIP
+        ('onnx/model_manual-….onnx', 23)
+    """
+    out_dir = Path(out_dir)
+    if plan is not None and not isinstance(plan, CompressionPlan):
+        plan = CompressionPlan.load(plan)
+    variant = variant or default_variant(plan)
+    _check_inputs(model, out_dir, variant, max_ndcg_loss, data_dir)
+    structural, rest = plan.split_structural() if plan is not None else (None, None)
+    if plan is not None:
+        resolve_plan(plan, model)  # the plan must fit before anything is written
+    notes: list[str] = []
+    working = model
+    if structural is not None and structural.entries:
+        working = prune_physically(model, structural)
+        notes.extend(_structural_notes(model, working))
+    resolved = resolve_plan(rest, working) if rest is not None and rest.entries else {}
+    torch_entries, precisions, torch_notes = _split_actions(resolved)
+    notes.extend(torch_notes)
+    if (
+        any(isinstance(a, Int8) and a.activations for a in precisions.values())
+        and not calibration_pairs
+    ):
+        raise PlanError(
+            "the plan asks for int8(activations=True) (static quantization): pass calibration "
+            "pairs from a dev/train split (relcomp export -d DATA)"
+        )
+    onnx_file = f"onnx/model_{variant}.onnx"
+    with (
+        atomic_directory(out_dir) as folder,
+        tempfile.TemporaryDirectory(prefix="relcomp-export-") as scratch_dir,
+    ):
+        scratch = Path(scratch_dir)
+        exported = scratch / "model.onnx"
+        with _torch_side(working, torch_entries):
+            used, export_notes = export_onnx(working, exported, exporter=exporter)
+        notes.extend(export_notes)
+        fp32_size = onnx_size(exported)
+        graph = onnx.load(os.fspath(exported))
+        inputs = [node.name for node in graph.graph.input]
+        feeds = (
+            _calibration_feeds(working, list(calibration_pairs), inputs)
+            if calibration_pairs
+            else None
+        )
+        realisation = realise_for_ort(
+            graph,
+            linears=working.named_linears(),
+            layers=working.layer_modules(),
+            precisions=precisions,
+            work_dir=scratch / "work",
+            optimize=optimize,
+            calibration_feeds=feeds,
+            reduce_range=reduce_range,
+            int8_weight_type=int8_weight_type,
+            embeddings=embeddings,
+            word_embeddings_shape=_word_embeddings_shape(working),
+            int4_accuracy_level=int4_accuracy_level,
+        )
+        notes.extend(realisation.notes)
+        _save_onnx(realisation.model, folder / onnx_file)
+        _copy_model_files(model.path, folder)
+        config: Any = working.model.config
+        config.save_pretrained(folder)
+        if not (folder / "tokenizer.json").is_file():
+            working.tokenizer.save_pretrained(folder)
+        if plan is not None:
+            plan.save(folder / PLAN_FILE)
+        for note in notes:
+            logger.info("export note: %s", note)
+        bundle = ExportBundle(
+            model=model.name,
+            model_kind=model.kind,
+            family=model.adapter.family,
+            variant=variant,
+            onnx_file=onnx_file,
+            exporter=used,
+            size_bytes=onnx_size(folder / onnx_file),
+            fp32_size_bytes=fp32_size,
+            max_length=model.max_length,
+            plan=(
+                {"method": plan.method, "fingerprint": plan.fingerprint(), "file": PLAN_FILE}
+                if plan is not None
+                else {}
+            ),
+            modules=realisation.modules,
+            nodes={label: tuple(nodes) for label, nodes in realisation.nodes.items()},
+            fusion={**realisation.fusion, "attention_operator": realisation.attention},
+            notes=tuple(notes),
+            versions=_versions(),
+        )
+        bundle.save(folder / EXPORT_BUNDLE_FILE)
+        candidate = load_bundle(folder, name=os.fspath(out_dir))
+        if parity_groups:
+            parity = check_parity(
+                model,
+                candidate,
+                parity_groups,
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+                source=parity_source,
+            )
+            atomic_write_json(folder / PARITY_FILE, parity.to_dict())
+            bundle = dataclasses.replace(bundle, parity=parity.summary())
+        if max_ndcg_loss is not None:
+            assert data_dir is not None
+            gate = quality_gate(
+                model,
+                candidate,
+                data_dir,
+                max_ndcg_loss=max_ndcg_loss,
+                split=gate_split,
+                queries=gate_queries,
+                depth=gate_depth,
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+            )
+            bundle = dataclasses.replace(bundle, gate=gate.summary())
+        bundle.save(folder / EXPORT_BUNDLE_FILE)
+    logger.info(
+        "exported %s to %s (%s, %.2f MB)", model.name, out_dir, onnx_file, bundle.size_bytes / 1e6
+    )
+    return bundle

@@ -1,0 +1,206 @@
+"""Reading a ``relcomp compress`` output folder, for the report.
+
+A run folder holds, as the compress flow writes them:
+
+========================================  ========  ==============================================
+file                                      needed    what it is
+========================================  ========  ==============================================
+``quality.json``                          yes       reference vs compressed quality, size, latency
+                                                    (``kind: quality_comparison``)
+``plan.json``                             yes       the :class:`~relcomp.artifacts.CompressionPlan`
+``component_relevance.json``              no        the :class:`~relcomp.artifacts.ComponentRelevance`
+                                                    the plan was made from
+``explanations/*.json``                   no        :class:`~relcomp.artifacts.TokenRelevance` (or
+                                                    :class:`~relcomp.artifacts.TokenInteractions`)
+``relcomp_bundle.json``, ``parity.json``  no        the ONNX bundle's description and its parity
+                                                    against torch (in the folder, ``onnx/`` or
+                                                    ``bundle/``)
+``run.json``                              no        the flow's manifest: each step's settings and
+                                                    when it finished
+========================================  ========  ==============================================
+
+A missing needed file, or any file that is present but malformed, raises
+:class:`~relcomp.errors.DataFormatError` naming it. Optional keys of ``quality.json``
+(latency, candidates, gate…) may be absent: the report says "not measured".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from relcomp.artifacts import ComponentRelevance, CompressionPlan, TokenInteractions, TokenRelevance
+from relcomp.errors import DataFormatError, RelcompError
+
+__all__ = ["QUALITY_KIND", "CompressionRun", "load_run"]
+
+#: The ``kind`` of the quality comparison the compress flow writes.
+QUALITY_KIND = "quality_comparison"
+QUALITY_VERSION = 1
+
+#: Where the export step may have put its bundle description and parity figures.
+_BUNDLE_FOLDERS = (".", "onnx", "bundle")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionRun:
+    """Everything a compression report shows, read from one run folder."""
+
+    folder: Path
+    quality: Mapping[str, Any]
+    plan: CompressionPlan
+    relevance: ComponentRelevance | None
+    explanations: tuple[TokenRelevance, ...]
+    interactions: tuple[TokenInteractions, ...]
+    bundle: Mapping[str, Any] | None
+    parity: Mapping[str, Any] | None
+    manifest: Mapping[str, Any] | None
+    files: tuple[Path, ...]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DataFormatError(path, None, f"cannot read: {error.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(path, error.lineno, f"invalid JSON: {error.msg}") from None
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DataFormatError(path, None, "expected a JSON object")
+    return data
+
+
+def _check_quality(path: Path, quality: Mapping[str, Any]) -> None:
+    kind = quality.get("kind", QUALITY_KIND)
+    if kind != QUALITY_KIND:
+        raise DataFormatError(
+            path, None, f"expected a {QUALITY_KIND!r} (reference vs compressed), found {kind!r}"
+        )
+    version = quality.get("version", QUALITY_VERSION)
+    if version != QUALITY_VERSION:
+        raise DataFormatError(
+            path,
+            None,
+            f"{QUALITY_KIND} version {version!r} is not supported (expected {QUALITY_VERSION})",
+        )
+    for side in ("reference", "compressed"):
+        entry = quality.get(side)
+        if not isinstance(entry, Mapping):
+            raise DataFormatError(path, None, f"missing the {side!r} object")
+        if not isinstance(entry.get("measures"), Mapping):
+            raise DataFormatError(path, None, f"{side!r} has no 'measures' object")
+    for key in ("difference", "gate", "provenance"):
+        if quality.get(key) is not None and not isinstance(quality[key], Mapping):
+            raise DataFormatError(path, None, f"{key!r} must be an object or null")
+    candidates = quality.get("candidates")
+    if candidates is not None and not (
+        isinstance(candidates, list) and all(isinstance(c, Mapping) for c in candidates)
+    ):
+        raise DataFormatError(path, None, "'candidates' must be a list of objects")
+
+
+def _find_bundle_file(folder: Path, name: str) -> Path | None:
+    for sub in _BUNDLE_FOLDERS:
+        path = folder / sub / name
+        if path.is_file():
+            return path
+    return None
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> CompressionRun:
+    """Read and check a compress output folder (see the module docstring for its files).
+
+    Raises:
+        DataFormatError: a needed file is missing, or a file present is malformed;
+            the message names the file.
+        RelcompError: ``run_dir`` is not a folder.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> load_run(pathlib.Path(tempfile.mkdtemp()))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        relcomp.errors.DataFormatError: ...quality.json: missing; a relcomp compress output folder holds quality.json and plan.json (and component_relevance.json, explanations/)
+    """
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise RelcompError(f"{folder}: not a folder (expected a relcomp compress output folder)")
+    files: list[Path] = []
+    for name in ("quality.json", "plan.json"):
+        if not (folder / name).is_file():
+            raise DataFormatError(
+                folder / name,
+                None,
+                "missing; a relcomp compress output folder holds quality.json and plan.json "
+                "(and component_relevance.json, explanations/)",
+            )
+    quality_path = folder / "quality.json"
+    quality = _read_object(quality_path)
+    _check_quality(quality_path, quality)
+    files.append(quality_path)
+    plan = CompressionPlan.load(folder / "plan.json")
+    files.append(folder / "plan.json")
+
+    relevance = None
+    if (folder / "component_relevance.json").is_file():
+        relevance = ComponentRelevance.load(folder / "component_relevance.json")
+        files.append(folder / "component_relevance.json")
+
+    explanations: list[TokenRelevance] = []
+    interactions: list[TokenInteractions] = []
+    for path in sorted((folder / "explanations").glob("*.json")):
+        data = _read_object(path)
+        kind = data.get("kind")
+        if kind == TokenInteractions.KIND:
+            interactions.append(TokenInteractions.from_dict(data, source=path))
+        else:
+            explanations.append(TokenRelevance.from_dict(data, source=path))
+        files.append(path)
+
+    bundle = parity = None
+    bundle_path = _find_bundle_file(folder, "relcomp_bundle.json")
+    if bundle_path is not None:
+        bundle = _read_object(bundle_path)
+        files.append(bundle_path)
+    parity_path = _find_bundle_file(folder, "parity.json")
+    if parity_path is not None:
+        parity = _read_object(parity_path)
+        files.append(parity_path)
+    elif bundle is not None and isinstance(bundle.get("parity"), Mapping):
+        parity = bundle["parity"]
+
+    # run.json is the compress flow's own manifest; the flow itself shrugs off an
+    # unreadable one (and runs every step again), so the report does too.
+    manifest = None
+    if (folder / "run.json").is_file():
+        recorded: Any
+        try:
+            recorded = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+        if isinstance(recorded, dict) and isinstance(recorded.get("steps"), dict):
+            manifest = recorded
+            files.append(folder / "run.json")
+
+    return CompressionRun(
+        folder=folder,
+        quality=quality,
+        plan=plan,
+        relevance=relevance,
+        explanations=tuple(explanations),
+        interactions=tuple(interactions),
+        bundle=bundle,
+        parity=parity,
+        manifest=manifest,
+        files=tuple(files),
+    )
