@@ -107,6 +107,7 @@ PROTOCOLS = {
 PLANS: list[tuple[str, list[tuple[str, dict[str, float]]]]] = [
     ("relcomp mixed-precision 5 bits", [("mixed-precision", {"bits_per_weight": 5.0})]),
     ("relcomp mixed-precision 6 bits", [("mixed-precision", {"bits_per_weight": 6.0})]),
+    ("relcomp pruned 15% + int8", [("prune-structured", {"params_removed": 0.15})]),
     ("relcomp pruned 30% + int8", [("prune-structured", {"params_removed": 0.3})]),
     ("relcomp pruned 50% + int8", [("prune-structured", {"params_removed": 0.5})]),
     (
@@ -117,7 +118,7 @@ PLANS: list[tuple[str, list[tuple[str, dict[str, float]]]]] = [
         ],
     ),
 ]
-SMOKE_PLANS = [PLANS[0], PLANS[2], PLANS[4]]
+SMOKE_PLANS = [PLANS[0], PLANS[3], PLANS[5]]
 
 
 # -- systems ------------------------------------------------------------------------------
