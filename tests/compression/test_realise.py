@@ -152,10 +152,13 @@ def test_fake_quantizers_use_the_grid_they_promise():
     int4 = fake_quantize_int4(weight, block_size=16)
     for block in range(3):
         part = slice(16 * block, 16 * (block + 1))
-        scale = weight[:, part].abs().amax(1, keepdim=True) / 7
-        levels = int4[:, part] / scale
+        # ONNX Runtime's MatMulNBits grid: scale = (value of largest magnitude) / -8
+        block_weight = weight[:, part]
+        extreme = block_weight.gather(1, block_weight.abs().argmax(1, keepdim=True))
+        levels = int4[:, part] / (extreme / -8)
         assert torch.allclose(levels, levels.round(), atol=1e-4)
-        assert levels.abs().max() <= 7 + 1e-4
+        assert levels.min() >= -8 - 1e-4 and levels.max() <= 7 + 1e-4
+        assert torch.allclose(levels.min(1).values, torch.full((8,), -8.0))
     # columns restricts blocks to the kept inputs, as physical pruning would
     keep = torch.ones(48, dtype=torch.bool)
     keep[::3] = False

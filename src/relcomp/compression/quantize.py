@@ -42,7 +42,12 @@ def fake_quantize_int8(weight: torch.Tensor, per_channel: bool = True) -> torch.
 def fake_quantize_int4(
     weight: torch.Tensor, block_size: int = 32, columns: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Symmetric int4 (±7) with one scale per block of ``block_size`` inputs of each row.
+    """Symmetric int4 with one scale per block of ``block_size`` inputs of each row.
+
+    The grid is ONNX Runtime's ``MatMulNBits`` one (MLAS blockwise quantization), so
+    the torch simulation and the exported graph agree: the block's value of largest
+    magnitude ``m`` sets ``scale = m / -8``, and every value is rounded to
+    ``q · scale`` with ``q`` in ``[-8, 7]`` (the extreme lands exactly on ``-8``).
 
     ``columns`` (bool, one per input) restricts blocks to the kept inputs, so that a
     matrix with pruned columns is quantized as its physically pruned version would
@@ -52,7 +57,7 @@ def fake_quantize_int4(
         >>> w = torch.arange(1.0, 33.0).reshape(1, 32)
         >>> q = fake_quantize_int4(w, block_size=16)
         >>> q[0, :3], q[0, -1]
-        (tensor([0.0000, 2.2857, 2.2857]), tensor(32.))
+        (tensor([0., 2., 4.]), tensor(32.))
     """
     if columns is not None and not bool(columns.all()):
         result = weight.clone()
@@ -63,9 +68,13 @@ def fake_quantize_int4(
     padded_width = -(-width // block_size) * block_size
     padded = torch.nn.functional.pad(source, (0, padded_width - width))
     blocks = padded.reshape(rows, -1, block_size)
-    absmax = blocks.abs().amax(dim=2, keepdim=True)
-    quantized = _symmetric(blocks, absmax, INT4_MAX).reshape(rows, padded_width)[:, :width]
-    return quantized.to(weight.dtype)
+    extreme = blocks.gather(2, blocks.abs().argmax(dim=2, keepdim=True))
+    scale = extreme / -8.0
+    # Multiplying by the reciprocal, as MLAS does, so values on a half step round alike.
+    reciprocal = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    levels = torch.clamp(torch.round(blocks * reciprocal), -8, 7)
+    quantized = torch.where(scale != 0, levels * scale, torch.zeros_like(blocks))
+    return quantized.reshape(rows, padded_width)[:, :width].to(weight.dtype)
 
 
 def fake_quantize_fp16(tensor: torch.Tensor) -> torch.Tensor:

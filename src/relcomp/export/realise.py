@@ -421,9 +421,8 @@ def realise_for_ort(
                 quantizer.process()
             model = quantizer.model.model
         notes.append(
-            "int4 by onnxruntime's MatMulNBits quantizer: its symmetric grid is [-8, 7] × "
-            "absmax/8 where relcomp's torch simulation uses ±7 × absmax/7 (same 4 bits, "
-            "rounding differs by up to one step); "
+            "int4 by onnxruntime's MatMulNBits quantizer (symmetric blocks, the grid "
+            "relcomp's torch simulation uses); "
             + (
                 "float32 compute: int4 saves size, not time, on CPUs without VNNI"
                 if int4_accuracy_level is None
