@@ -654,7 +654,12 @@ def _summary(run: CompressionRun) -> str:
         loss, allowed = _number(gate.get("loss_points")), _number(gate.get("max_ndcg_loss"))
         split = gate.get("split")
         on_split = f" on the {_e(split)} split" if split else ""
-        loss_text = f"a loss of {loss:.2f} points{on_split}" if loss is not None else "its loss"
+        if loss is None:
+            loss_text = "its loss"
+        elif loss < 0:
+            loss_text = f"a gain of {-loss:.2f} points{on_split}"
+        else:
+            loss_text = f"a loss of {loss:.2f} points{on_split}"
         allowed_text = (
             f"{allowed:.2f} points allowed" if allowed is not None else "the allowed loss"
         )
