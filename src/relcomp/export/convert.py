@@ -12,19 +12,17 @@ and so sentence-transformers' ONNX backend read.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from relcomp.errors import RelcompError
+from relcomp.export.graph import quiet_tools
 from relcomp.models.base import RankingModel
 
 __all__ = ["EXPORTERS", "OUTPUT_NAMES", "export_onnx", "graph_inputs"]
@@ -49,19 +47,6 @@ def graph_inputs(model: RankingModel) -> list[str]:
         if "token_type_ids" in inspect.signature(model.model.forward).parameters:
             names.append("token_type_ids")
     return names
-
-
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    """Tracer warnings about Python control flow are expected for encoders: keep them out."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(previous)
 
 
 def export_onnx(
@@ -105,7 +90,7 @@ def _export_with_optimum(model: RankingModel, path: Path, opset: int | None) -> 
     import onnx
     from optimum.exporters.onnx import onnx_export_from_model
 
-    with tempfile.TemporaryDirectory(prefix="relcomp-optimum-") as scratch, _quiet_export():
+    with tempfile.TemporaryDirectory(prefix="relcomp-optimum-") as scratch, quiet_tools():
         onnx_export_from_model(
             model.model,
             scratch,
@@ -157,7 +142,7 @@ def _export_with_torch(model: RankingModel, path: Path, opset: int) -> None:
     previous = torch_model.config.return_dict
     torch_model.config.return_dict = False  # a tuple: the first output is the one named
     try:
-        with torch.no_grad(), _quiet_export():
+        with torch.no_grad(), quiet_tools():
             torch.onnx.export(
                 torch_model,
                 (),

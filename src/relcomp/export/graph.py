@@ -13,8 +13,11 @@ quantizers take.
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +219,20 @@ def onnx_size(path: str | os.PathLike[str]) -> int:
                 if entry.key == "location":
                     locations.add(entry.value)
     return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+
+
+@contextlib.contextmanager
+def quiet_tools() -> Iterator[None]:
+    """Silence warnings and log records below ERROR while export tools run.
+
+    The torch tracer warns about Python control flow every encoder has, and
+    onnxruntime's quantizers log every node a plan leaves alone on purpose.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)

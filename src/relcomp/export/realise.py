@@ -24,13 +24,11 @@ quantizers take MatMul only. Every difference from the plan is returned as a not
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from relcomp.export.graph import (
     gemm_to_matmul,
     linear_nodes,
     op_counts,
+    quiet_tools,
 )
 from relcomp.models.adapters import LayerModules
 
@@ -79,19 +78,6 @@ class OrtRealisation:
     attention: str
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime's tools log every node they skip; a plan skips most of them on purpose."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(previous)
-
-
 def _packed_attention_ok(label: str) -> bool:
     return label == "fp32" or (label.startswith("int8") and "activations=True" not in label)
 
@@ -117,7 +103,7 @@ def _optimize(
     options = FusionOptions("bert")
     options.use_multi_head_attention = not packed
     try:
-        with _quiet():
+        with quiet_tools():
             optimized = optimize_model(
                 model,
                 model_type="bert",
@@ -325,7 +311,7 @@ def realise_for_ort(
         # inference does not know the fused operators, onnxruntime's symbolic one does
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        with _quiet():
+        with quiet_tools():
             model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     current = _save(model, next_path())
     if any(static.values()):
@@ -343,7 +329,7 @@ def realise_for_ort(
         weight_type = _weight_type(int8_weight_type)
         for per_channel, nodes in static.items():
             target = next_path()
-            with _quiet():
+            with quiet_tools():
                 quantize_static(
                     os.fspath(current),
                     os.fspath(target),
@@ -374,7 +360,7 @@ def realise_for_ort(
 
         for per_channel, nodes in dynamic.items():
             target = next_path()
-            with _quiet():
+            with quiet_tools():
                 quantize_dynamic(
                     os.fspath(current),
                     os.fspath(target),
@@ -417,7 +403,7 @@ def realise_for_ort(
                 nodes_to_include=sorted(chosen),
                 nodes_to_exclude=others,
             )
-            with _quiet():
+            with quiet_tools():
                 quantizer.process()
             model = quantizer.model.model
         notes.append(
@@ -483,7 +469,7 @@ def _quantize_embeddings(
     if not nodes:
         notes.append("embeddings: no embedding node found in the graph; they stay fp32")
         return current
-    with _quiet():
+    with quiet_tools():
         quantize_dynamic(
             os.fspath(current),
             os.fspath(target),
