@@ -218,6 +218,116 @@ def _shifted(report: QualityReport, delta: float) -> QualityReport:
     return dataclasses.replace(report, measures=measures, per_query=per_query)
 
 
+# -- several budgets: plans tried, the smallest that passes the gate kept ------------------
+BUDGETS = ["bits_per_weight=6", "bits_per_weight=8"]
+
+
+def _worse_when(monkeypatch: pytest.MonkeyPatch, failing: Any) -> None:
+    """Evaluations of ONNX bundles for which ``failing(path)`` holds lose 25 points."""
+    real_evaluate = pipeline.evaluate
+
+    def evaluate(scorer: Any, *args: Any, **kwargs: Any) -> QualityReport:
+        report = real_evaluate(scorer, *args, **kwargs)
+        if type(scorer).__name__.startswith("Onnx") and failing(str(scorer.path)):
+            report = _shifted(report, -0.25)
+        return report
+
+    monkeypatch.setattr(pipeline, "evaluate", evaluate)
+
+
+def test_several_budgets_keep_the_smallest_bundle_and_plot_them_all(
+    tiny_model_path, toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import relcomp.pipeline
+
+    out = tmp_path / "run"
+    model = tiny_model_path("bert")
+    result = _compress(model, toy, out, budget=BUDGETS)
+
+    quality = result.quality
+    candidates = quality["candidates"]
+    assert [c["budget_values"] for c in candidates] == [
+        {"bits_per_weight": 6.0},
+        {"bits_per_weight": 8.0},
+    ]
+    assert candidates[0]["size_mb"] < candidates[1]["size_mb"]
+    assert [c["chosen"] for c in candidates] == [True, False]
+    for candidate in candidates:
+        assert candidate["split"] == "train" and candidate["passed"] is True
+        assert candidate["latency_ms"] > 0 and candidate["pairs_per_s"] > 0
+    assert quality["candidates_reference"]["split"] == "train"
+    assert quality["compressed"]["size_mb"] == pytest.approx(candidates[0]["size_mb"])
+    assert CompressionPlan.load(out / "plan.json").budget == {"bits_per_weight": 6.0}
+    assert len(list(out.glob("onnx/*.onnx"))) == 1 and _leftovers(out) == []
+    assert not list(out.glob(".candidate-*"))
+    html = result.report.read_text()
+    assert 'id="pareto"' in html and "(kept)" in html
+    assert {p.name for p in out.glob("figures/pareto_*.png")} == {
+        "pareto_size.png",
+        "pareto_latency.png",
+    }
+
+    # run again: nothing is exported again
+    def no_export(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(relcomp.pipeline, "export_bundle", no_export, raising=False)
+    import relcomp.export
+
+    monkeypatch.setattr(relcomp.export, "export_bundle", no_export)
+    again = _compress(model, toy, out, budget=BUDGETS)
+    assert again.quality["candidates"] == candidates
+
+
+def test_several_budgets_skip_the_ones_that_fail_the_gate(
+    tiny_model_path, toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    _worse_when(monkeypatch, lambda path: ".candidate-1." in path)
+    result = _compress(tiny_model_path("bert"), toy, out, budget=BUDGETS, max_ndcg_loss=0.5)
+    candidates = result.quality["candidates"]
+    assert [c["passed"] for c in candidates] == [False, True]
+    assert [c["chosen"] for c in candidates] == [False, True]
+    assert candidates[0]["loss_points"] >= 25 - 1e-6
+    assert CompressionPlan.load(out / "plan.json").budget == {"bits_per_weight": 8.0}
+    assert result.quality["gate"]["passed"] is True
+
+
+def test_several_budgets_all_failing_leave_no_bundle_and_name_every_loss(
+    tiny_model_path, toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    model = tiny_model_path("bert")
+    _compress(model, toy, out)  # a finished run first: nothing of it may look current after
+    _worse_when(monkeypatch, lambda path: True)
+    for _ in range(2):  # the second time from candidates.json, without exporting
+        with pytest.raises(QualityGateError, match="every budget tried") as failure:
+            _compress(model, toy, out, budget=BUDGETS, max_ndcg_loss=0.5)
+        message = str(failure.value)
+        assert "6 bits/weight: 25" in message and "8 bits/weight: 25" in message
+        assert failure.value.result.loss_points >= 25 - 1e-6
+        assert not (out / EXPORT_BUNDLE_FILE).exists() and not list(out.glob("onnx/*"))
+        assert not (out / "plan.json").exists() and not (out / "report.html").exists()
+        assert (out / "evaluation" / "candidates.json").is_file() and _leftovers(out) == []
+
+
+def test_an_impossible_budget_among_several_fails_before_any_export(
+    tiny_model_path, toy: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RelcompError, match="impossible budget bits_per_weight=2"):
+        _compress(tiny_model_path("bert"), toy, out, budget=["8bits", "2bits"])
+    assert not list(out.rglob("*.onnx")) and _leftovers(out) == []
+
+
+def test_budgets_given_twice_are_refused(tiny_model_path, toy: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="given twice"):
+        _compress(
+            tiny_model_path("bert"), toy, tmp_path / "run", budget=["6bits", "bits_per_weight=6"]
+        )
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_an_interrupted_run_leaves_complete_files_only_and_resumes(
     tiny_model_path,
@@ -414,6 +524,20 @@ def test_cli_compress_prints_the_table_and_the_report(
     assert status == 0
     assert "nDCG@10" in stdout and "quality gate" in stdout
     assert stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+
+
+def test_cli_compress_with_several_budgets_prints_the_plans_tried(
+    capsys: pytest.CaptureFixture[str], tiny_model_path, toy: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    status, stdout, _ = _cli(
+        capsys, "-q", "compress", "-m", str(tiny_model_path("bert")), "-d", str(toy),
+        "--budget", "6bits", "8bits", "--max-ndcg-loss", "100", "--calibration", "3",
+        "--explanations", "0", "-o", str(out),
+    )  # fmt: skip
+    assert status == 0
+    assert "plans tried" in stdout and "6 bits/weight (kept)" in stdout
+    assert "8 bits/weight" in stdout
 
 
 def test_cli_gate_failure_exits_3_with_the_loss(

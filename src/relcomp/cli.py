@@ -270,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--budget",
         required=True,
-        help="bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5; or 40MB, 6bits, 0.3",
+        nargs="+",
+        help="bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5; or 40MB, 6bits, "
+        "0.3. Several budgets: each is planned, exported, gated and timed, and the smallest "
+        "bundle that passes the gate is kept (the report plots them all)",
     )
     compress.add_argument(
         "--method",
@@ -640,6 +643,24 @@ def _print_compression(result: Any) -> None:
         rows.append((label, reference["latency_ms"][key], compressed["latency_ms"][key], "", ""))
     rows.append(("pairs/s (batch 32)", reference["pairs_per_s"], compressed["pairs_per_s"], "", ""))
     _print_table(rows, ("", reference["name"], compressed["name"], "Δ", "p (paired t)"))
+    candidates = quality.get("candidates") or []
+    if len(candidates) > 1:
+        split = candidates[0].get("split", "")
+        print(f"\nplans tried (nDCG@10 on {split}; the smallest that passed the gate is kept):")
+        _print_table(
+            [
+                (
+                    c["name"] + (" (kept)" if c.get("chosen") else ""),
+                    c["size_mb"],
+                    c["latency_ms"],
+                    c["ndcg@10"],
+                    c["loss_points"],
+                    {True: "passed", False: "failed"}.get(c.get("passed"), "no gate"),
+                )
+                for c in candidates
+            ],
+            ("plan", "MB", "p50 ms", "nDCG@10", "points lost", "gate"),
+        )
     gate = quality.get("gate")
     if gate:
         print(

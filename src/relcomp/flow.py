@@ -521,6 +521,7 @@ def quality_comparison(
     budget: str,
     alpha: float = 0.05,
     provenance: Mapping[str, Any] | None = None,
+    candidates: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``quality.json`` of a compress run: both systems, their paired difference, the gate.
 
@@ -530,7 +531,9 @@ def quality_comparison(
     test's p-value over the same queries (ranx, :func:`relcomp.evaluation.paired_test`)
     and ``significant`` at ``alpha``. ``candidates`` lists every compressed system
     tried (one per plan) with its size, batch-1 p50 latency, nDCG@10 and whether it
-    passed the gate.
+    passed the gate: the compressed model alone (on ``split``), or, when ``candidates``
+    is given (``evaluation/candidates.json`` of the plans tried step), every plan with
+    its quality on the gate split, and ``candidates_reference`` the reference there.
     """
     from relcomp.evaluation import paired_test
 
@@ -569,15 +572,22 @@ def quality_comparison(
         "difference": difference,
         "significance": {"test": test["test"], "alpha": alpha, "n_queries": test["n_queries"]},
         "gate": dict(gate) if gate is not None else None,
-        "candidates": [
-            {
-                "name": names[1],
-                "budget": budget,
-                "size_mb": compressed_side["size_mb"],
-                "latency_ms": (compressed_side["latency_ms"] or {}).get("p50"),
-                "ndcg@10": compressed_side["measures"][ndcg],
-                "passed": bool(gate["passed"]) if gate is not None else None,
-            }
-        ],
+        "candidates": (
+            [dict(c) for c in candidates["candidates"]]
+            if candidates is not None
+            else [
+                {
+                    "name": names[1],
+                    "budget": budget,
+                    "size_mb": compressed_side["size_mb"],
+                    "latency_ms": (compressed_side["latency_ms"] or {}).get("p50"),
+                    "ndcg@10": compressed_side["measures"][ndcg],
+                    "passed": bool(gate["passed"]) if gate is not None else None,
+                    "split": reference.split,
+                    "chosen": True,
+                }
+            ]
+        ),
+        "candidates_reference": dict(candidates["reference"]) if candidates is not None else None,
         "provenance": dict(provenance or {}),
     }

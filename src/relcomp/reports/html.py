@@ -823,9 +823,11 @@ def _candidates_section(page: _Page, run: CompressionRun) -> str | None:
     candidates = run.quality.get("candidates") or []
     if len(candidates) < 2:
         return None
-    reference = dict(run.quality["reference"])
+    reference = dict(run.quality.get("candidates_reference") or run.quality["reference"])
     reference["latency_ms"] = _latency(reference, "p50")
     measure = _main_measure(run.quality)
+    split = candidates[0].get("split") or run.quality.get("split")
+    where = f" on the {split} split" if split else ""
     plots, notes = [], []
     for axis, name in (("size_mb", "size"), ("latency_ms", "latency")):
         measured = [c for c in candidates if _cost(c, axis) is not None]
@@ -838,16 +840,18 @@ def _candidates_section(page: _Page, run: CompressionRun) -> str | None:
                 f"pareto_{name}",
                 figure,
                 alt=f"{measure} against {name} for every plan tried",
-                caption=f"{_e(measure)} against {name}; green: passed the gate, red: failed it.",
+                caption=f"{_e(measure)}{_e(where)} against {name}; green: passed the gate, "
+                "red: failed it.",
             )
         )
     rows = []
     for candidate in candidates:
         passed = candidate.get("passed")
         budget = candidate.get("budget")
+        kept = " (kept)" if candidate.get("chosen") and len(candidates) > 1 else ""
         rows.append(
             [
-                _e(candidate.get("name", "?")),
+                _e(str(candidate.get("name", "?")) + kept),
                 _missing() if budget is None else _e(budget),
                 _fixed(candidate.get("size_mb"), 1),
                 _fixed(_latency(candidate, "p50"), 2),
@@ -858,11 +862,12 @@ def _candidates_section(page: _Page, run: CompressionRun) -> str | None:
     return (
         "<p class='lead'>Every plan that was tried, placed by quality against cost. Points on "
         "the dashed frontier are the ones no other plan beats on both axes; the star is the "
-        "uncompressed reference.</p>"
+        f"uncompressed reference. Quality is {_e(measure)}{_e(where)}, the split the quality "
+        "gate reads; the smallest plan that passed the gate was kept.</p>"
         + (f'<div class="figrow">{"".join(plots)}</div>' if plots else "")
         + "".join(f"<p class='muted'>{_e(note)}</p>" for note in notes)
         + _table(
-            ("plan", "budget", "size (MB)", "latency (ms)", measure, "gate"),
+            ("plan", "budget", "size (MB)", "latency (ms)", f"{measure}{where}", "gate"),
             rows,
             numeric=(2, 3, 4),
         )
