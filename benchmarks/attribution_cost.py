@@ -5,8 +5,11 @@
 minilm-l6-reranker, 32 real scifact test pairs (query, judged-relevant document), max
 length 256, batch 32, 2 threads. The systems are interleaved (A B C D A B C D …) after a
 warm-up; each figure is the median of ``--repeats`` runs. Also BiLRP with
-all-MiniLM-L6-v2: one pair, batched (one forward, one vmapped backward) against the
-per-dimension reference (one backward per embedding dimension).
+all-MiniLM-L6-v2: one pair, ``BiLRP.attribute`` (one forward-mode pass over the shorter
+text's token copies, one backward pass over the longer text's) against the
+per-dimension reference (one backward per embedding dimension and side)::
+
+    python benchmarks/attribution_cost.py --bilrp-only --output benchmarks/results/bilrp_cost.json
 """
 
 from __future__ import annotations
@@ -50,8 +53,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lig-steps", type=int, default=50)
     parser.add_argument("--skip-bilrp", action="store_true")
+    parser.add_argument(
+        "--bilrp-only",
+        action="store_true",
+        help="time BiLRP batched against per dimension only (JSON: bilrp and _meta)",
+    )
     args = parser.parse_args()
     set_threads(2)
+    if args.bilrp_only:
+        payload = {
+            "bilrp": bilrp_cost(args.repeats),
+            "_meta": {"repeats": args.repeats, "machine": machine()},
+        }
+        print(f"wrote {write_json(args.output, payload)}")
+        return
 
     model = load_model(reranker_path(), max_length=args.max_length)
     queries, documents = scifact_pairs(args.pairs)

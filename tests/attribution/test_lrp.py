@@ -155,10 +155,23 @@ def test_bilrp_batched_agrees_with_the_per_dimension_reference(tiny_model, famil
     assert batched.matrix().shape == (len(batched.query_tokens), len(batched.document_tokens))
     r = np.corrcoef(batched.matrix().ravel(), reference.matrix().ravel())[0, 1]
     assert r >= 0.99
-    np.testing.assert_allclose(batched.matrix(), reference.matrix(), rtol=1e-4, atol=1e-7)
+    # Forward mode runs attention explicitly (its ε-stabilisers), the reference fused.
+    scale = float(np.abs(reference.matrix()).max())
+    np.testing.assert_allclose(batched.matrix(), reference.matrix(), rtol=1e-3, atol=1e-3 * scale)
     assert batched.score == pytest.approx(
         float(model.score([QUERIES[1]], [DOCUMENTS[2]])[0]), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("composite", ["AttnLRP", "CP-LRP"])
+def test_bilrp_is_the_same_whichever_side_is_shorter(tiny_model, composite: str) -> None:
+    model = tiny_model("bert", "bi-encoder")
+    bilrp = BiLRP(model, composite)
+    short_query = bilrp.attribute(QUERIES[1], DOCUMENTS[2])
+    swapped = bilrp.attribute(DOCUMENTS[2], QUERIES[1])  # now the query is the longer text
+    np.testing.assert_allclose(swapped.matrix().T, short_query.matrix(), rtol=1e-3, atol=1e-6)
+    assert swapped.query_tokens == short_query.document_tokens
+    assert swapped.score == pytest.approx(short_query.score, rel=1e-5)
 
 
 def test_bilrp_interactions_sum_to_the_similarity_when_conservative(tiny_model) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from relcomp.attribution.composites import Composite, get_composite
 from relcomp.attribution.rules import Epsilon, GradientMatmul, scale_gradient
@@ -226,6 +227,11 @@ class LRPPatch:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
         self.embedding_inputs: list[torch.Tensor] = []
+        #: Forward mode: ``tangent(embedding output)`` gives the tangent to carry from
+        #: the embedding output (inside ``torch.autograd.forward_ad.dual_level()``); the
+        #: rules' ``jvp`` are the transposes of their backward maps, so an output's
+        #: tangent is a relevance (see :class:`relcomp.attribution.bilrp.BiLRP`).
+        self.embedding_tangent: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._installed = False
 
     # -- install / remove ---------------------------------------------------------
@@ -311,7 +317,10 @@ class LRPPatch:
         leaf = x.detach().requires_grad_(torch.is_grad_enabled())
         if leaf.requires_grad:
             self.embedding_inputs.append(leaf)
-        return self.composite.layer_norm.layer_norm(self._embedding_norm, leaf)
+        inputs = leaf
+        if self.embedding_tangent is not None:
+            inputs = forward_ad.make_dual(leaf, self.embedding_tangent(leaf.detach()))
+        return self.composite.layer_norm.layer_norm(self._embedding_norm, inputs)
 
     def _patch_head(self, module: nn.Module) -> None:
         adapter = self.ranking_model.adapter

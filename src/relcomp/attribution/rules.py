@@ -63,13 +63,21 @@ class _EpsilonGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, output: torch.Tensor, epsilon: float) -> torch.Tensor:
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
         ctx.epsilon = epsilon
-        return output.view_as(output)
+        # A copy, not a view: forward mode (BiLRP) needs a jvp that returns a new tensor.
+        return output.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (output,) = ctx.saved_tensors
         return _safe_divide(grad * output, output, ctx.epsilon), None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, _: Any) -> torch.Tensor:
+        # The backward map is diagonal, so forward mode applies the same scaling.
+        (output,) = ctx.saved_tensors
+        return _safe_divide(tangent * output, output, ctx.epsilon)
 
 
 def epsilon_stabilise(output: torch.Tensor, epsilon: float = DEFAULT_EPSILON) -> torch.Tensor:
@@ -100,13 +108,20 @@ class _IdentityActivation(torch.autograd.Function):
     ) -> torch.Tensor:
         with torch.no_grad():
             outputs = function(inputs)
-            ctx.save_for_backward(_safe_divide(outputs, inputs, epsilon))
+            ratio = _safe_divide(outputs, inputs, epsilon)
+            ctx.save_for_backward(ratio)
+            ctx.save_for_forward(ratio)
         return outputs
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (ratio,) = ctx.saved_tensors
         return grad * ratio, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        (ratio,) = ctx.saved_tensors
+        return tangent * ratio
 
 
 def identity_activation(
@@ -124,11 +139,15 @@ class _ScaleGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, inputs: torch.Tensor, factor: float) -> torch.Tensor:
         ctx.factor = factor
-        return inputs.view_as(inputs)
+        return inputs.clone()  # not a view (see _EpsilonGradient)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.factor, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, _: Any) -> torch.Tensor:
+        return tangent * ctx.factor
 
 
 def scale_gradient(inputs: torch.Tensor, factor: float) -> torch.Tensor:
@@ -162,7 +181,9 @@ class _LayerNormConstantScale(torch.autograd.Function):
         outputs = torch.nn.functional.layer_norm(inputs, normalized_shape, weight, bias, eps)
         dims = tuple(range(-len(normalized_shape), 0))
         variance = inputs.var(dim=dims, keepdim=True, unbiased=False)
-        ctx.save_for_backward(torch.rsqrt(variance + eps), weight)
+        inverse_std = torch.rsqrt(variance + eps)
+        ctx.save_for_backward(inverse_std, weight)
+        ctx.save_for_forward(inverse_std, weight)
         ctx.dims = dims
         return outputs
 
@@ -172,6 +193,14 @@ class _LayerNormConstantScale(torch.autograd.Function):
         scaled = grad * inverse_std if weight is None else grad * weight * inverse_std
         # The centring x - mean(x) is a symmetric linear map: its transpose is itself.
         return scaled - scaled.mean(dim=ctx.dims, keepdim=True), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        # The transpose of the backward map: centre first, then scale (the weights and
+        # the scale carry no tangent: LRP holds them constant).
+        inverse_std, weight = ctx.saved_tensors
+        centred = (tangent - tangent.mean(dim=ctx.dims, keepdim=True)) * inverse_std
+        return centred if weight is None else centred * weight
 
 
 def _plain_layer_norm(module: nn.LayerNorm, inputs: torch.Tensor) -> torch.Tensor:
@@ -197,6 +226,7 @@ class _UniformMatmul(torch.autograd.Function):
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
         outputs = torch.matmul(a, b)
         ctx.save_for_backward(a, b, outputs)
+        ctx.save_for_forward(a, b, outputs)
         ctx.epsilon = epsilon
         return outputs
 
@@ -211,6 +241,20 @@ class _UniformMatmul(torch.autograd.Function):
         grad_a = torch.matmul(stabilised, b.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
         grad_b = torch.matmul(a.transpose(-1, -2), stabilised) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, None
+
+    @staticmethod
+    def jvp(
+        ctx: Any, tangent_a: torch.Tensor | None, tangent_b: torch.Tensor | None, _: Any
+    ) -> torch.Tensor:
+        # The transpose of the backward map: half of each operand's product, stabilised.
+        a, b, outputs = ctx.saved_tensors
+        product = torch.zeros_like(outputs)
+        if tangent_a is not None:
+            product = product + torch.matmul(tangent_a, b)
+        if tangent_b is not None:
+            product = product + torch.matmul(a, tangent_b)
+        product = 0.5 * product
+        return _safe_divide(product * outputs, outputs, ctx.epsilon) if ctx.epsilon else product
 
 
 def uniform_matmul(

@@ -71,7 +71,9 @@ class CrossEncoder(RankingModel):
         order = np.argsort(
             [-(len(q) + len(d)) for q, d in zip(queries, documents, strict=True)], kind="stable"
         )
-        for _, index in progress_batches(order.tolist(), batch_size, "Scoring pairs", show_progress_bar):
+        for _, index in progress_batches(
+            order.tolist(), batch_size, "Scoring pairs", show_progress_bar
+        ):
             batch = self.tokenize([queries[i] for i in index], [documents[i] for i in index])
             scores[np.asarray(index)] = self.forward_scores(batch).float().cpu().numpy()
         return scores
