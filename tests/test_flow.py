@@ -589,4 +589,7 @@ def test_relcomp_demo_runs_offline_and_ends_with_the_report(
     assert quality["gate"]["passed"]
     assert 0.45 < quality["reference"]["measures"]["nDCG@10"] < 0.7
     assert quality["compressed"]["size_mb"] < quality["reference"]["size_mb"]
+    tried = quality["candidates"]
+    assert len(tried) == len(pipeline.DEMO_BUDGET) and sum(c["chosen"] for c in tried) == 1
+    assert 'id="pareto"' in report.read_text()
     print(f"relcomp demo: {seconds:.0f} s")
