@@ -141,3 +141,47 @@ def test_cp_lrp_sends_no_relevance_through_attention_weights() -> None:
     # Attention weights are constants: the output is linear in the values and conserves.
     torch.testing.assert_close((values.detach() * grad_values).sum(), output.detach().sum())
     assert torch.autograd.grad(output.sum(), scores, allow_unused=True)[0] is None
+
+
+# -- forward mode: each rule's jvp is the transpose of its backward map ------------------
+def _transpose_gap(function, *shapes) -> tuple[float, float]:
+    """``<v, M t>`` (forward mode) and ``<B v, t>`` (the rule's backward) for random v, t."""
+    from torch.autograd import forward_ad
+
+    generator = torch.Generator().manual_seed(3)
+    inputs = [
+        torch.randn(*s, dtype=torch.float64, generator=generator).requires_grad_() for s in shapes
+    ]
+    tangents = [torch.randn(*s, dtype=torch.float64, generator=generator) for s in shapes]
+    with forward_ad.dual_level():
+        output = function(
+            *[forward_ad.make_dual(x, t) for x, t in zip(inputs, tangents, strict=True)]
+        )
+        forward = forward_ad.unpack_dual(output).tangent
+    output = function(*inputs)
+    v = torch.randn(output.shape, dtype=torch.float64, generator=generator)
+    backward = torch.autograd.grad(output, inputs, v)
+    lhs = float((v * forward).sum())
+    rhs = float(sum((g * t).sum() for g, t in zip(backward, tangents, strict=True)))
+    return lhs, rhs
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "shapes"),
+    [
+        ("epsilon", lambda x: epsilon_stabilise(2 * x, 1e-2), [(3, 4)]),
+        ("identity", lambda x: identity_activation(x, torch.nn.functional.gelu, 1e-6), [(3, 4)]),
+        ("uniform matmul", lambda a, b: uniform_matmul(a, b, 1e-2), [(2, 3, 4), (2, 4, 5)]),
+    ],
+)
+def test_forward_mode_is_the_transpose_of_each_rule(name: str, function, shapes) -> None:
+    lhs, rhs = _transpose_gap(function, *shapes)
+    assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-12), name
+
+
+def test_forward_mode_is_the_transpose_of_the_layer_norm_rule() -> None:
+    norm = torch.nn.LayerNorm(4).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+    lhs, rhs = _transpose_gap(lambda x: layer_norm_constant_scale(norm, x), (3, 4))
+    assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-12)

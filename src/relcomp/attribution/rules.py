@@ -139,15 +139,13 @@ class _ScaleGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, inputs: torch.Tensor, factor: float) -> torch.Tensor:
         ctx.factor = factor
-        return inputs.clone()  # not a view (see _EpsilonGradient)
+        # A view, free; forward mode (BiLRP) never meets this Function, because it runs
+        # attention in the explicit form (the fused kernel has no forward derivative).
+        return inputs.view_as(inputs)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.factor, None
-
-    @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor, _: Any) -> torch.Tensor:
-        return tangent * ctx.factor
 
 
 def scale_gradient(inputs: torch.Tensor, factor: float) -> torch.Tensor:
@@ -178,10 +176,11 @@ class _LayerNormConstantScale(torch.autograd.Function):
         normalized_shape: tuple[int, ...],
         eps: float,
     ) -> torch.Tensor:
-        outputs = torch.nn.functional.layer_norm(inputs, normalized_shape, weight, bias, eps)
+        # native_layer_norm hands back the 1/σ it computed: no second pass for the variance.
+        outputs, _, inverse_std = torch.native_layer_norm(
+            inputs, normalized_shape, weight, bias, eps
+        )
         dims = tuple(range(-len(normalized_shape), 0))
-        variance = inputs.var(dim=dims, keepdim=True, unbiased=False)
-        inverse_std = torch.rsqrt(variance + eps)
         ctx.save_for_backward(inverse_std, weight)
         ctx.save_for_forward(inverse_std, weight)
         ctx.dims = dims
