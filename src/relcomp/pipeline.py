@@ -146,6 +146,8 @@ def evaluate(
         }
         return dataclasses.replace(report, settings={**report.settings, "plan": plan_settings})
     options: dict[str, Any] = {"show_progress_bar": show_progress_bar, "use_cache": use_cache}
+    # The model counts truncated inputs over its life; this report gives this evaluation's.
+    tally_before = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
     if (
         first_stage is None
         and isinstance(scorer, RankingModel)
@@ -189,9 +191,21 @@ def evaluate(
                 use_cache=use_cache,
             )
         name, stage_name = scorer.name, stage if isinstance(stage, str) else stage.name
-    truncation = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
-    if isinstance(scorer, RankingModel) and truncation.get("truncated"):
-        logger.warning("%s: %s", scorer.name, scorer.truncation_summary())
+    truncation = (
+        {key: count - tally_before.get(key, 0) for key, count in scorer.truncation.items()}
+        if isinstance(scorer, RankingModel)
+        else {}
+    )
+    if truncation.get("truncated"):
+        cut, total = truncation["truncated"], truncation.get("inputs", 0)
+        logger.warning(
+            "%s: %d of %d inputs (%.1f%%) truncated to %d tokens",
+            getattr(scorer, "name", scorer),
+            cut,
+            total,
+            100 * cut / max(total, 1),
+            getattr(scorer, "max_length", 0),
+        )
     return quality_report(
         name,
         dataset,
