@@ -181,15 +181,7 @@ def test_a_failed_gate_removes_the_bundle_and_says_how_much_was_lost(
     out = tmp_path / "run"
     model = tiny_model_path("bert")
     _compress(model, toy, out)  # a finished run first: its report must not survive the failure
-    real_evaluate = pipeline.evaluate
-
-    def worse_onnx(scorer: Any, *args: Any, **kwargs: Any) -> QualityReport:
-        report = real_evaluate(scorer, *args, **kwargs)
-        if type(scorer).__name__.startswith("Onnx"):
-            report = _shifted(report, -0.25)
-        return report
-
-    monkeypatch.setattr(pipeline, "evaluate", worse_onnx)
+    _worse_when(monkeypatch, lambda path: True)
     with pytest.raises(QualityGateError, match=r"lost 25\.00 nDCG@10 points") as failure:
         _compress(model, toy, out, budget="bits_per_weight=8", max_ndcg_loss=0.5)
     assert failure.value.result.loss_points == pytest.approx(25.0)

@@ -94,3 +94,16 @@ def test_plan_calibration_never_uses_the_evaluated_split(tiny_model, toy: Path) 
         apply_plan(model, plan, toy, split="test"),
     ):
         pass
+
+
+def test_each_evaluation_reports_its_own_truncation(
+    tiny_model, toy: Path, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model("bert", "cross-encoder")
+    monkeypatch.setattr(model, "max_length", 8)  # every pair is longer; the model is shared
+    first = evaluate(model, toy, depth=3, use_cache=False, show_progress_bar=False)
+    second = evaluate(model, toy, depth=3, use_cache=False, show_progress_bar=False)
+    assert first.truncation["truncated"] > 0
+    assert second.truncation == first.truncation  # not the model's running total
+    assert model.truncation["inputs"] == 2 * first.truncation["inputs"]

@@ -196,16 +196,8 @@ def evaluate(
         if isinstance(scorer, RankingModel)
         else {}
     )
-    if truncation.get("truncated"):
-        cut, total = truncation["truncated"], truncation.get("inputs", 0)
-        logger.warning(
-            "%s: %d of %d inputs (%.1f%%) truncated to %d tokens",
-            getattr(scorer, "name", scorer),
-            cut,
-            total,
-            100 * cut / max(total, 1),
-            getattr(scorer, "max_length", 0),
-        )
+    if isinstance(scorer, RankingModel) and truncation.get("truncated"):
+        logger.warning("%s: %s", scorer.name, scorer.truncation_summary(truncation))
     return quality_report(
         name,
         dataset,
@@ -767,14 +759,14 @@ def compress(
 
     # 1b. several budgets: plan, export, gate and time each; keep the smallest that passes
     gate_reports: tuple[QualityReport, QualityReport] | None = None
-    candidates: list[dict[str, Any]] | None = None
+    tried: dict[str, Any] | None = None  # evaluation/candidates.json, with several budgets
     if len(budgets) == 1:
         step("plans tried", "one budget")
         run.forget("candidates")
         parsed_budget = budgets[0]
     else:
         step("plans tried", f"{len(budgets)} budgets, the smallest bundle that passes the gate")
-        parsed_budget, candidates, gate_reports = _try_budgets(
+        parsed_budget, tried, gate_reports = _try_budgets(
             run,
             reference,
             budgets,
@@ -802,11 +794,6 @@ def compress(
             show_progress_bar=show_progress_bar,
         )
     budget_text = _budget_text(parsed_budget)
-    tried = (
-        json.loads((run.path / "evaluation/candidates.json").read_text(encoding="utf-8"))
-        if candidates is not None
-        else None
-    )
 
     # 2. a plan under the budget
     step("plan", f"{method} under {budget_text}")
@@ -1098,7 +1085,7 @@ def _try_budgets(
     repeats: int,
     threads: int,
     show_progress_bar: bool | None,
-) -> tuple[dict[str, float], list[dict[str, Any]], tuple[QualityReport, QualityReport] | None]:
+) -> tuple[dict[str, float], dict[str, Any], tuple[QualityReport, QualityReport] | None]:
     """The *plans tried* step of :func:`compress`: every budget planned, exported, gated, timed.
 
     Each bundle is exported into a temporary folder of the run, evaluated on the
@@ -1111,8 +1098,8 @@ def _try_budgets(
     back and the chosen budget is returned without exporting again.
 
     Returns:
-        The chosen budget, the candidates (``quality.json``'s ``candidates`` entries),
-        and the gate reports of the reference and the chosen bundle when they were
+        The chosen budget, ``candidates.json``'s payload (``split``, the ``reference``
+        point and the ``candidates``, ``quality.json``'s entries), and the gate reports of the reference and the chosen bundle when they were
         made now (``None`` when read back).
 
     Raises:
@@ -1125,14 +1112,15 @@ def _try_budgets(
     gate_settings = {**evaluation, "show_progress_bar": show_progress_bar}
     if run.done("candidates", settings):
         logger.info("  reusing %s", path)
-        candidates = json.loads((run.path / path).read_text(encoding="utf-8"))["candidates"]
-        chosen = _chosen_candidate(run, candidates, dataset_name, gate_split, max_ndcg_loss, path)
-        return dict(chosen["budget_values"]), candidates, None
+        payload = json.loads((run.path / path).read_text(encoding="utf-8"))
+        chosen = _chosen_candidate(
+            run, payload["candidates"], dataset_name, gate_split, max_ndcg_loss, path
+        )
+        return dict(chosen["budget_values"]), payload, None
 
     run.forget("candidates")
-    plans = [
-        make_plan(budget) for budget in budgets
-    ]  # an impossible budget fails before any export
+    # every plan first: an impossible budget fails before any export
+    plans = [make_plan(budget) for budget in budgets]
     reference_gate = _named(
         evaluate(reference, data_dir, split=gate_split, **gate_settings), dataset_name
     )
@@ -1203,10 +1191,8 @@ def _try_budgets(
             for name, made in zip(_NEAREST_MISS, (reference_gate, report), strict=True):
                 made.save(run.path / name)
             files += _NEAREST_MISS
-        atomic_write_json(
-            run.path / path,
-            {"split": gate_split, "reference": reference_point, "candidates": candidates},
-        )
+        payload = {"split": gate_split, "reference": reference_point, "candidates": candidates}
+        atomic_write_json(run.path / path, payload)
         run.record("candidates", settings, files)
         del model
         tried.clear()  # closes the ONNX Runtime sessions
@@ -1214,7 +1200,7 @@ def _try_budgets(
         chosen = _chosen_candidate(run, candidates, dataset_name, gate_split, max_ndcg_loss, path)
         install(budget, the_plan, staged)
     logger.info("  kept %s (%.1f MB)", chosen["name"], chosen["size_mb"])
-    return budget, candidates, (reference_gate, report)
+    return budget, payload, (reference_gate, report)
 
 
 #: Gate reports of the reference and of the plan that came nearest, when every plan failed.

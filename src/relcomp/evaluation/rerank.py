@@ -178,13 +178,15 @@ def _cached_scores(
     }
     tally: Any = getattr(model, "truncation", None)
 
+    def snapshot() -> Counter[str]:
+        return Counter(tally) if isinstance(tally, Counter) else Counter()
+
     def compute(index: Sequence[int]) -> tuple[np.ndarray, Mapping[str, int]]:
-        before = Counter(tally) if isinstance(tally, Counter) else Counter()
+        before = snapshot()
         values = _scores(
             model, [queries[i] for i in index], [documents[i] for i in index], batch_size, False
         )
-        after = Counter(tally) if isinstance(tally, Counter) else Counter()
-        return values, after - before
+        return values, snapshot() - before
 
     bar = None
     if progress_enabled(show_progress_bar):
@@ -193,7 +195,7 @@ def _cached_scores(
         bar = tqdm(total=len(pairs), desc="Re-ranking pairs", unit="pair")
     try:
         cache = Cache(cache_dir)
-        cache_before = Counter(tally) if isinstance(tally, Counter) else Counter()
+        cache_before = snapshot()
         scores, total = cache.chunked(
             "rerank", material, chunks, compute, length=len(pairs),
             on_chunk=bar.update if bar is not None else None,
@@ -203,6 +205,6 @@ def _cached_scores(
             bar.close()
     if isinstance(tally, Counter):
         # Chunks computed now are already in the model's tally; add the ones read back.
-        computed = Counter(tally) - cache_before
+        computed = snapshot() - cache_before
         tally.update(total - computed)
     return scores

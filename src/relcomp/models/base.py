@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -153,9 +153,11 @@ class RankingModel:
         self.truncation["inputs"] += len(encodings)
         self.truncation["truncated"] += truncated
 
-    def truncation_summary(self) -> str:
-        total = self.truncation["inputs"]
-        cut = self.truncation["truncated"]
+    def truncation_summary(self, counts: Mapping[str, int] | None = None) -> str:
+        """How many inputs were cut to ``max_length``: of ``counts``, or of the model's whole tally."""
+        counts = self.truncation if counts is None else counts
+        total = counts.get("inputs", 0)
+        cut = counts.get("truncated", 0)
         share = cut / total if total else 0.0
         return f"{cut} of {total} inputs ({share:.1%}) truncated to {self.max_length} tokens"
 
