@@ -10,6 +10,14 @@ text's token copies, one backward pass over the longer text's) against the
 per-dimension reference (one backward per embedding dimension and side)::
 
     python benchmarks/attribution_cost.py --bilrp-only --output benchmarks/results/bilrp_cost.json
+
+``--lxt`` adds LXT's efficient AttnLRP (the AttnLRP authors' package) as a peer in the
+same interleaved run; it is a benchmark-only peer, set up outside relcomp's environment
+by ``benchmarks/peers/setup_lxt.sh``::
+
+    bash benchmarks/peers/setup_lxt.sh
+    PYTHONPATH=.peers/lxt python benchmarks/attribution_cost.py --lxt --skip-bilrp \
+        --lig-repeats 2 --output benchmarks/results/attribution_cost.json
 """
 
 from __future__ import annotations
@@ -52,7 +60,19 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lig-steps", type=int, default=50)
+    parser.add_argument(
+        "--lig-repeats",
+        type=int,
+        default=None,
+        help="rounds that also time LIG (default: all); LIG is ~60x the rest",
+    )
     parser.add_argument("--skip-bilrp", action="store_true")
+    parser.add_argument(
+        "--lxt",
+        action="store_true",
+        help="also time LXT's efficient AttnLRP (the `lxt` package must be importable; "
+        "benchmark-only, never a relcomp dependency)",
+    )
     parser.add_argument(
         "--bilrp-only",
         action="store_true",
@@ -89,11 +109,21 @@ def main() -> None:
             queries, documents, batch_size=args.pairs, show_progress_bar=False
         ),
     }
-    for run in systems.values():  # warm-up
-        run()
+    if args.lxt:
+        systems["lxt_attnlrp_s"] = lxt_attnlrp(model, queries, documents)
+    for name, run in systems.items():  # warm-up (LIG's costs minutes: 4 pairs will do)
+        if name == "lig_s":
+            lig.attribute(queries[:4], documents[:4], batch_size=4, show_progress_bar=False)
+        else:
+            run()
+    lig_repeats = args.repeats if args.lig_repeats is None else args.lig_repeats
+    if not 1 <= lig_repeats <= args.repeats:
+        raise SystemExit(f"--lig-repeats must be between 1 and --repeats, got {lig_repeats}")
     samples: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(args.repeats):
+    for round_ in range(args.repeats):
         for name, run in systems.items():
+            if name == "lig_s" and round_ >= lig_repeats:
+                continue
             samples[name].append(timed(run))
     medians = {name: statistics.median(values) for name, values in samples.items()}
     forward_s = medians["forward_s"]
@@ -101,10 +131,23 @@ def main() -> None:
     print(f"{args.pairs} scifact pairs, max length {args.max_length}, median of {args.repeats}")
     print_table(rows, ("system", "seconds", "x forward"))
     ratios = {
+        **(
+            {
+                "lxt_over_forward": medians["lxt_attnlrp_s"] / forward_s,
+                "attnlrp_over_lxt": medians["attnlrp_s"] / medians["lxt_attnlrp_s"],
+            }
+            if "lxt_attnlrp_s" in medians
+            else {}
+        ),
         "attnlrp_over_forward": medians["attnlrp_s"] / forward_s,
         "lig_over_attnlrp": medians["lig_s"] / medians["attnlrp_s"],
         "gradient_x_input_over_forward": medians["gradient_x_input_s"] / forward_s,
     }
+    if "lxt_over_forward" in ratios:
+        print(
+            f"LXT's AttnLRP = {ratios['lxt_over_forward']:.2f}x one forward; relcomp's "
+            f"AttnLRP = {ratios['attnlrp_over_lxt']:.2f}x LXT's"
+        )
     print(
         f"AttnLRP = {ratios['attnlrp_over_forward']:.2f}x one forward (target <= 2.0); "
         f"LIG-{args.lig_steps} = {ratios['lig_over_attnlrp']:.1f}x AttnLRP (target >= 40)"
@@ -118,6 +161,7 @@ def main() -> None:
             "pairs": args.pairs,
             "max_length": args.max_length,
             "repeats": args.repeats,
+            "lig_repeats": lig_repeats,
             "lig_steps": args.lig_steps,
             "machine": machine(),
         },
@@ -125,6 +169,43 @@ def main() -> None:
     if not args.skip_bilrp:
         payload["bilrp"] = bilrp_cost(args.repeats)
     print(f"wrote {write_json(args.output, payload)}")
+
+
+def lxt_attnlrp(model: Any, queries: list[str], documents: list[str]) -> Callable[[], Any]:
+    """LXT's efficient AttnLRP on its own copy of the reranker, as its README runs it.
+
+    LXT patches ``transformers``' BERT module globally, so it is imported only here,
+    after relcomp's model is loaded (that one keeps the stock classes). Weights are
+    frozen, as relcomp's are; relevance is read at the input embeddings.
+    """
+    try:
+        import transformers.models.bert.modeling_bert as modeling_bert
+        from lxt.efficient import monkey_patch
+    except ImportError as error:
+        raise SystemExit(f"--lxt: the lxt package is not importable ({error})") from error
+    import sys
+
+    monkey_patch(modeling_bert)
+    # The auto classes cached the stock class when relcomp loaded its model: take
+    # LXT's class from the module it put in place.
+    patched = sys.modules["transformers.models.bert.modeling_bert"]
+    peer_class = getattr(patched, type(model.model).__name__)
+    peer = peer_class.from_pretrained(model.path).eval()
+    if type(peer).__module__.split(".")[0] != "lxt":
+        raise SystemExit(f"--lxt: LXT did not patch the model class ({type(peer).__module__})")
+    for parameter in peer.parameters():
+        parameter.requires_grad_(False)
+
+    def run() -> Any:
+        features = model.tokenize(queries, documents)
+        with torch.enable_grad():
+            embeddings = peer.get_input_embeddings()(features["input_ids"]).requires_grad_()
+            rest = {k: v for k, v in features.items() if k != "input_ids"}
+            logits = peer(inputs_embeds=embeddings, **rest).logits
+            logits[:, 0].sum().backward()
+        return (embeddings * embeddings.grad).sum(-1)
+
+    return run
 
 
 def bilrp_cost(repeats: int) -> dict[str, float]:

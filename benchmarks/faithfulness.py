@@ -70,8 +70,11 @@ def main() -> None:
         "--rank-drop-pairs", type=int, default=50, help="pairs for the rank-drop figure"
     )
     parser.add_argument("--output", required=True)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1: two models side by side)"
+    )
     args = parser.parse_args()
-    set_threads(2)
+    set_threads(args.threads)
     model = load_model(args.model or reranker_path(), max_length=args.max_length)
     half = args.pairs // 2
     triples = relevant_pairs("scifact", half) + relevant_pairs("nfcorpus", args.pairs - half)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from relcomp.attribution import BiLRP, ComponentLRP, LRPPatch, TokenLRP, get_composite, get_method
+from relcomp.attribution.lrp import ComponentTaps, lrp_forward_backward
 from relcomp.attribution.rules import Epsilon, Gradient
 from relcomp.registry import UnknownNameError
 from tests.fixtures import DOCUMENTS, FAMILIES, KINDS, QUERIES
@@ -231,3 +232,36 @@ def test_efficient_form_gives_the_explicit_rules_relevance(
     efficient = TokenLRP(model, efficient_rules).attribute(queries, documents)
     for a, b in zip(efficient, explicit, strict=True):
         np.testing.assert_allclose(a.relevance, b.relevance, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["efficient", "explicit"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_last_layer_at_the_first_token_changes_no_relevance(
+    tiny_model, family: str, explicit: bool
+) -> None:
+    # TokenLRP and ComponentLRP run a cross-encoder's last attention queries and
+    # feed-forward block at the first token only (all its head reads); scores and
+    # every relevance stay the same.
+    composite = get_composite("AttnLRP", 1e-9 if explicit else None)
+    model = tiny_model(family, "cross-encoder")
+    model.model.double()  # float64: a smaller matrix product rounds differently in float32
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    results = []
+    for first_token_head in (False, True):
+        with (
+            LRPPatch(model, composite, first_token_head=first_token_head) as patch,
+            ComponentTaps(model) as taps,
+        ):
+            scores, [(_, relevance)], _ = lrp_forward_backward(model, patch, queries, documents)
+            results.append((scores, relevance, taps.take()))
+    (scores, relevance, components), (scores_1, relevance_1, components_1) = results
+    np.testing.assert_allclose(scores_1, scores, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(relevance_1, relevance, rtol=1e-9, atol=1e-12)
+    assert components_1.keys() == components.keys()
+    for kind, names in components.items():
+        for name, values in names.items():
+            np.testing.assert_allclose(
+                components_1[kind][name], values, rtol=1e-9, atol=1e-12, err_msg=f"{kind} {name}"
+            )
+    assert not any("forward" in m.__dict__ for m in model.model.modules())
+    assert not model.model.get_submodule(model.layer_modules()[-1].ffn_in)._forward_pre_hooks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,22 @@ def test_unchanged_pairs_are_skipped_and_counted(tiny_model, tmp_path: Path) -> 
     assert len(pairs) == 6 and skipped == {"the query has no content word": 1}
     with pytest.raises(UnchangedCorruption, match="no content word"):
         corrupt(model, "what is it", "it is what it is", "query-terms")
+
+
+def test_skipped_pairs_are_replaced_by_the_next_queries(
+    tiny_model, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tiny_model("bert")
+    dataset = load_beir(_write_beir(tmp_path / "toy"), "test")
+    usable = {pair.label for pair in build_pairs(model, dataset, None, "doc-terms")[0]}
+    for n in (1, 3, 5):
+        pairs, _ = build_pairs(model, dataset, n, "doc-terms")
+        assert len(pairs) == n and {pair.label for pair in pairs} <= usable
+        assert [p.label for p in pairs] == [p.label for p in build_pairs(model, dataset, n)[0]]
+    with caplog.at_level(logging.WARNING):
+        pairs, skipped = build_pairs(model, dataset, 6, "doc-terms")
+    assert len(pairs) == 5 and sum(skipped.values()) == 2
+    assert "asked for 6 pairs but the split has only 5 usable ones" in caplog.text
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -8,6 +8,7 @@ import torch
 from relcomp.attribution.rules import (
     CPLRPAttention,
     epsilon_stabilise,
+    ratio_at_zero,
     identity_activation,
     layer_norm_constant_scale,
     uniform_matmul,
@@ -70,6 +71,38 @@ def test_identity_rule_passes_relevance_unchanged(function) -> None:
     torch.testing.assert_close(y.detach(), function(x.detach()))
     # Element-wise: R_in = R_out = f(x) * upstream.
     torch.testing.assert_close(_relevance_in(x, y, upstream), function(x.detach()) * upstream)
+
+
+@pytest.mark.parametrize(
+    ("function", "limit"),
+    [
+        (torch.nn.functional.gelu, 0.5),
+        (torch.nn.GELU(), 0.5),
+        (torch.nn.GELU(approximate="tanh"), 0.5),
+        (torch.nn.SiLU(), 0.5),
+        (torch.tanh, 1.0),
+        pytest.param("transformers", 0.5, id="GELUActivation"),
+    ],
+)
+def test_smooth_activations_pass_relevance_exactly_without_epsilon(function, limit) -> None:
+    if function == "transformers":
+        from transformers.activations import GELUActivation
+
+        function = GELUActivation().forward  # bound, as the patch passes it
+    assert ratio_at_zero(function) == limit
+    g = _generator(4)
+    x = torch.cat([torch.randn(4, 9, generator=g), torch.zeros(4, 1)], 1).requires_grad_()
+    upstream = torch.randn(4, 10, generator=g)
+    y = identity_activation(x, function, epsilon=0.5)  # a large ε, which must not be used
+    # R_in = R_out exactly, also at x = 0 (where the ratio takes its limit).
+    (grad,) = torch.autograd.grad(y, x, upstream)
+    torch.testing.assert_close(x.detach() * grad, y.detach() * upstream)
+    assert (grad[:, -1] / upstream[:, -1]).tolist() == pytest.approx([limit] * 4)
+
+
+def test_activations_without_a_limit_use_the_epsilon_form() -> None:
+    assert ratio_at_zero(torch.relu) is None
+    assert ratio_at_zero(torch.nn.ReLU()) is None
 
 
 def test_layer_norm_rule_matches_constant_scale_matrix() -> None:

@@ -29,7 +29,7 @@ import functools
 import logging
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -56,6 +56,7 @@ __all__ = [
     "corrupt_document_terms",
     "corrupt_query_terms",
     "pair_from_texts",
+    "query_order",
     "relevant_pairs",
     "replacement_pool",
     "stopwords",
@@ -448,28 +449,69 @@ def pair_from_texts(
 
 
 # -- pairs from a BEIR collection ---------------------------------------------------------------
+def query_order(query_ids: Iterable[str], n: int | None, seed: int = DEFAULT_SEED) -> list[str]:
+    """The seeded sample of ``n`` query ids first, then every other id in a seeded order.
+
+    Walking this order until ``n`` usable pairs are found keeps the sample of
+    :func:`~relcomp.evaluation.sample_queries` (so runs with few skips see the same
+    queries as the other benchmarks) and replaces each skipped query by the next
+    one, the same on every run.
+    """
+    from relcomp.evaluation.sampling import sample_queries
+
+    first = sample_queries(query_ids, n, seed=seed)
+    if n is None:
+        return first
+    chosen = set(first)
+    rest = sorted(query for query in set(query_ids) if query not in chosen)
+    return first + [rest[i] for i in np.random.RandomState(seed).permutation(len(rest))]
+
+
 def relevant_pairs(
     dataset: BeirDataset, n: int | None, seed: int = DEFAULT_SEED
 ) -> tuple[list[tuple[str, str]], Counter[str]]:
-    """``(query id, document id)`` for a seeded sample of ``n`` judged queries.
+    """``(query id, document id)`` for ``n`` judged queries (all of them when ``None``).
 
     Each query is paired with its highest-graded relevant document (ties broken by
-    document id). Queries with no document graded above 0 are skipped and counted.
+    document id). Queries with no document graded above 0 are skipped, counted, and
+    replaced by the next query of :func:`query_order`.
     """
-    # Reading BEIR data is the evaluation stage's job; imported when asked for, so that
-    # importing attribution never depends on a later stage.
-    from relcomp.evaluation.sampling import sample_queries
+    return _kept_pairs(dataset, n, seed, lambda query_id, doc_id: (query_id, doc_id))
 
-    pairs: list[tuple[str, str]] = []
+
+def _kept_pairs(
+    dataset: BeirDataset,
+    n: int | None,
+    seed: int,
+    make: Callable[[str, str], Any],
+) -> tuple[list[Any], Counter[str]]:
+    """``make(query id, best document id)`` over :func:`query_order` until ``n`` are kept.
+
+    ``make`` raises :class:`UnchangedCorruption` for a pair it cannot use; the
+    reason is counted and the next query is tried.
+    """
+    kept: list[Any] = []
     skipped: Counter[str] = Counter()
-    for query_id in sample_queries(dataset.split_queries, n, seed=seed):
+    for query_id in query_order(dataset.split_queries, n, seed):
+        if n is not None and len(kept) == n:
+            break
         judged = {doc: grade for doc, grade in dataset.qrels[query_id].items() if grade > 0}
         if not judged:
             skipped["no judged-relevant document"] += 1
             continue
         best = max(sorted(judged), key=lambda doc: judged[doc])
-        pairs.append((query_id, best))
-    return pairs, skipped
+        try:
+            kept.append(make(query_id, best))
+        except UnchangedCorruption as unchanged:
+            skipped[unchanged.reason] += 1
+    if n is not None and len(kept) < n:
+        logger.warning(
+            "asked for %d pairs but the split has only %d usable ones; using %d",
+            n,
+            len(kept),
+            len(kept),
+        )
+    return kept, skipped
 
 
 def build_pairs(
@@ -479,35 +521,33 @@ def build_pairs(
     corruption: str = "doc-terms",
     seed: int = DEFAULT_SEED,
 ) -> tuple[list[PatchingPair], Counter[str]]:
-    """Clean / corrupted pairs from a BEIR split, and the count of skipped pairs by reason.
+    """``n`` clean / corrupted pairs from a BEIR split, and the count of skipped pairs by reason.
 
-    The sample of queries is fixed by ``seed`` (:func:`~relcomp.evaluation.sample_queries`),
-    so every model and corruption sees the same queries; pairs the corruption does
-    not change are skipped (never silently: they are counted by reason).
+    The queries are those of :func:`query_order`, fixed by ``seed``, so every model
+    and corruption sees the same queries; a pair the corruption does not change is
+    skipped (never silently: it is counted by reason) and the next query takes its
+    place, so ``n`` pairs are returned whenever the split has them.
 
     Example:
         >>> from relcomp.models import load_model  # doctest: +SKIP
         >>> pairs, skipped = build_pairs(model, load_beir(path, "test"), 64)  # doctest: +SKIP
     """
-    candidates, skipped = relevant_pairs(dataset, n, seed)
-    pairs: list[PatchingPair] = []
-    for query_id, doc_id in candidates:
-        try:
-            pairs.append(
-                corrupt(
-                    model,
-                    dataset.query_text(query_id),
-                    dataset.document_text(doc_id),
-                    corruption,
-                    seed=seed,
-                    label=f"{query_id}/{doc_id}",
-                )
-            )
-        except UnchangedCorruption as unchanged:
-            skipped[unchanged.reason] += 1
+    pairs, skipped = _kept_pairs(
+        dataset,
+        n,
+        seed,
+        lambda query_id, doc_id: corrupt(
+            model,
+            dataset.query_text(query_id),
+            dataset.document_text(doc_id),
+            corruption,
+            seed=seed,
+            label=f"{query_id}/{doc_id}",
+        ),
+    )
     if skipped:
         logger.info(
-            "%s: %d pairs kept, %d skipped (%s)",
+            "%s: %d pairs kept, %d skipped and replaced by the next queries (%s)",
             corruption,
             len(pairs),
             sum(skipped.values()),

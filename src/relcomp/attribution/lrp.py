@@ -202,7 +202,7 @@ class TokenLRP(_LRPMethod):
         check_pairs(queries, documents)
         results: list[TokenRelevance] = []
         bar = progress_batches(range(len(queries)), batch_size, f"{self.method}", show_progress_bar)
-        with LRPPatch(self.model, self.composite) as patch:
+        with LRPPatch(self.model, self.composite, first_token_head=True) as patch:
             for _, index in bar:
                 batch_queries = [queries[i] for i in index]
                 batch_documents = [documents[i] for i in index]
@@ -255,7 +255,10 @@ class ComponentLRP(_LRPMethod):
         bar = progress_batches(
             range(len(queries)), batch_size, f"{self.method} components", show_progress_bar
         )
-        with LRPPatch(self.model, self.composite) as patch, ComponentTaps(self.model) as taps:
+        with (
+            LRPPatch(self.model, self.composite, first_token_head=True) as patch,
+            ComponentTaps(self.model) as taps,
+        ):
             for _, index in bar:
                 lrp_forward_backward(
                     self.model, patch, [queries[i] for i in index], [documents[i] for i in index]

@@ -98,7 +98,21 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * size)
 
 
-def _bert_attention(module: Any, composite: Composite) -> Callable[..., Any]:
+def _first(x: torch.Tensor, first_query: bool) -> torch.Tensor:
+    """The first position of ``(batch, tokens, width)`` when only it is read, else all."""
+    return x[:, :1] if first_query else x
+
+
+def _query_rows(bias: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """A mask or position bias cut to the query rows kept (broadcast rows stay as they are)."""
+    if bias is None or bias.dim() < 2 or bias.shape[-2] == 1:
+        return bias
+    return bias[..., :rows, :]
+
+
+def _bert_attention(
+    module: Any, composite: Composite, first_query: bool = False
+) -> Callable[..., Any]:
     if getattr(module, "position_embedding_type", "absolute") != "absolute":
         raise UnsupportedArchitectureError(
             f"LRP supports absolute position embeddings only, not {module.position_embedding_type!r}"
@@ -115,12 +129,13 @@ def _bert_attention(module: Any, composite: Composite) -> Callable[..., Any]:
         if encoder_hidden_states is not None:
             raise UnsupportedArchitectureError("LRP does not support cross-attention")
         heads = module.num_attention_heads
+        query = module.query(_first(hidden_states, first_query))
         context, probabilities = attend(
-            _split_heads(module.query(hidden_states), heads),
+            _split_heads(query, heads),
             _split_heads(module.key(hidden_states), heads),
             _split_heads(module.value(hidden_states), heads),
             composite,
-            mask=additive_mask(attention_mask, hidden_states.dtype),
+            mask=_query_rows(additive_mask(attention_mask, hidden_states.dtype), query.shape[1]),
             head_mask=head_mask,
         )
         return _merge_heads(context), probabilities
@@ -128,7 +143,9 @@ def _bert_attention(module: Any, composite: Composite) -> Callable[..., Any]:
     return forward
 
 
-def _distilbert_attention(module: Any, composite: Composite) -> Callable[..., Any]:
+def _distilbert_attention(
+    module: Any, composite: Composite, first_query: bool = False
+) -> Callable[..., Any]:
     def forward(
         query: torch.Tensor,
         key: torch.Tensor,
@@ -139,12 +156,13 @@ def _distilbert_attention(module: Any, composite: Composite) -> Callable[..., An
         **kwargs: Any,
     ) -> tuple[torch.Tensor | None, ...]:
         heads = module.n_heads
+        queries = module.q_lin(_first(query, first_query))
         context, probabilities = attend(
-            _split_heads(module.q_lin(query), heads),
+            _split_heads(queries, heads),
             _split_heads(module.k_lin(key), heads),
             _split_heads(module.v_lin(value), heads),
             composite,
-            mask=additive_mask(mask, query.dtype),
+            mask=_query_rows(additive_mask(mask, query.dtype), queries.shape[1]),
             head_mask=head_mask,
         )
         output = module.out_lin(_merge_heads(context))
@@ -153,7 +171,9 @@ def _distilbert_attention(module: Any, composite: Composite) -> Callable[..., An
     return forward
 
 
-def _mpnet_attention(module: Any, composite: Composite) -> Callable[..., Any]:
+def _mpnet_attention(
+    module: Any, composite: Composite, first_query: bool = False
+) -> Callable[..., Any]:
     def forward(
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
@@ -163,13 +183,15 @@ def _mpnet_attention(module: Any, composite: Composite) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor | None, ...]:
         heads = module.num_attention_heads
+        query = module.q(_first(hidden_states, first_query))
+        rows = query.shape[1]
         context, probabilities = attend(
-            _split_heads(module.q(hidden_states), heads),
+            _split_heads(query, heads),
             _split_heads(module.k(hidden_states), heads),
             _split_heads(module.v(hidden_states), heads),
             composite,
-            mask=additive_mask(attention_mask, hidden_states.dtype),
-            position_bias=position_bias,
+            mask=_query_rows(additive_mask(attention_mask, hidden_states.dtype), rows),
+            position_bias=_query_rows(position_bias, rows),
             head_mask=head_mask,
         )
         output = module.o(_merge_heads(context))
@@ -203,6 +225,12 @@ def _roberta_head(module: Any, composite: Composite) -> Callable[..., Any]:
     return forward
 
 
+def _first_token(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    # (batch, tokens, width) -> (batch, 1, width); the block's residual sum broadcasts it
+    # back over the tokens, exact at the first one.
+    return (inputs[0][:, :1], *inputs[1:])
+
+
 class LRPPatch:
     """LRP rules installed on a :class:`~relcomp.models.RankingModel`'s torch module.
 
@@ -220,9 +248,24 @@ class LRPPatch:
         True
     """
 
-    def __init__(self, model: RankingModel, composite: str | Composite = "AttnLRP") -> None:
+    def __init__(
+        self,
+        model: RankingModel,
+        composite: str | Composite = "AttnLRP",
+        first_token_head: bool = False,
+    ) -> None:
         self.ranking_model = model
         self.composite = get_composite(composite)
+        #: A cross-encoder's head reads the last layer at the first token only, so the
+        #: last layer's attention queries, attention output and feed-forward block
+        #: (five sixths of its matrix products and almost all its attention, forward
+        #: and backward) need not run at the other positions: with this on they run
+        #: at the first token only (keys and values still see every token), and the
+        #: other positions of the last layer's output hold values that nothing reads
+        #: and that get no relevance. Scores and every relevance are unchanged;
+        #: readers of per-position activations of the last layer (activation
+        #: patching, RelP) leave it off.
+        self.first_token_head = first_token_head and model.kind == "cross-encoder"
         self._overridden: list[nn.Module] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
@@ -248,14 +291,18 @@ class LRPPatch:
             names = adapter.embedding_names(module)
             self._embedding_norm: Any = module.get_submodule(names["embedding_norm"])
             self._override(self._embedding_norm, self._embedding_norm_forward)
-            for layer in self.ranking_model.layer_modules():
+            layers = self.ranking_model.layer_modules()
+            for layer in layers:
                 attention = module.get_submodule(layer.attention)
                 if not _plain_attention(composite):
                     # With gradient rules throughout, the model's own (SDPA) attention
                     # is the same function and backward, and faster.
+                    first_query = self.first_token_head and layer is layers[-1]
                     self._override(
                         attention,
-                        _ATTENTION_FORWARDS[adapter.attention_style](attention, composite),
+                        _ATTENTION_FORWARDS[adapter.attention_style](
+                            attention, composite, first_query
+                        ),
                     )
                 for norm in (layer.attention_norm, layer.ffn_norm):
                     self._override(
@@ -265,6 +312,11 @@ class LRPPatch:
                 self._override_activation(module.get_submodule(layer.ffn_activation))
             if self.ranking_model.kind == "cross-encoder":
                 self._patch_head(module)
+            if self.first_token_head:
+                last = self.ranking_model.layer_modules()[-1]
+                self._handles.append(
+                    module.get_submodule(last.ffn_in).register_forward_pre_hook(_first_token)
+                )
             if isinstance(composite.linear, Epsilon):
                 for submodule in module.modules():
                     if isinstance(submodule, nn.Linear):

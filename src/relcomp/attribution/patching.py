@@ -684,9 +684,9 @@ def relp_composite(epsilon: float = DEFAULT_EPSILON) -> Composite:
     Jafari et al. run GPT-2 with ``LRP_rules = ['LN-rule', 'Identity-rule',
     'Half-rule']``, the half rule being for the products of gated MLPs, which
     BERT-family encoders do not have. So: LayerNorm with its scale held constant,
-    the identity rule for GELU and tanh (``epsilon`` stabilises its division), and
-    the plain gradient through Linear layers and attention (softmax and both
-    products). A bi-encoder's final normalisation is treated like LayerNorm (the
+    the identity rule for GELU (its exact ratio Φ(x)) and tanh (``epsilon`` stabilises
+    its division), and the plain gradient through Linear layers and attention
+    (softmax and both products). A bi-encoder's final normalisation is treated like LayerNorm (the
     norm held constant). AttnLRP adds the uniform ("half") rule to the attention
     products; on scifact *train* pairs (3 model / corruption settings × 4 component
     types) these rules tracked activation patching better (mean Pearson r 0.84

@@ -31,12 +31,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from relcomp.registry import Registry
 
 __all__ = [
     "RULES",
     "epsilon_stabilise",
+    "ratio_at_zero",
     "identity_activation",
     "layer_norm_constant_scale",
     "scale_gradient",
@@ -61,20 +63,21 @@ class _EpsilonGradient(torch.autograd.Function):
     """Identity forward; backward scales the gradient by ``z / (z + ε sign z)``."""
 
     @staticmethod
-    def forward(ctx: Any, output: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def forward(ctx: Any, output: torch.Tensor, epsilon: float, copy: bool) -> torch.Tensor:
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
         ctx.epsilon = epsilon
-        # A copy, not a view: forward mode (BiLRP) needs a jvp that returns a new tensor.
-        return output.clone()
+        # Forward mode (BiLRP) needs a jvp that returns a new tensor, so a copy there;
+        # a free view otherwise.
+        return output.clone() if copy else output.view_as(output)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (output,) = ctx.saved_tensors
-        return _safe_divide(grad * output, output, ctx.epsilon), None
+        return _safe_divide(grad * output, output, ctx.epsilon), None, None
 
     @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor, _: Any) -> torch.Tensor:
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
         # The backward map is diagonal, so forward mode applies the same scaling.
         (output,) = ctx.saved_tensors
         return _safe_divide(tangent * output, output, ctx.epsilon)
@@ -93,35 +96,72 @@ def epsilon_stabilise(output: torch.Tensor, epsilon: float = DEFAULT_EPSILON) ->
     """
     if epsilon == 0.0 or not output.requires_grad:
         return output
-    return _EpsilonGradient.apply(output, epsilon)
+    return _EpsilonGradient.apply(output, epsilon, _is_dual(output))
+
+
+def _is_dual(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` carries a forward-mode tangent (inside ``forward_ad.dual_level``)."""
+    return forward_ad.unpack_dual(tensor).tangent is not None
 
 
 class _IdentityActivation(torch.autograd.Function):
     """``y = f(x)`` forward; backward ``g · y / x`` so that ``x·grad_x = y·grad_y``.
 
-    Only the ratio ``y / x`` is kept for the backward pass (one tensor, not two).
+    Only the ratio ``y / x`` is kept for the backward pass (one tensor, not two). Where
+    its limit at 0 is known (:func:`ratio_at_zero`) the ratio is exact: one division,
+    no ε; otherwise ε-stabilised.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, inputs: torch.Tensor, function: nn.Module, epsilon: float
+        ctx: Any,
+        inputs: torch.Tensor,
+        function: nn.Module,
+        epsilon: float,
+        at_zero: float | None,
     ) -> torch.Tensor:
         with torch.no_grad():
             outputs = function(inputs)
-            ratio = _safe_divide(outputs, inputs, epsilon)
+            ratio = (
+                _safe_divide(outputs, inputs, epsilon)
+                if at_zero is None
+                else (outputs / inputs).nan_to_num_(nan=at_zero)
+            )
             ctx.save_for_backward(ratio)
             ctx.save_for_forward(ratio)
         return outputs
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (ratio,) = ctx.saved_tensors
-        return grad * ratio, None, None
+        return grad * ratio, None, None, None
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
         (ratio,) = ctx.saved_tensors
         return tangent * ratio
+
+
+def ratio_at_zero(function: Any) -> float | None:
+    """The limit of ``f(x) / x`` at 0 for the smooth activations that have one, else ``None``.
+
+    For these the identity rule needs no ε: ``f(x) / x`` is computed as is and its one
+    undefined point, 0 / 0 at ``x = 0``, takes the limit (½ for GELU, either form,
+    and SiLU; 1 for tanh). Modules (``nn.GELU``, transformers' ``GELUActivation``…)
+    and bound ``forward`` methods are looked through to what they compute.
+    """
+    module = getattr(function, "__self__", function)
+    act = getattr(module, "act", None)  # transformers' activation modules keep their function
+    if act is not None and type(module).__name__.endswith("GELUActivation"):
+        return 0.5
+    if isinstance(module, nn.GELU | nn.SiLU) or function in (
+        torch.nn.functional.gelu,
+        torch.nn.functional.silu,
+    ):
+        return 0.5
+    if isinstance(module, nn.Tanh) or function is torch.tanh:
+        return 1.0
+    return None
 
 
 def identity_activation(
@@ -130,7 +170,7 @@ def identity_activation(
     """Element-wise ``function(inputs)`` with the identity rule in the backward pass."""
     if not inputs.requires_grad:
         return function(inputs)
-    return _IdentityActivation.apply(inputs, function, epsilon)
+    return _IdentityActivation.apply(inputs, function, epsilon, ratio_at_zero(function))
 
 
 class _ScaleGradient(torch.autograd.Function):
