@@ -28,7 +28,7 @@ from _common import (
     write_json,
 )
 from relcomp.attribution import get_method
-from relcomp.attribution.faithfulness import faithfulness, rank_drop
+from relcomp.attribution.faithfulness import ScoreMemo, faithfulness, rank_drop
 from relcomp.evaluation import bm25_retrieve, load_beir, sample_queries
 from relcomp.models import load_model
 
@@ -81,17 +81,26 @@ def main() -> None:
     queries = [q for q, _, _ in triples]
     documents = [d for _, d, _ in triples]
     results: dict[str, Any] = {}
+    meta = {
+        "model": display_name(model),
+        "kind": model.kind,
+        "pairs": len(triples),
+        "max_length": args.max_length,
+        "machine": machine(),
+    }
     rows = []
+    memo: ScoreMemo = {}  # one model: the full / empty documents and candidates scored once
     for method in args.methods:
         start = time.perf_counter()
         explanations = get_method(method)(model).attribute(queries, documents, batch_size=16)
         attribution_s = time.perf_counter() - start
-        result = faithfulness(model, explanations, batch_size=64)
+        result = faithfulness(model, explanations, batch_size=64, memo=memo)
         drop = rank_drop(
             model,
             explanations[: args.rank_drop_pairs],
             [others for _, _, others in triples[: args.rank_drop_pairs]],
             batch_size=64,
+            memo=memo,
         )
         results[method] = {
             **result.to_dict(),
@@ -109,6 +118,8 @@ def main() -> None:
             )
         )
         print_table(rows[-1:], ("method", "AOPC comp.", "AOPC suff.", "dA^F", "dA^F norm.", "time"))
+        # Written after every method, so a stopped run keeps what it measured.
+        write_json(args.output, {**results, "_meta": {**meta, "complete": False}})
     print()
     print(
         f"{model.name}: {len(triples)} pairs (scifact + nfcorpus test), max length {args.max_length}"
@@ -116,13 +127,7 @@ def main() -> None:
     print_table(
         rows, ("method", "AOPC comp. (higher)", "AOPC suff. (lower)", "dA^F", "dA^F norm.", "time")
     )
-    results["_meta"] = {
-        "model": display_name(model),
-        "kind": model.kind,
-        "pairs": len(triples),
-        "max_length": args.max_length,
-        "machine": machine(),
-    }
+    results["_meta"] = {**meta, "complete": True}
     print(f"wrote {write_json(args.output, results)}")
 
 

@@ -187,3 +187,43 @@ def test_rank_drop_counts_candidates_scored_higher(tiny_model):
     assert result.to_dict()["mean_rank_change"]["3"] == changes[3]
     with pytest.raises(ValueError, match="one candidate list per explanation"):
         rank_drop(model, explanations, candidates[:1])
+
+
+def test_a_shared_memo_scores_each_pair_once_across_methods(tiny_model, monkeypatch):
+    model = tiny_model("bert")
+    first, second = _explain(model), _explain(model, Random(model, seed=1))
+    candidates = [list(DOCUMENTS) for _ in PAIRS]
+    expected = [
+        faithfulness(model, first).to_dict(),
+        faithfulness(model, second).to_dict(),
+        rank_drop(model, first, candidates).to_dict(),
+        rank_drop(model, second, candidates).to_dict(),
+    ]
+    scored: list[tuple[str, str]] = []
+    score = model.score
+
+    def counting(queries: Any, documents: Any, **kwargs: Any) -> np.ndarray:
+        scored.extend(zip(queries, documents, strict=True))
+        return score(queries, documents, **kwargs)
+
+    monkeypatch.setattr(model, "score", counting)
+    memo: dict[tuple[str, str], float] = {}
+    shared = [
+        faithfulness(model, first, memo=memo).to_dict(),
+        faithfulness(model, second, memo=memo).to_dict(),
+        rank_drop(model, first, candidates, memo=memo).to_dict(),
+        rank_drop(model, second, candidates, memo=memo).to_dict(),
+    ]
+    # The same figures (up to float32 rounding: a pair may share a batch with others).
+    for ours, theirs in zip(shared, expected, strict=True):
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            if isinstance(value, str):
+                assert ours[key] == value
+            elif isinstance(value, dict):
+                assert ours[key].keys() == value.keys()
+                for inner, figures in value.items():
+                    np.testing.assert_allclose(ours[key][inner], figures, rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_allclose(ours[key], value, rtol=1e-5, atol=1e-6)
+    assert len(scored) == len(set(scored)) == len(memo)  # every pair scored once in all

@@ -8,9 +8,9 @@ import torch
 from relcomp.attribution.rules import (
     CPLRPAttention,
     epsilon_stabilise,
-    ratio_at_zero,
     identity_activation,
     layer_norm_constant_scale,
+    ratio_at_zero,
     uniform_matmul,
 )
 

@@ -66,6 +66,7 @@ __all__ = [
     "DocumentWords",
     "FaithfulnessResult",
     "RankDropResult",
+    "ScoreMemo",
     "delete_words",
     "deletion_curves",
     "document_words",
@@ -236,6 +237,12 @@ def _deleted_counts(fractions: Sequence[float] | np.ndarray, n: int) -> list[int
     return [int(np.floor(fraction * n + 0.5)) for fraction in fractions]
 
 
+#: Scores already known for one model, ``{(query, document): score}``: pass the same
+#: dict to several calls (methods) on the same model and each distinct pair — the full
+#: and the empty documents, the first-stage candidates — is scored once in all.
+ScoreMemo = dict[tuple[str, str], float]
+
+
 class _Variants:
     """(query, document) pairs to score, each distinct pair scored once."""
 
@@ -245,19 +252,26 @@ class _Variants:
     def add(self, query: str, document: str) -> int:
         return self.index.setdefault((query, document), len(self.index))
 
-    def score(self, model: Scorer, batch_size: int, show_progress_bar: bool | None) -> np.ndarray:
-        pairs = list(self.index)
+    def score(
+        self,
+        model: Scorer,
+        batch_size: int,
+        show_progress_bar: bool | None,
+        memo: ScoreMemo | None = None,
+    ) -> np.ndarray:
+        memo = {} if memo is None else memo
+        todo = [pair for pair in self.index if pair not in memo]
         # Longest first, so that each batch pads to similar lengths.
-        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
-        scores = model.score(
-            [pairs[i][0] for i in order],
-            [pairs[i][1] for i in order],
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-        )
-        result = np.empty(len(pairs), dtype=np.float64)
-        result[order] = np.asarray(scores, dtype=np.float64)
-        return result
+        todo.sort(key=lambda pair: -len(pair[0]) - len(pair[1]))
+        if todo:
+            scores = model.score(
+                [query for query, _ in todo],
+                [document for _, document in todo],
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+            )
+            memo.update(zip(todo, np.asarray(scores, dtype=np.float64).tolist(), strict=True))
+        return np.array([memo[pair] for pair in self.index], dtype=np.float64)
 
 
 # -- deletion curves ------------------------------------------------------------------------
@@ -294,12 +308,14 @@ def deletion_curves(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
+    memo: ScoreMemo | None = None,
 ) -> DeletionCurves:
     """Re-score every pair with growing shares of its document words removed.
 
     All variants of all pairs are gathered first, identical ones merged (the full and
     the empty document are shared by both orders), sorted by length and scored in
-    batches by ``model.score``.
+    batches by ``model.score``; pairs already in ``memo`` (a :data:`ScoreMemo` of the
+    same model) are not scored again.
 
     Example:
         >>> from relcomp.models import load_model
@@ -333,10 +349,11 @@ def deletion_curves(
             # Keeping the top ``count`` words is removing the ``n − count`` least relevant.
             keep_index[row, column] = variants.add(words.query, words.without(least[: n - count]))
     logger.info(
-        "deletion curves: %d pairs, %d fractions, %d distinct variants to score",
+        "deletion curves: %d pairs, %d fractions, %d distinct variants (%d already scored)",
         len(located),
         len(fractions_array),
         len(variants.index),
+        sum(pair in memo for pair in variants.index) if memo else 0,
     )
     if not located:
         empty_curve = np.zeros(shape)
@@ -349,7 +366,7 @@ def deletion_curves(
             np.zeros(0),
             np.zeros(0),
         )
-    scores = variants.score(model, batch_size, show_progress_bar)
+    scores = variants.score(model, batch_size, show_progress_bar, memo)
     return DeletionCurves(
         fractions=fractions_array,
         morf=scores[morf_index],
@@ -438,6 +455,7 @@ def faithfulness(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
+    memo: ScoreMemo | None = None,
 ) -> FaithfulnessResult:
     """Measure how faithful one method's explanations are to the model.
 
@@ -448,6 +466,8 @@ def faithfulness(
         fractions: shares of the document's words removed, increasing within [0, 1].
         batch_size: pairs per forward pass when re-scoring.
         show_progress_bar: a bar over the re-scoring; ``None`` follows logging.
+        memo: scores already known for this model (:data:`ScoreMemo`), shared
+            between methods; filled with the new ones.
 
     Example:
         >>> from relcomp.models import load_model
@@ -460,7 +480,7 @@ def faithfulness(
     methods = sorted({explanation.method for explanation in explanations})
     if len(methods) > 1:
         raise ValueError(f"explanations come from several methods: {methods}")
-    curves = deletion_curves(model, explanations, fractions, batch_size, show_progress_bar)
+    curves = deletion_curves(model, explanations, fractions, batch_size, show_progress_bar, memo)
     return FaithfulnessResult.from_curves(curves, methods[0] if methods else "")
 
 
@@ -502,6 +522,7 @@ def rank_drop(
     ks: Sequence[int] = DEFAULT_KS,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
+    memo: ScoreMemo | None = None,
 ) -> RankDropResult:
     """Rank of each relevant document among its first-stage candidates, before and after
     removing its ``k`` most relevant words.
@@ -518,6 +539,8 @@ def rank_drop(
         ks: numbers of top words to remove.
         batch_size: pairs per forward pass.
         show_progress_bar: a bar over the scoring; ``None`` follows logging.
+        memo: scores already known for this model (:data:`ScoreMemo`): the
+            candidates are scored once for all methods that share it.
 
     Example:
         >>> from relcomp.models import load_model
@@ -548,7 +571,11 @@ def rank_drop(
         before_index.append(variants.add(words.query, words.text))
         most = words.most_relevant_first()
         after_index.append([variants.add(words.query, words.without(most[:k])) for k in ks])
-    scores = variants.score(model, batch_size, show_progress_bar) if variants.index else np.zeros(0)
+    scores = (
+        variants.score(model, batch_size, show_progress_bar, memo)
+        if variants.index
+        else np.zeros(0)
+    )
 
     def rank(own: float, others: list[int]) -> int:
         return 1 + int(np.sum(scores[others] > own)) if others else 1

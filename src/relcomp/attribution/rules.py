@@ -38,9 +38,9 @@ from relcomp.registry import Registry
 __all__ = [
     "RULES",
     "epsilon_stabilise",
-    "ratio_at_zero",
     "identity_activation",
     "layer_norm_constant_scale",
+    "ratio_at_zero",
     "scale_gradient",
     "uniform_matmul",
 ]
