@@ -95,11 +95,23 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     parser.add_argument("--families", nargs="+", default=list(BUDGETS))
     parser.add_argument(
-        "--methods", nargs="+", default=["relevance", "uniform", "random", "magnitude", "taylor"]
+        "--methods",
+        nargs="+",
+        default=["relevance", "relevance-l1", "uniform", "random", "magnitude", "taylor"],
     )
     parser.add_argument("--calibration", type=int, default=64, help="calibration pairs")
+    parser.add_argument(
+        "--levels",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="which of each family's three budgets to run (0: the smallest)",
+    )
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    set_threads(2)
+    if not set(args.levels) <= {0, 1, 2}:
+        raise SystemExit(f"--levels takes 0, 1 and 2, got {args.levels}")
+    set_threads(args.threads)
     quick = args.protocol == "quick"
     output = Path(args.output)
     results: dict[str, Any] = {}
@@ -148,7 +160,7 @@ def main() -> None:
                     ]
                 )
             write_json(output, payload)
-            for budget in [i for i in range(3)]:
+            for budget in args.levels:
                 for family in args.families:
                     for method in args.methods:
                         plan = make_plan(

@@ -224,6 +224,10 @@ class ComponentRelevance(Artifact):
     * ``neuron``: one value per FFN neuron, named by the layer;
     * ``linear``: one value per Linear module (its output), named by the module as
       in ``model.named_modules()`` — the names compression plans use.
+    * ``linear_l1``: the same modules, with the absolute relevance of each output
+      element summed (``Σ|R|`` instead of ``|ΣR|``): how much relevance passes
+      through the module whatever its sign, which is what perturbing the module's
+      weights (quantization) disturbs.
 
     ``mean_abs`` and ``mean_signed`` are lists (of one value for block-level kinds),
     the mean over pairs of the relevance summed over tokens.

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--importance",
         default="relevance",
-        help="relevance (default), uniform, random, magnitude, taylor",
+        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor",
     )
     plan.add_argument(
         "-d", "--data", type=Path, default=None, help="BEIR folder for calibration pairs"
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--importance",
         default="relevance",
-        help="relevance (default), uniform, random, magnitude, taylor",
+        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor",
     )
     compress.add_argument(
         "--embeddings",

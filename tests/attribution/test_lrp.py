@@ -122,7 +122,19 @@ def test_component_relevance_is_consistent_across_levels(tiny_model) -> None:
     relevance = ComponentLRP(model, get_composite("CP-LRP", 0.0)).attribute(
         [q for q, _ in PAIRS], [d for _, d in PAIRS]
     )
-    assert relevance.kinds() == ["attention", "head", "layer", "linear", "mlp", "neuron"]
+    assert relevance.kinds() == [
+        "attention",
+        "head",
+        "layer",
+        "linear",
+        "linear_l1",
+        "mlp",
+        "neuron",
+    ]
+    # Σ|R| over a module's output elements is at least |ΣR|, pair by pair.
+    net, absolute = relevance.by_kind("linear"), relevance.by_kind("linear_l1")
+    assert absolute.keys() == net.keys()
+    assert all(absolute[name][0] >= net[name][0] - 1e-9 for name in net)
     heads, attention = (
         relevance.by_kind("head", "mean_signed"),
         relevance.by_kind("attention", "mean_signed"),

@@ -71,7 +71,14 @@ def test_registries_name_every_planner_and_source():
         "prune-unstructured",
         "sparsify",
     ]
-    assert IMPORTANCE.names() == ["magnitude", "random", "relevance", "taylor", "uniform"]
+    assert IMPORTANCE.names() == [
+        "magnitude",
+        "random",
+        "relevance",
+        "relevance-l1",
+        "taylor",
+        "uniform",
+    ]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -277,3 +284,28 @@ def test_bad_names_and_missing_inputs_are_plan_errors(setting):
     with pytest.raises(PlanError, match="unknown budget"):
         parse_budget("bits=3")
     assert math.isclose(parse_budget("bits_per_weight=6.5")["bits_per_weight"], 6.5)
+
+
+def test_relevance_reads_linears_by_net_or_absolute_relevance(setting, caplog):
+    model, relevance = setting["model"], setting["relevance"]
+    default = IMPORTANCE.get("relevance-l1")(model, relevance=relevance)
+    assert default.source == "relevance-l1(AttnLRP)"
+    total = IMPORTANCE.get("relevance")(model, relevance=relevance)
+    absolute, net = relevance.by_kind("linear_l1"), relevance.by_kind("linear")
+    assert default.linears == {name: float(values.sum()) for name, values in absolute.items()}
+    assert total.linears == {name: float(values.sum()) for name, values in net.items()}
+    assert default.relevance["linear_reading"] == "linear_l1"
+    for layer, heads in total.heads.items():  # heads and neurons: the same either way
+        np.testing.assert_array_equal(default.heads[layer], heads)
+    # An artifact from before linear_l1 existed is read by net relevance, and says so.
+    older = type(relevance)(
+        model=relevance.model,
+        method=relevance.method,
+        n_pairs=relevance.n_pairs,
+        components={k: v for k, v in relevance.components.items() if k != "linear_l1"},
+    )
+    with caplog.at_level("WARNING"):
+        fallback = IMPORTANCE.get("relevance")(model, relevance=older, linear_reading="l1")
+    assert fallback.linears == total.linears and "no 'linear_l1' components" in caplog.text
+    with pytest.raises(PlanError, match="linear_reading must be"):
+        IMPORTANCE.get("relevance")(model, relevance=relevance, linear_reading="signed")

@@ -70,6 +70,9 @@ class ComponentTaps:
         if self.linears:
             for linear_name, linear in self.model.named_linears().items():
                 self._tap_output(linear, "linear", linear_name, lambda r: r.flatten(1).sum(1))
+                self._tap_output(
+                    linear, "linear_l1", linear_name, lambda r: r.abs().flatten(1).sum(1)
+                )
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -659,6 +659,10 @@ class AttributionPatching:
             name: value.flatten(1).sum(1).double().cpu().numpy()
             for name, value in products.get("linear", {}).items()
         }
+        linear_l1 = {
+            name: value.abs().flatten(1).sum(1).double().cpu().numpy()
+            for name, value in products.get("linear", {}).items()
+        }
         for row, pair in enumerate(pairs):
             effects = {kind: reduced[kind][row] for kind in COMPONENT_KINDS}
             effects["residual"] = effects["residual"][:, : pair.length]
@@ -666,6 +670,9 @@ class AttributionPatching:
             if extra:
                 extras["neuron"] = dict(enumerate(reduced["neuron"][row]))
                 extras["linear"] = {name: values[row : row + 1] for name, values in linear.items()}
+                extras["linear_l1"] = {
+                    name: values[row : row + 1] for name, values in linear_l1.items()
+                }
             yield (
                 PatchingEffects(
                     method=self.method,
@@ -768,8 +775,8 @@ class RelevancePatching(AttributionPatching):
         Kinds and names as :class:`~relcomp.attribution.ComponentLRP` gives them:
         ``head`` (per head), ``attention``, ``mlp``, ``layer`` (the residual stream
         summed over positions) and ``neuron`` keyed by the layer's name, ``linear``
-        keyed by module name; ``mean_abs`` and ``mean_signed`` over pairs of the
-        estimated effect. For a bi-encoder only the corrupted side's components
+        and ``linear_l1`` keyed by module name; ``mean_abs`` and ``mean_signed`` over
+        pairs of the estimated effect. For a bi-encoder only the corrupted side's components
         appear (the other side's activations do not change).
         """
         return self.attribute_with_relevance(pairs, show_progress_bar, source)[1]
@@ -794,8 +801,9 @@ class RelevancePatching(AttributionPatching):
                 values["mlp"][name].append(effects.effects["mlp"][layer : layer + 1])
                 values["layer"][name].append(effects.effects["residual"][layer].sum(keepdims=True))
                 values["neuron"][name].append(extras["neuron"][layer])
-            for module_name, value in extras["linear"].items():
-                values["linear"][module_name].append(value)
+            for kind in ("linear", "linear_l1"):
+                for module_name, value in extras[kind].items():
+                    values[kind][module_name].append(value)
         components = {
             kind: {
                 name: {

@@ -4,17 +4,19 @@ A planner never looks at where its scores come from; it receives an
 :class:`Importance` and a budget. That keeps relevance-driven plans and their blind
 baselines like for like: the same allocator, only the scores differ.
 
-==============  ==================================================================
-source          score of a Linear / head / neuron
-==============  ==================================================================
-``relevance``   ``mean_abs`` relevance of the component (a
-                :class:`~relcomp.artifacts.ComponentRelevance`: AttnLRP or RelP)
-``uniform``     the same for every weight (a Linear scores its parameter count)
-``random``      seeded uniform random density times the parameter count
-``magnitude``   ``‖·‖₁`` of the component's weights
-``taylor``      ``Σ |∂score/∂W ⊙ W|`` over the component's weights, summed over
-                calibration batches (one backward per batch of the model's score)
-==============  ==================================================================
+================  ================================================================
+source            score of a Linear / head / neuron
+================  ================================================================
+``relevance``     ``mean_abs`` relevance of the component (a
+                  :class:`~relcomp.artifacts.ComponentRelevance`: AttnLRP or RelP)
+``relevance-l1``  the same, but a Linear scores the absolute relevance of its
+                  output elements (``linear_l1``) rather than its net relevance
+``uniform``       the same for every weight (a Linear scores its parameter count)
+``random``        seeded uniform random density times the parameter count
+``magnitude``     ``‖·‖₁`` of the component's weights
+``taylor``        ``Σ |∂score/∂W ⊙ W|`` over the component's weights, summed over
+                  calibration batches (one backward per batch of the model's score)
+================  ================================================================
 
 A Linear's score is a total over the module, not a density: allocators divide by
 bytes or parameters themselves. Heads are scored from the rows of the query, key
@@ -138,6 +140,7 @@ def relevance_importance(
     model: RankingModel,
     relevance: ComponentRelevance | None = None,
     statistic: str = "mean_abs",
+    linear_reading: str = "total",
     **_: Any,
 ) -> Importance:
     """Scores read from a ComponentRelevance (``mean_abs`` by default).
@@ -146,7 +149,20 @@ def relevance_importance(
     component that raises some scores and lowers others matters for ranking, and its
     signed mean can cancel to zero. A Linear the artifact does not name gets the
     median of the others (and a warning).
+
+    Heads and neurons score the relevance they carry in total: removing one removes
+    that total. A Linear scores, with ``linear_reading="total"`` (the default), its
+    net relevance (kind ``linear``). ``linear_reading="l1"`` reads kind ``linear_l1``
+    instead: the relevance that passes through its output elements whatever their
+    sign. Quantizing or sparsifying a Linear's weights perturbs every element, and
+    opposite signs need not cancel in what that does to the score: query and key
+    projections carry little *net* relevance (the softmax passes relevance on with
+    opposite signs) but much in absolute terms. Which reading plans better is what
+    ``benchmarks/compression_quality.py`` is to decide; an artifact without
+    ``linear_l1`` (made before it existed) is read by net relevance, with a warning.
     """
+    if linear_reading not in ("l1", "total"):
+        raise PlanError(f"linear_reading must be 'l1' or 'total', got {linear_reading!r}")
     if relevance is None:
         raise PlanError(
             "importance 'relevance' needs a ComponentRelevance: pass relevance=… "
@@ -156,7 +172,15 @@ def relevance_importance(
     missing_kinds = sorted({"linear", "head", "neuron"} - set(relevance.kinds()))
     if missing_kinds:
         raise PlanError(f"the ComponentRelevance has no {missing_kinds} components")
-    given = {n: float(v.sum()) for n, v in relevance.by_kind("linear", statistic).items()}
+    linear_kind = "linear_l1" if linear_reading == "l1" else "linear"
+    if linear_kind not in relevance.kinds():
+        logger.warning(
+            "the ComponentRelevance has no %r components (made by an older relcomp?); "
+            "reading Linear modules by their net relevance ('linear')",
+            linear_kind,
+        )
+        linear_kind = "linear"
+    given = {n: float(v.sum()) for n, v in relevance.by_kind(linear_kind, statistic).items()}
     known = [given[n] for n in structure.linears if n in given]
     if not known:
         raise PlanError(
@@ -190,9 +214,19 @@ def relevance_importance(
         "method": relevance.method,
         "source": dict(relevance.source),
         "statistic": statistic,
+        "linear_reading": linear_kind,
         "n_pairs": relevance.n_pairs,
     }
     return Importance(f"relevance({relevance.method})", linears, heads, neurons, record)
+
+
+@IMPORTANCE.register("relevance-l1")
+def relevance_l1_importance(
+    model: RankingModel, relevance: ComponentRelevance | None = None, **kwargs: Any
+) -> Importance:
+    """:func:`relevance_importance` with Linear modules read by absolute relevance."""
+    scores = relevance_importance(model, relevance=relevance, linear_reading="l1", **kwargs)
+    return dataclasses.replace(scores, source=scores.source.replace("relevance(", "relevance-l1("))
 
 
 @IMPORTANCE.register("uniform")
