@@ -313,9 +313,8 @@ class LRPPatch:
             if self.ranking_model.kind == "cross-encoder":
                 self._patch_head(module)
             if self.first_token_head:
-                last = self.ranking_model.layer_modules()[-1]
                 self._handles.append(
-                    module.get_submodule(last.ffn_in).register_forward_pre_hook(_first_token)
+                    module.get_submodule(layers[-1].ffn_in).register_forward_pre_hook(_first_token)
                 )
             if isinstance(composite.linear, Epsilon):
                 for submodule in module.modules():

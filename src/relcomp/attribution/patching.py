@@ -691,10 +691,11 @@ def relp_composite(epsilon: float = DEFAULT_EPSILON) -> Composite:
     Jafari et al. run GPT-2 with ``LRP_rules = ['LN-rule', 'Identity-rule',
     'Half-rule']``, the half rule being for the products of gated MLPs, which
     BERT-family encoders do not have. So: LayerNorm with its scale held constant,
-    the identity rule for GELU (its exact ratio Φ(x)) and tanh (``epsilon`` stabilises
-    its division), and the plain gradient through Linear layers and attention
-    (softmax and both products). A bi-encoder's final normalisation is treated like LayerNorm (the
-    norm held constant). AttnLRP adds the uniform ("half") rule to the attention
+    the identity rule for GELU and tanh (``f(x) / x`` exactly, its limit at 0; ``epsilon``
+    stabilises the division only for activations without a known limit), and the
+    plain gradient through Linear layers and attention (softmax and both products).
+    A bi-encoder's final normalisation is treated like LayerNorm (the norm held
+    constant). AttnLRP adds the uniform ("half") rule to the attention
     products; on scifact *train* pairs (3 model / corruption settings × 4 component
     types) these rules tracked activation patching better (mean Pearson r 0.84
     against 0.77), so they are the default; ``"AttnLRP"`` stays available.
@@ -776,8 +777,8 @@ class RelevancePatching(AttributionPatching):
         ``head`` (per head), ``attention``, ``mlp``, ``layer`` (the residual stream
         summed over positions) and ``neuron`` keyed by the layer's name, ``linear``
         and ``linear_l1`` keyed by module name; ``mean_abs`` and ``mean_signed`` over
-        pairs of the estimated effect. For a bi-encoder only the corrupted side's components
-        appear (the other side's activations do not change).
+        pairs of the estimated effect. For a bi-encoder only the corrupted side's
+        components appear (the other side's activations do not change).
         """
         return self.attribute_with_relevance(pairs, show_progress_bar, source)[1]
 

@@ -226,7 +226,8 @@ def relevance_l1_importance(
 ) -> Importance:
     """:func:`relevance_importance` with Linear modules read by absolute relevance."""
     scores = relevance_importance(model, relevance=relevance, linear_reading="l1", **kwargs)
-    return dataclasses.replace(scores, source=scores.source.replace("relevance(", "relevance-l1("))
+    assert relevance is not None  # relevance_importance refuses None
+    return dataclasses.replace(scores, source=f"relevance-l1({relevance.method})")
 
 
 @IMPORTANCE.register("uniform")
