@@ -20,6 +20,7 @@ best blind baseline loses.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -108,6 +109,11 @@ def main() -> None:
         help="which of each family's three budgets to run (0: the smallest)",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in --output and run only the missing ones",
+    )
     args = parser.parse_args()
     if not set(args.levels) <= {0, 1, 2}:
         raise SystemExit(f"--levels takes 0, 1 and 2, got {args.levels}")
@@ -115,6 +121,14 @@ def main() -> None:
     quick = args.protocol == "quick"
     output = Path(args.output)
     results: dict[str, Any] = {}
+    if args.resume and output.exists():
+        previous = json.loads(output.read_text())
+        if previous.get("protocol") != args.protocol:
+            raise SystemExit(
+                f"--resume: {output} holds the {previous.get('protocol')} protocol, "
+                f"not {args.protocol}"
+            )
+        results = previous["results"]
     payload = {"protocol": args.protocol, "machine": machine(), "results": results}
     table = []
     started = time.time()
@@ -140,13 +154,15 @@ def main() -> None:
             per_family = results.setdefault(Path(model_path).name, {}).setdefault(dataset, {})
             for family in args.families:
                 rows = per_family.setdefault(family, [])
-                rows.append(
+                rows[:] = [r for r in rows if r["method"] != "reference"]
+                rows.insert(
+                    0,
                     {
                         "budget": None,
                         "method": "reference",
                         "ndcg@10": reference,
                         "size_mb": size.size_mb,
-                    }
+                    },
                 )
                 table.append(
                     [
@@ -160,9 +176,28 @@ def main() -> None:
                     ]
                 )
             write_json(output, payload)
-            for budget in args.levels:
-                for family in args.families:
+            for family in args.families:
+                for budget in args.levels:
                     for method in args.methods:
+                        done = [
+                            r
+                            for r in per_family[family]
+                            if r["method"] == method and r["budget"] == BUDGETS[family][budget]
+                        ]
+                        if done:
+                            row = done[0]
+                            table.append(
+                                [
+                                    model.name,
+                                    dataset,
+                                    family,
+                                    ",".join(f"{k}={v:g}" for k, v in row["budget"].items()),
+                                    method,
+                                    f"{row['ndcg@10']:.4f}",
+                                    f"{row['size_mb']:.1f}",
+                                ]
+                            )
+                            continue
                         plan = make_plan(
                             model,
                             family,

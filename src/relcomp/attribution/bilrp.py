@@ -15,9 +15,11 @@ the reference). :meth:`BiLRP.attribute` needs two passes whose size follows the
    carrying the tangent ``x_i`` (the embedding output at token ``i``) and zero
    elsewhere. Every LRP rule's ``jvp`` is the transpose of its backward map, so the
    output tangent of copy ``i`` is column ``i`` of ``J``: all of ``J_q`` at once;
-2. **reverse mode** on the long side, its ``n`` copies in one batch, copy ``i``'s
-   embedding weighted by ``J_q[:, i]``: one backward pass gives
-   ``Σ_m J_q[m, i] · R_j(d_m) = R_ij`` for every ``i`` and ``j``.
+2. **reverse mode** on the long side: one forward pass, then one backward pass
+   vectorised over ``n`` cotangents (``is_grads_batched``), cotangent ``i`` being
+   ``J_q[:, i]``; it gives ``Σ_m J_q[m, i] · R_j(d_m) = R_ij`` for every ``i`` and
+   ``j``. Sharing the forward pass halves the cost of running ``n`` copies of the
+   text forward and backward.
 
 Forward mode runs the attention rules in their explicit ``softmax(QKᵀ)·V`` form (torch's
 fused attention has no forward-mode derivative); the reverse pass uses the
@@ -64,8 +66,8 @@ class BiLRP:
     def attribute(self, query: str, document: str) -> TokenInteractions:
         """Second-order relevance of every (query token, document token) pair.
 
-        One forward-mode pass over the shorter text's token copies and one backward
-        pass over the longer text's copies (see the module's docstring).
+        One forward-mode pass over the shorter text's token copies, then one forward
+        and one vectorised backward pass over the longer text (see the module's docstring).
         """
         model = self.model
         texts = (model.query_prompt + query, model.document_prompt + document)
@@ -115,12 +117,21 @@ class BiLRP:
     def _weighted_relevance(
         self, features: Any, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token relevance of ``Σ_m weights[i, m] · e_m`` for each row ``i``, one backward pass."""
-        copies = {key: value.expand(weights.shape[0], -1) for key, value in features.items()}
+        """Token relevance of ``Σ_m weights[i, m] · e_m`` for each row ``i``.
+
+        One forward pass of the text, then one backward pass vectorised over the rows
+        of ``weights`` (``is_grads_batched``): every LRP rule's backward is linear in
+        its incoming relevance, so the rows share the forward pass and its graph.
+        """
         with LRPPatch(self.model, self.composite) as patch, torch.enable_grad():
-            embeddings, leaf = self._embed(patch, copies)
-            (grad,) = torch.autograd.grad(embeddings, leaf, grad_outputs=weights.to(embeddings))
-            relevance = (grad * leaf.detach()).sum(-1)
+            embeddings, leaf = self._embed(patch, features)
+            (grad,) = torch.autograd.grad(
+                embeddings,
+                leaf,
+                grad_outputs=weights[:, None, :].to(embeddings),
+                is_grads_batched=True,
+            )
+            relevance = (grad * leaf.detach()).sum(-1)[:, 0]
         return relevance.detach(), embeddings[0].detach()
 
     def attribute_per_dimension(self, query: str, document: str) -> TokenInteractions:
