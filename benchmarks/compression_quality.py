@@ -11,10 +11,11 @@ relevance, Taylor scores, activation statistics) uses dev/train queries only
         --output benchmarks/results/compression_quality.json
 
 Writes ``{"<model>": {"<dataset>": {"<family>": [{"budget", "method", "ndcg@10",
-"size_mb"}, …]}}}`` (rewritten after every row, so a stopped run keeps its rows), a
+"size_mb"}, …]}}, "_meta": {"protocol", "machine", "claims"}}`` (rewritten after every
+row, so a stopped run keeps its rows and ``--resume`` runs only the missing ones), a
 table, and one PNG per dataset and family beside the JSON. Target (the project's
-claim): at equal size, the relevance plan loses at most half the nDCG@10 that the
-best blind baseline loses.
+claim, checked in ``_meta.claims`` per budget): at equal size, the relevance plan loses
+at most half the nDCG@10 that the best blind baseline loses.
 """
 
 from __future__ import annotations
@@ -120,16 +121,18 @@ def main() -> None:
     set_threads(args.threads)
     quick = args.protocol == "quick"
     output = Path(args.output)
-    results: dict[str, Any] = {}
+    payload: dict[str, Any] = {}
     if args.resume and output.exists():
-        previous = json.loads(output.read_text())
-        if previous.get("protocol") != args.protocol:
+        payload = json.loads(output.read_text())
+        if "results" in payload:  # the layout before the model keys moved to the top
+            payload = {**payload.pop("results"), "_meta": payload}
+        protocol = payload.get("_meta", {}).get("protocol")
+        if protocol != args.protocol:
             raise SystemExit(
-                f"--resume: {output} holds the {previous.get('protocol')} protocol, "
-                f"not {args.protocol}"
+                f"--resume: {output} holds the {protocol} protocol, not {args.protocol}"
             )
-        results = previous["results"]
-    payload = {"protocol": args.protocol, "machine": machine(), "results": results}
+    meta = payload.setdefault("_meta", {})
+    meta.update(protocol=args.protocol, machine=machine())
     table = []
     started = time.time()
     for model_path in args.models:
@@ -151,7 +154,7 @@ def main() -> None:
             statistics = calibration_statistics(model, pairs)
             reference = float(evaluate(model, **settings).measures["nDCG@10"])
             size = estimate_size(model, CompressionPlan(model.name, ()))
-            per_family = results.setdefault(Path(model_path).name, {}).setdefault(dataset, {})
+            per_family = payload.setdefault(Path(model_path).name, {}).setdefault(dataset, {})
             for family in args.families:
                 rows = per_family.setdefault(family, [])
                 rows[:] = [r for r in rows if r["method"] != "reference"]
@@ -236,7 +239,8 @@ def main() -> None:
                             score,
                             time.time() - tic,
                         )
-                        payload["wall_s"] = round(time.time() - started, 1)
+                        meta["wall_s"] = round(time.time() - started, 1)
+                        meta["claims"] = claims(payload)
                         write_json(output, payload)
                         plot(
                             per_family[family],
@@ -244,6 +248,66 @@ def main() -> None:
                             output.with_name(f"{output.stem}_{dataset}_{family}.png"),
                         )
     print_table(table, ["model", "dataset", "family", "budget", "method", "nDCG@10", "size MB"])
+    meta["claims"] = claims(payload)
+    write_json(output, payload)
+    print_table(
+        [
+            [
+                c["model"],
+                c["dataset"],
+                c["family"],
+                c["budget"],
+                f"{c['relevance_loss']:+.4f}",
+                f"{c['best_blind']} {c['best_blind_loss']:+.4f}",
+                "yes" if c["met"] else "no",
+            ]
+            for c in meta["claims"]
+        ],
+        ["model", "dataset", "family", "budget", "relevance loss", "best blind loss", "claim met"],
+    )
+
+
+BLIND = ("uniform", "random", "magnitude", "taylor")
+
+
+def claims(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The project's claim per (model, dataset, family, budget) with every blind baseline run.
+
+    Loss is reference nDCG@10 minus the plan's (negative: the plan scored higher). The
+    claim holds when the relevance plan loses at most half of what the best blind
+    baseline loses; when the best blind baseline loses nothing, the relevance plan
+    must lose nothing either.
+    """
+    found = []
+    for model, datasets in payload.items():
+        if model.startswith("_"):
+            continue
+        for dataset, families in datasets.items():
+            for family, rows in families.items():
+                reference = next((r["ndcg@10"] for r in rows if r["method"] == "reference"), None)
+                budgets = [r["budget"] for r in rows if r["method"] == "relevance"]
+                for budget in budgets:
+                    at = {r["method"]: r for r in rows if r["budget"] == budget}
+                    if reference is None or not all(m in at for m in BLIND):
+                        continue
+                    loss = {m: reference - at[m]["ndcg@10"] for m in ("relevance", *BLIND)}
+                    best = min(BLIND, key=lambda m: loss[m])
+                    allowed = max(loss[best], 0.0) / 2
+                    found.append(
+                        {
+                            "model": model,
+                            "dataset": dataset,
+                            "family": family,
+                            "budget": ",".join(f"{k}={v:g}" for k, v in budget.items()),
+                            "relevance_loss": loss["relevance"],
+                            "relevance_size_mb": at["relevance"]["size_mb"],
+                            "best_blind": best,
+                            "best_blind_loss": loss[best],
+                            "best_blind_size_mb": at[best]["size_mb"],
+                            "met": loss["relevance"] <= allowed + 1e-9,
+                        }
+                    )
+    return found
 
 
 if __name__ == "__main__":
