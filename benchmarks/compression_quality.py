@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
-from relcomp.artifacts import CompressionPlan
+from relcomp.artifacts import CompressionPlan, QualityReport
 from relcomp.compression import compress_, estimate_size, prune_physically
 from relcomp.compression.planners import calibration_statistics, make_plan
-from relcomp.evaluation import load_beir
+from relcomp.evaluation import load_beir, paired_test
 from relcomp.models import RankingModel, load_model
 from relcomp.pipeline import calibration_pairs, component_relevance, evaluate
 
@@ -48,17 +48,22 @@ BUDGETS: dict[str, list[dict[str, float]]] = {
 
 def evaluate_plan(
     model: RankingModel, plan: Any, settings: dict[str, Any], statistics: Any
-) -> float:
-    """nDCG@10 of ``model`` under ``plan`` (restored afterwards)."""
+) -> QualityReport:
+    """The quality of ``model`` under ``plan`` (restored afterwards)."""
     structural, rest = plan.split_structural()
     if structural.entries:
         pruned = prune_physically(model, structural)
         assert pruned.cache_key != model.cache_key
         with compress_(pruned, rest, statistics=statistics) if rest.entries else _nothing():
-            return float(evaluate(pruned, **settings).measures["nDCG@10"])
+            return evaluate(pruned, **settings)
     with compress_(model, plan, statistics=statistics):
         assert model.variant != "fp32"  # caches key on model.cache_key, which holds the variant
-        return float(evaluate(model, **settings).measures["nDCG@10"])
+        return evaluate(model, **settings)
+
+
+def per_query(report: QualityReport) -> dict[str, float]:
+    """nDCG@10 per query: what the paired test of the claim needs."""
+    return {qid: round(values["nDCG@10"], 6) for qid, values in report.per_query.items()}
 
 
 class _nothing:
@@ -152,7 +157,8 @@ def main() -> None:
                 model, data, split=split, calibration=args.calibration, show_progress_bar=False
             )
             statistics = calibration_statistics(model, pairs)
-            reference = float(evaluate(model, **settings).measures["nDCG@10"])
+            reference_report = evaluate(model, **settings)
+            reference = float(reference_report.measures["nDCG@10"])
             size = estimate_size(model, CompressionPlan(model.name, ()))
             per_family = payload.setdefault(Path(model_path).name, {}).setdefault(dataset, {})
             for family in args.families:
@@ -165,6 +171,7 @@ def main() -> None:
                         "method": "reference",
                         "ndcg@10": reference,
                         "size_mb": size.size_mb,
+                        "per_query": per_query(reference_report),
                     },
                 )
                 table.append(
@@ -210,7 +217,8 @@ def main() -> None:
                             calibration=pairs,
                         )
                         tic = time.time()
-                        score = evaluate_plan(model, plan, settings, statistics)
+                        report = evaluate_plan(model, plan, settings, statistics)
+                        score = float(report.measures["nDCG@10"])
                         row = {
                             "budget": dict(plan.budget),
                             "method": method,
@@ -218,6 +226,7 @@ def main() -> None:
                             "ndcg@10": score,
                             "size_mb": plan.achieved["size_mb"],
                             "achieved": dict(plan.achieved),
+                            "per_query": per_query(report),
                         }
                         per_family[family].append(row)
                         table.append(
@@ -260,14 +269,35 @@ def main() -> None:
                 f"{c['relevance_loss']:+.4f}",
                 f"{c['best_blind']} {c['best_blind_loss']:+.4f}",
                 "yes" if c["met"] else "no",
+                "-" if c["p_value"] is None else f"{c['p_value']:.3f}",
             ]
             for c in meta["claims"]
         ],
-        ["model", "dataset", "family", "budget", "relevance loss", "best blind loss", "claim met"],
+        [
+            "model",
+            "dataset",
+            "family",
+            "budget",
+            "relevance loss",
+            "best blind loss",
+            "claim met",
+            "p",
+        ],
     )
 
 
 BLIND = ("uniform", "random", "magnitude", "taylor")
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Paired t test (ranx) of two rows' nDCG@10 over the same queries."""
+    if "per_query" not in a or "per_query" not in b:
+        return {"p_value": None, "queries": None}
+    test = paired_test(
+        {q: {"nDCG@10": v} for q, v in a["per_query"].items()},
+        {q: {"nDCG@10": v} for q, v in b["per_query"].items()},
+    )
+    return {"p_value": test["p_values"]["nDCG@10"], "queries": test["n_queries"]}
 
 
 def claims(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -305,6 +335,7 @@ def claims(payload: dict[str, Any]) -> list[dict[str, Any]]:
                             "best_blind_loss": loss[best],
                             "best_blind_size_mb": at[best]["size_mb"],
                             "met": loss["relevance"] <= allowed + 1e-9,
+                            **_paired(at["relevance"], at[best]),
                         }
                     )
     return found
