@@ -309,3 +309,34 @@ def test_relevance_reads_linears_by_net_or_absolute_relevance(setting, caplog):
     assert fallback.linears == total.linears and "no 'linear_l1' components" in caplog.text
     with pytest.raises(PlanError, match="linear_reading must be"):
         IMPORTANCE.get("relevance")(model, relevance=relevance, linear_reading="signed")
+
+
+def test_a_coarser_ladder_reaches_below_five_bits(setting):
+    ladder = ("int4(block_size=128)", "int4(block_size=32)", "int8", "fp16", "fp32")
+    with pytest.raises(PlanError, match=r"int4\(block_size=32\) everywhere"):
+        plan_for(setting, "mixed-precision", "relevance", budget={"bits_per_weight": 4.95})
+    plan = plan_for(
+        setting, "mixed-precision", "relevance", budget={"bits_per_weight": 4.95}, ladder=ladder
+    )
+    actions = {action for _, action in plan.entries}
+    assert "int4(block_size=128)" in actions
+    assert plan.achieved["bits_per_weight"] <= 4.95
+    # the most relevant weight per byte leaves the coarse blocks first
+    scores = importance_scores(setting["model"], "relevance", setting["relevance"])
+    linears = setting["model"].named_linears()
+    density = {n: scores.linears[n] / m.weight.numel() for n, m in linears.items()}
+    entries = dict(plan.entries)
+    assert entries[max(density, key=density.get)] != "int4(block_size=128)"
+
+
+@pytest.mark.parametrize(
+    ("ladder", "message"),
+    [
+        (("int8", "int4"), "must go from coarse to fine"),
+        (("int4", "prune_neurons(ratio=0.3)"), "takes precisions only"),
+        ((), "ladder is empty"),
+    ],
+)
+def test_bad_ladders_fail_with_one_clear_error(setting, ladder, message):
+    with pytest.raises(PlanError, match=message):
+        plan_for(setting, "mixed-precision", "relevance", ladder=ladder)

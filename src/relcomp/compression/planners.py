@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,7 @@ from relcomp.compression.actions import (
     PruneNeurons,
     PruneWeights,
     Sparsify,
+    parse_action,
 )
 from relcomp.compression.importance import (
     CalibrationPairs,
@@ -79,6 +81,7 @@ __all__ = [
     "make_plan",
     "mixed_precision_plan",
     "parse_budget",
+    "rounding_noise",
     "sparsify_plan",
     "structured_pruning_plan",
     "unstructured_pruning_plan",
@@ -90,6 +93,18 @@ logger = logging.getLogger(__name__)
 PRECISION_LADDER: tuple[PrecisionAction, ...] = (Int4(block_size=32), Int8(), FP16(), FP32())
 #: Relative rounding variance of each precision (step² of the symmetric grid).
 NOISE: dict[str, float] = {"int4": 1 / 7**2, "int8": 1 / 127**2, "fp16": 2.0**-22, "fp32": 0.0}
+
+
+def rounding_noise(precision: PrecisionAction) -> float:
+    """:data:`NOISE` of a precision; a block of ``b`` int4 weights shares one absmax,
+    which grows like ``√(2 ln b)`` for Gaussian weights, so int4's noise scales with
+    ``ln b / ln 32`` (32 being the block :data:`NOISE` assumes)."""
+    noise = NOISE[precision.name]
+    if isinstance(precision, Int4):
+        noise *= math.log(precision.block_size) / math.log(32)
+    return noise
+
+
 #: Highest share of a Linear's weights or inputs the unstructured planners remove.
 MAX_RATIO = 0.95
 
@@ -239,12 +254,17 @@ def _finish(
 # -- mixed precision ----------------------------------------------------------------------
 @PLANNERS.register("mixed-precision", "quantize")
 def mixed_precision_plan(
-    model: RankingModel, importance: Importance, budget: Mapping[str, float]
+    model: RankingModel,
+    importance: Importance,
+    budget: Mapping[str, float],
+    ladder: Sequence[PrecisionAction | str] = PRECISION_LADDER,
 ) -> CompressionPlan:
     """Bits per Linear by greedy knapsack on ``score × noise removed / bytes``.
 
     Budgets: ``bits_per_weight`` (weights and scales, biases not counted) or
-    ``size_mb`` (the whole model). Ties are broken in model order.
+    ``size_mb`` (the whole model). Ties are broken in model order. ``ladder`` lists
+    the precisions to choose from, cheapest first (every Linear starts at the first);
+    e.g. ``("int4(block_size=128)", *PRECISION_LADDER)`` reaches 4.25 bits per weight.
 
     Example:
         >>> from relcomp.models import load_model
@@ -255,13 +275,14 @@ def mixed_precision_plan(
         True
     """
     key, value = _one_budget("mixed-precision", budget, ("bits_per_weight", "size_mb"))
+    ladder = _ladder(ladder)
     structure = ModelStructure.of(model)
     names = list(structure.linears)
     costs: dict[str, list[int]] = {}
     stored_total = 0
     for name, linear in structure.linears.items():
         costs[name] = []
-        for precision in PRECISION_LADDER:
+        for precision in ladder:
             data, bias, _stored = weight_bytes(
                 linear.out_features, linear.in_features, precision, bias=linear.bias is not None
             )
@@ -277,7 +298,7 @@ def mixed_precision_plan(
     used = sum(c[0] for c in costs.values())
     if used > capacity:
         raise PlanError(
-            f"impossible budget {key}={value:g}: {PRECISION_LADDER[0]} everywhere, the smallest "
+            f"impossible budget {key}={value:g}: {ladder[0]} everywhere, the smallest "
             f"plan this planner makes, takes {floor_text}"
         )
     total_score = sum(max(importance.linears.get(n, 0.0), 0.0) for n in names) or 1.0
@@ -287,11 +308,9 @@ def mixed_precision_plan(
 
     def push(order: int, name: str) -> None:
         current = level[name]
-        if current + 1 >= len(PRECISION_LADDER):
+        if current + 1 >= len(ladder):
             return
-        gain = score[name] * (
-            NOISE[PRECISION_LADDER[current].name] - NOISE[PRECISION_LADDER[current + 1].name]
-        )
+        gain = score[name] * (rounding_noise(ladder[current]) - rounding_noise(ladder[current + 1]))
         extra = costs[name][current + 1] - costs[name][current]
         heapq.heappush(heap, (-gain / max(extra, 1), order, name))
 
@@ -306,8 +325,27 @@ def mixed_precision_plan(
         used += extra
         level[name] += 1
         push(order_of[name], name)
-    entries = [(name, str(PRECISION_LADDER[level[name]])) for name in names]
+    entries = [(name, str(ladder[level[name]])) for name in names]
     return _finish(model, entries, "mixed-precision", importance, {key: value})
+
+
+def _ladder(ladder: Sequence[PrecisionAction | str]) -> tuple[PrecisionAction, ...]:
+    """Precisions from actions or their strings; cheapest first, each cheaper in noise too."""
+    parsed: list[PrecisionAction] = []
+    for step in ladder:
+        action = parse_action(step)
+        if not isinstance(action, PrecisionAction):
+            raise PlanError(f"the precision ladder takes precisions only; got {action}")
+        parsed.append(action)
+    if not parsed:
+        raise PlanError("the precision ladder is empty")
+    noise = [rounding_noise(step) for step in parsed]
+    if any(a <= b for a, b in itertools.pairwise(noise)):
+        raise PlanError(
+            "the precision ladder must go from coarse to fine (each step less rounding "
+            f"noise); got {', '.join(str(step) for step in parsed)}"
+        )
+    return tuple(parsed)
 
 
 # -- structured pruning -------------------------------------------------------------------
