@@ -8,7 +8,8 @@ in :data:`PLANNERS`, and one entry point for users and the CLI, :func:`make_plan
   best *score × noise removed per byte* while the budget (``bits_per_weight`` or
   ``size_mb``) allows. The noise of a precision is its relative rounding variance
   (``1/7²`` for int4, ``1/127²`` for int8, ``2⁻²²`` for fp16, 0 for fp32), so score
-  per byte is what decides: a module's relevance divided by its size.
+  per byte is what decides: a module's relevance divided by its size. The option
+  ``ladder`` changes the precisions, e.g. to start at ``int4(block_size=128)``.
 * ``prune-structured`` (ECoFLaP's coarse step): heads and FFN neurons ranked
   globally by score normalised within their type (score over the type's mean, so
   an average head and an average neuron tie), the lowest removed until
