@@ -127,9 +127,17 @@ def test_relevance_writes_component_relevance(
     assert main(args) == 0
     payload = json.loads((tmp_path / "component_relevance.json").read_text())
     assert payload["kind"] == "component_relevance" and payload["n_pairs"] == 4
-    assert {"head", "neuron", "linear", "linear_l1", "layer", "attention", "mlp"} == set(
-        payload["components"]
-    )
+    assert {
+        "head",
+        "head_l1",
+        "neuron",
+        "neuron_l1",
+        "linear",
+        "linear_l1",
+        "layer",
+        "attention",
+        "mlp",
+    } == set(payload["components"])
 
 
 @pytest.mark.parametrize(

@@ -125,11 +125,13 @@ def test_component_relevance_is_consistent_across_levels(tiny_model) -> None:
     assert relevance.kinds() == [
         "attention",
         "head",
+        "head_l1",
         "layer",
         "linear",
         "linear_l1",
         "mlp",
         "neuron",
+        "neuron_l1",
     ]
     # Σ|R| over a module's output elements is at least |ΣR|, pair by pair.
     net, absolute = relevance.by_kind("linear"), relevance.by_kind("linear_l1")

@@ -295,18 +295,27 @@ def test_relevance_reads_linears_by_net_or_absolute_relevance(setting, caplog):
     assert default.linears == {name: float(values.sum()) for name, values in absolute.items()}
     assert total.linears == {name: float(values.sum()) for name, values in net.items()}
     assert default.relevance["linear_reading"] == "linear_l1"
-    for layer, heads in total.heads.items():  # heads and neurons: the same either way
-        np.testing.assert_array_equal(default.heads[layer], heads)
-    # An artifact from before linear_l1 existed is read by net relevance, and says so.
+    # heads and neurons: by the absolute relevance of each of their tokens
+    for kind, scores_of in (("head", "heads"), ("neuron", "neurons")):
+        for layer, values in relevance.by_kind(f"{kind}_l1").items():
+            np.testing.assert_array_equal(getattr(default, scores_of)[layer], values)
+            net_values = np.abs(relevance.by_kind(kind)[layer])
+            np.testing.assert_array_equal(getattr(total, scores_of)[layer], net_values)
+            assert np.all(values >= net_values - 1e-12)  # |Σ r| ≤ Σ |r|, pair by pair
+    # An artifact from before the l1 kinds existed is read by net relevance, and says so.
     older = type(relevance)(
         model=relevance.model,
         method=relevance.method,
         n_pairs=relevance.n_pairs,
-        components={k: v for k, v in relevance.components.items() if k != "linear_l1"},
+        components={k: v for k, v in relevance.components.items() if not k.endswith("_l1")},
     )
     with caplog.at_level("WARNING"):
         fallback = IMPORTANCE.get("relevance")(model, relevance=older, linear_reading="l1")
     assert fallback.linears == total.linears and "no 'linear_l1' components" in caplog.text
+    assert fallback.heads.keys() == total.heads.keys()
+    for layer, heads in total.heads.items():
+        np.testing.assert_array_equal(fallback.heads[layer], heads)
+    assert "no 'head_l1' components" in caplog.text
     with pytest.raises(PlanError, match="linear_reading must be"):
         IMPORTANCE.get("relevance")(model, relevance=relevance, linear_reading="signed")
 

@@ -66,7 +66,16 @@ class ComponentTaps:
                 name,
                 lambda r, h=heads: r.reshape(r.shape[0], r.shape[1], h, -1).sum((1, 3)),
             )
+            self._tap_input(
+                module.get_submodule(layer.attention_output),
+                "head_l1",
+                name,
+                lambda r, h=heads: r.abs().reshape(r.shape[0], r.shape[1], h, -1).sum((1, 3)),
+            )
             self._tap_input(module.get_submodule(layer.ffn_out), "neuron", name, lambda r: r.sum(1))
+            self._tap_input(
+                module.get_submodule(layer.ffn_out), "neuron_l1", name, lambda r: r.abs().sum(1)
+            )
         if self.linears:
             for linear_name, linear in self.model.named_linears().items():
                 self._tap_output(linear, "linear", linear_name, lambda r: r.flatten(1).sum(1))

@@ -152,9 +152,9 @@ def relevance_importance(
 
     Heads and neurons score the relevance they carry in total: removing one removes
     that total. A Linear scores, with ``linear_reading="total"`` (the default), its
-    net relevance (kind ``linear``). ``linear_reading="l1"`` reads kind ``linear_l1``
-    instead: the relevance that passes through its output elements whatever their
-    sign. Quantizing or sparsifying a Linear's weights perturbs every element, and
+    net relevance (kind ``linear``). ``linear_reading="l1"`` reads kinds
+    ``linear_l1``, ``head_l1`` and ``neuron_l1`` instead: the relevance that passes
+    through each output element (each token of a head or neuron) whatever its sign. Quantizing or sparsifying a Linear's weights perturbs every element, and
     opposite signs need not cancel in what that does to the score: query and key
     projections carry little *net* relevance (the softmax passes relevance on with
     opposite signs) but much in absolute terms. Which reading plans better is what
@@ -194,8 +194,20 @@ def relevance_importance(
             "no relevance for %d Linear(s) (e.g. %s); using the median", len(absent), absent[0]
         )
     linears = {n: abs(given.get(n, fill)) for n in structure.linears}
-    heads_given = relevance.by_kind("head", statistic)
-    neurons_given = relevance.by_kind("neuron", statistic)
+    unit_kinds = {"head": "head", "neuron": "neuron"}
+    if linear_reading == "l1":
+        for kind in unit_kinds:
+            if f"{kind}_l1" in relevance.kinds():
+                unit_kinds[kind] = f"{kind}_l1"
+            else:
+                logger.warning(
+                    "the ComponentRelevance has no %r components (made by an older relcomp, "
+                    "or by RelP); reading %ss by their net relevance",
+                    f"{kind}_l1",
+                    kind,
+                )
+    heads_given = relevance.by_kind(unit_kinds["head"], statistic)
+    neurons_given = relevance.by_kind(unit_kinds["neuron"], statistic)
     heads: dict[str, np.ndarray] = {}
     neurons: dict[str, np.ndarray] = {}
     for layer in structure.layers:
@@ -215,6 +227,7 @@ def relevance_importance(
         "source": dict(relevance.source),
         "statistic": statistic,
         "linear_reading": linear_kind,
+        "unit_reading": unit_kinds,
         "n_pairs": relevance.n_pairs,
     }
     return Importance(f"relevance({relevance.method})", linears, heads, neurons, record)
