@@ -647,6 +647,11 @@ class AttributionPatching:
             "residual": lambda t: t.sum(2),
             "neuron": lambda t: t.sum(1),
         }
+        # The absolute readings: effect through each position whatever its sign.
+        per_layer_l1 = {
+            "head_l1": ("head", lambda t: t.abs().reshape(*t.shape[:2], heads, -1).sum((1, 3))),
+            "neuron_l1": ("neuron", lambda t: t.abs().sum(1)),
+        }
         reduced = {
             kind: torch.stack([reduce(products[kind][layer]) for layer in layers], 1)
             .double()
@@ -654,6 +659,14 @@ class AttributionPatching:
             .numpy()
             for kind, reduce in per_layer.items()
             if kind in products
+        }
+        reduced |= {
+            kind: torch.stack([reduce(products[source][layer]) for layer in layers], 1)
+            .double()
+            .cpu()
+            .numpy()
+            for kind, (source, reduce) in per_layer_l1.items()
+            if extra and source in products
         }
         linear = {
             name: value.flatten(1).sum(1).double().cpu().numpy()
@@ -669,6 +682,8 @@ class AttributionPatching:
             extras: dict[str, dict[Any, np.ndarray]] = {}
             if extra:
                 extras["neuron"] = dict(enumerate(reduced["neuron"][row]))
+                extras["head_l1"] = dict(enumerate(reduced["head_l1"][row]))
+                extras["neuron_l1"] = dict(enumerate(reduced["neuron_l1"][row]))
                 extras["linear"] = {name: values[row : row + 1] for name, values in linear.items()}
                 extras["linear_l1"] = {
                     name: values[row : row + 1] for name, values in linear_l1.items()
@@ -775,7 +790,8 @@ class RelevancePatching(AttributionPatching):
 
         Kinds and names as :class:`~relcomp.attribution.ComponentLRP` gives them:
         ``head`` (per head), ``attention``, ``mlp``, ``layer`` (the residual stream
-        summed over positions) and ``neuron`` keyed by the layer's name, ``linear``
+        summed over positions), ``neuron``, and ``head_l1`` / ``neuron_l1`` (the absolute
+        effect through each position, summed) keyed by the layer's name, ``linear``
         and ``linear_l1`` keyed by module name; ``mean_abs`` and ``mean_signed`` over
         pairs of the estimated effect. For a bi-encoder only the corrupted side's
         components appear (the other side's activations do not change).
@@ -802,6 +818,8 @@ class RelevancePatching(AttributionPatching):
                 values["mlp"][name].append(effects.effects["mlp"][layer : layer + 1])
                 values["layer"][name].append(effects.effects["residual"][layer].sum(keepdims=True))
                 values["neuron"][name].append(extras["neuron"][layer])
+                values["head_l1"][name].append(extras["head_l1"][layer])
+                values["neuron_l1"][name].append(extras["neuron_l1"][layer])
             for kind in ("linear", "linear_l1"):
                 for module_name, value in extras[kind].items():
                     values[kind][module_name].append(value)
