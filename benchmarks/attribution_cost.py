@@ -172,40 +172,11 @@ def main() -> None:
 
 
 def lxt_attnlrp(model: Any, queries: list[str], documents: list[str]) -> Callable[[], Any]:
-    """LXT's efficient AttnLRP on its own copy of the reranker, as its README runs it.
+    """LXT's efficient AttnLRP on its own copy of the reranker (see ``_lxt``)."""
+    from _lxt import lxt_peer, lxt_relevance
 
-    LXT patches ``transformers``' BERT module globally, so it is imported only here,
-    after relcomp's model is loaded (that one keeps the stock classes). Weights are
-    frozen, as relcomp's are; relevance is read at the input embeddings.
-    """
-    try:
-        import transformers.models.bert.modeling_bert as modeling_bert
-        from lxt.efficient import monkey_patch
-    except ImportError as error:
-        raise SystemExit(f"--lxt: the lxt package is not importable ({error})") from error
-    import sys
-
-    monkey_patch(modeling_bert)
-    # The auto classes cached the stock class when relcomp loaded its model: take
-    # LXT's class from the module it put in place.
-    patched = sys.modules["transformers.models.bert.modeling_bert"]
-    peer_class = getattr(patched, type(model.model).__name__)
-    peer = peer_class.from_pretrained(model.path).eval()
-    if type(peer).__module__.split(".")[0] != "lxt":
-        raise SystemExit(f"--lxt: LXT did not patch the model class ({type(peer).__module__})")
-    for parameter in peer.parameters():
-        parameter.requires_grad_(False)
-
-    def run() -> Any:
-        features = model.tokenize(queries, documents)
-        with torch.enable_grad():
-            embeddings = peer.get_input_embeddings()(features["input_ids"]).requires_grad_()
-            rest = {k: v for k, v in features.items() if k != "input_ids"}
-            logits = peer(inputs_embeds=embeddings, **rest).logits
-            logits[:, 0].sum().backward()
-        return (embeddings * embeddings.grad).sum(-1)
-
-    return run
+    peer = lxt_peer(model)
+    return lambda: lxt_relevance(peer, model.tokenize(queries, documents))[0]
 
 
 def bilrp_cost(repeats: int) -> dict[str, float]:

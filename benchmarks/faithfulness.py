@@ -10,12 +10,22 @@ document's words are deleted most-relevant-first (MoRF) and least-relevant-first
 (LeRF) in steps of 10 %, and the model re-scores every variant. For a bi-encoder the
 explained score is the similarity. Also the IR-native rank drop: how far the relevant
 document falls among its BM25 top-30 after deleting its top-k words.
+
+``--methods … lxt`` adds LXT's AttnLRP (the AttnLRP authors' package) as a
+benchmark-only peer for the cross-encoder; ``--resume`` keeps the methods already
+measured in ``--output``::
+
+    bash benchmarks/peers/setup_lxt.sh
+    PYTHONPATH=.peers/lxt python benchmarks/faithfulness.py --pairs 200 --methods lxt \
+        --resume --output benchmarks/results/faithfulness_reranker.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -58,6 +68,28 @@ def relevant_pairs(name: str, n: int, depth: int = 30) -> list[tuple[str, str, l
     return triples
 
 
+def attributor(method: str) -> Any:
+    """relcomp's method of that name, or ``lxt``: LXT's AttnLRP as a peer (``_lxt``)."""
+    if method == "lxt":
+        from _lxt import LxtAttnLRP
+
+        return LxtAttnLRP
+    return get_method(method)
+
+
+def _resumed(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The methods a stopped run of the same settings already measured."""
+    previous = json.loads(path.read_text())
+    before = previous.pop("_meta", {})
+    for key in ("model", "kind", "pairs", "max_length"):
+        if before.get(key) != meta[key]:
+            raise SystemExit(
+                f"--resume: {path} was made with {key}={before.get(key)!r}, "
+                f"this run has {key}={meta[key]!r}; use another --output"
+            )
+    return previous
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -70,6 +102,11 @@ def main() -> None:
         "--rank-drop-pairs", type=int, default=50, help="pairs for the rank-drop figure"
     )
     parser.add_argument("--output", required=True)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the methods already in --output (same model, pairs and length); run the rest",
+    )
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (1: two models side by side)"
     )
@@ -89,10 +126,26 @@ def main() -> None:
         "machine": machine(),
     }
     rows = []
+    if args.resume and Path(args.output).exists():
+        results = _resumed(Path(args.output), meta)
+        for method, kept in results.items():
+            rows.append(
+                (
+                    method,
+                    kept["aopc_comprehensiveness"],
+                    kept["aopc_sufficiency"],
+                    kept["delta_af"],
+                    kept["delta_af_normalized"],
+                    f"{kept['attribution_s']:.0f}s (kept)",
+                )
+            )
+        print(f"resumed from {args.output}: kept {', '.join(results) or 'nothing'}")
     memo: ScoreMemo = {}  # one model: the full / empty documents and candidates scored once
     for method in args.methods:
+        if method in results:
+            continue
         start = time.perf_counter()
-        explanations = get_method(method)(model).attribute(queries, documents, batch_size=16)
+        explanations = attributor(method)(model).attribute(queries, documents, batch_size=16)
         attribution_s = time.perf_counter() - start
         result = faithfulness(model, explanations, batch_size=64, memo=memo)
         drop = rank_drop(
