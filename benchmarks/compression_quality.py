@@ -16,11 +16,19 @@ row, so a stopped run keeps its rows and ``--resume`` runs only the missing ones
 table, and one PNG per dataset and family beside the JSON. Target (the project's
 claim, checked in ``_meta.claims`` per budget): at equal size, the relevance plan loses
 at most half the nDCG@10 that the best blind baseline loses.
+
+Relevance-driven methods: ``relevance`` (AttnLRP component relevance, net relevance
+per Linear), ``relevance-l1`` (the same relevance, each Linear, head and neuron read by
+the absolute relevance through it), ``relp`` and ``relp-l1`` (relevance patching on
+queries of the same calibration split, document terms corrupted). Each is checked against the claim
+on its own. A bi-encoder is evaluated two ways (rows carry ``retrieval``): dense
+retrieval over the whole corpus and re-ranking of BM25's candidates.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -29,6 +37,8 @@ from typing import Any
 
 from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
 from relcomp.artifacts import CompressionPlan, QualityReport
+from relcomp.attribution.corruption import build_pairs
+from relcomp.attribution.patching import RelevancePatching
 from relcomp.compression import compress_, estimate_size, prune_physically
 from relcomp.compression.planners import PRECISION_LADDER, calibration_statistics, make_plan
 from relcomp.evaluation import load_beir, paired_test
@@ -158,119 +168,135 @@ def main() -> None:
         for dataset in args.datasets:
             data = beir_path(dataset)
             split = CALIBRATION_SPLIT[dataset]
-            settings = {
-                "data_dir": data,
-                "first_stage": "bm25",
-                "depth": 30 if quick else 100,
-                "queries": 100 if quick else None,
-                "show_progress_bar": False,
-            }
+            retrievals = RETRIEVALS[model.kind]
             pairs = calibration_pairs(load_beir(data, split), args.calibration)
-            relevance = component_relevance(
-                model, data, split=split, calibration=args.calibration, show_progress_bar=False
-            )
+            relevance = {
+                "attnlrp": component_relevance(
+                    model, data, split=split, calibration=args.calibration, show_progress_bar=False
+                )
+            }
+            if any(RELEVANCE_METHODS.get(m, ("",))[0] == "relp" for m in args.methods):
+                relevance["relp"] = relp_relevance(model, data, split, args.calibration)
             statistics = calibration_statistics(model, pairs)
-            reference_report = evaluate(model, **settings)
-            reference = float(reference_report.measures["nDCG@10"])
             size = estimate_size(model, CompressionPlan(model.name, ()))
             per_family = payload.setdefault(Path(model_path).name, {}).setdefault(dataset, {})
-            for family in args.families:
-                rows = per_family.setdefault(family, [])
-                rows[:] = [r for r in rows if r["method"] != "reference"]
-                rows.insert(
-                    0,
-                    {
-                        "budget": None,
-                        "method": "reference",
-                        "ndcg@10": reference,
-                        "size_mb": size.size_mb,
-                        "per_query": per_query(reference_report),
-                    },
+            for retrieval in retrievals:
+                reference_report = evaluate(model, **settings(data, retrieval, quick))
+                reference = float(reference_report.measures["nDCG@10"])
+                for family in args.families:
+                    rows = per_family.setdefault(family, [])
+                    rows[:] = [
+                        r
+                        for r in rows
+                        if not (r["method"] == "reference" and _retrieval(r) == retrieval)
+                    ]
+                    rows.insert(
+                        0,
+                        {
+                            "budget": None,
+                            "method": "reference",
+                            "retrieval": retrieval,
+                            "ndcg@10": reference,
+                            "size_mb": size.size_mb,
+                            "per_query": per_query(reference_report),
+                        },
+                    )
+                    table.append(
+                        [
+                            model.name,
+                            dataset,
+                            retrieval,
+                            family,
+                            "-",
+                            "reference",
+                            f"{reference:.4f}",
+                            f"{size.size_mb:.1f}",
+                        ]
+                    )
+            write_json(output, payload)
+            for family, budget, method, retrieval in itertools.product(
+                args.families, args.levels, args.methods, retrievals
+            ):
+                done = [
+                    r
+                    for r in per_family[family]
+                    if r["method"] == method
+                    and r["budget"] == BUDGETS[family][budget]
+                    and _retrieval(r) == retrieval
+                ]
+                if done:
+                    row = done[0]
+                    table.append(
+                        [
+                            model.name,
+                            dataset,
+                            retrieval,
+                            family,
+                            ",".join(f"{k}={v:g}" for k, v in row["budget"].items()),
+                            method,
+                            f"{row['ndcg@10']:.4f}",
+                            f"{row['size_mb']:.1f}",
+                        ]
+                    )
+                    continue
+                plan = make_plan(
+                    model,
+                    family,
+                    BUDGETS[family][budget],
+                    importance=RELEVANCE_METHODS.get(method, ("attnlrp", method))[1],
+                    relevance=relevance[RELEVANCE_METHODS.get(method, ("attnlrp", method))[0]],
+                    calibration=pairs,
+                    **PLAN_OPTIONS.get(family, {}),
                 )
+                tic = time.time()
+                report = evaluate_plan(model, plan, settings(data, retrieval, quick), statistics)
+                score = float(report.measures["nDCG@10"])
+                row = {
+                    "budget": dict(plan.budget),
+                    "method": method,
+                    "retrieval": retrieval,
+                    "plan_method": plan.method,
+                    "ndcg@10": score,
+                    "size_mb": plan.achieved["size_mb"],
+                    "achieved": dict(plan.achieved),
+                    "per_query": per_query(report),
+                }
+                per_family[family].append(row)
                 table.append(
                     [
                         model.name,
                         dataset,
+                        retrieval,
                         family,
-                        "-",
-                        "reference",
-                        f"{reference:.4f}",
-                        f"{size.size_mb:.1f}",
+                        ",".join(f"{k}={v:g}" for k, v in plan.budget.items()),
+                        method,
+                        f"{score:.4f}",
+                        f"{row['size_mb']:.1f}",
                     ]
                 )
-            write_json(output, payload)
-            for family in args.families:
-                for budget in args.levels:
-                    for method in args.methods:
-                        done = [
-                            r
-                            for r in per_family[family]
-                            if r["method"] == method and r["budget"] == BUDGETS[family][budget]
-                        ]
-                        if done:
-                            row = done[0]
-                            table.append(
-                                [
-                                    model.name,
-                                    dataset,
-                                    family,
-                                    ",".join(f"{k}={v:g}" for k, v in row["budget"].items()),
-                                    method,
-                                    f"{row['ndcg@10']:.4f}",
-                                    f"{row['size_mb']:.1f}",
-                                ]
-                            )
-                            continue
-                        plan = make_plan(
-                            model,
-                            family,
-                            BUDGETS[family][budget],
-                            importance=method,
-                            relevance=relevance,
-                            calibration=pairs,
-                            **PLAN_OPTIONS.get(family, {}),
-                        )
-                        tic = time.time()
-                        report = evaluate_plan(model, plan, settings, statistics)
-                        score = float(report.measures["nDCG@10"])
-                        row = {
-                            "budget": dict(plan.budget),
-                            "method": method,
-                            "plan_method": plan.method,
-                            "ndcg@10": score,
-                            "size_mb": plan.achieved["size_mb"],
-                            "achieved": dict(plan.achieved),
-                            "per_query": per_query(report),
-                        }
-                        per_family[family].append(row)
-                        table.append(
-                            [
-                                model.name,
-                                dataset,
-                                family,
-                                ",".join(f"{k}={v:g}" for k, v in plan.budget.items()),
-                                method,
-                                f"{score:.4f}",
-                                f"{row['size_mb']:.1f}",
-                            ]
-                        )
-                        logger.warning(
-                            "%s %s %s → %.4f (%.0f s)",
-                            family,
-                            plan.budget,
-                            method,
-                            score,
-                            time.time() - tic,
-                        )
-                        meta["wall_s"] = round(time.time() - started, 1)
-                        meta["claims"] = claims(payload)
-                        write_json(output, payload)
-                        plot(
-                            per_family[family],
-                            f"{model.name} / {dataset} / {family}",
-                            output.with_name(f"{output.stem}_{dataset}_{family}.png"),
-                        )
-    print_table(table, ["model", "dataset", "family", "budget", "method", "nDCG@10", "size MB"])
+                logger.warning(
+                    "%s %s %s %s → %.4f (%.0f s)",
+                    retrieval,
+                    family,
+                    plan.budget,
+                    method,
+                    score,
+                    time.time() - tic,
+                )
+                meta["wall_s"] = round(time.time() - started, 1)
+                meta["claims"] = claims(payload)
+                write_json(output, payload)
+                plot(
+                    [r for r in per_family[family] if _retrieval(r) == retrieval],
+                    f"{model.name} / {dataset} / {family} ({retrieval})",
+                    output.with_name(
+                        f"{output.stem}_{dataset}_{family}"
+                        f"{'' if retrieval == 'bm25' else '_' + retrieval}.png"
+                    ),
+                )
+    print_table(
+        table, ["model", "dataset", "retrieval", "family", "budget", "method", "nDCG@10", "size MB"]
+    )
     meta["claims"] = claims(payload)
     write_json(output, payload)
     print_table(
@@ -278,8 +304,10 @@ def main() -> None:
             [
                 c["model"],
                 c["dataset"],
+                c["retrieval"],
                 c["family"],
                 c["budget"],
+                c["relevance_method"],
                 f"{c['relevance_loss']:+.4f}",
                 f"{c['best_blind']} {c['best_blind_loss']:+.4f}",
                 "yes" if c["met"] else "no",
@@ -290,8 +318,10 @@ def main() -> None:
         [
             "model",
             "dataset",
+            "retrieval",
             "family",
             "budget",
+            "relevance plan",
             "relevance loss",
             "best blind loss",
             "claim met",
@@ -301,6 +331,44 @@ def main() -> None:
 
 
 BLIND = ("uniform", "random", "magnitude", "taylor")
+
+#: How each kind of model ranks: a cross-encoder re-ranks BM25's candidates; a
+#: bi-encoder both retrieves densely over the whole corpus and re-ranks BM25's.
+RETRIEVALS = {"cross-encoder": ("bm25",), "bi-encoder": ("dense", "bm25")}
+
+
+#: The relevance-driven methods: which component relevance, read how (``importance``).
+#: ``relp``: relevance patching (doc-terms corruption) instead of AttnLRP.
+RELEVANCE_METHODS = {
+    "relevance": ("attnlrp", "relevance"),
+    "relevance-l1": ("attnlrp", "relevance-l1"),
+    "relp": ("relp", "relevance"),
+    "relp-l1": ("relp", "relevance-l1"),
+}
+
+
+def relp_relevance(model: RankingModel, data: Path, split: str, n: int) -> Any:
+    """RelP component relevance on ``n`` calibration pairs (document terms corrupted)."""
+    pairs, _ = build_pairs(model, load_beir(data, split), n, "doc-terms")
+    return RelevancePatching(model).component_relevance(
+        pairs, source={"dataset": data.name, "split": split, "corruption": "doc-terms"}
+    )
+
+
+def settings(data: Path, retrieval: str, quick: bool) -> dict[str, Any]:
+    """``evaluate`` arguments for one retrieval mode under the protocol."""
+    return {
+        "data_dir": data,
+        "first_stage": None if retrieval == "dense" else retrieval,
+        "depth": 30 if quick and retrieval == "bm25" else 100,
+        "queries": 100 if quick else None,
+        "show_progress_bar": False,
+    }
+
+
+def _retrieval(row: dict[str, Any]) -> str:
+    """Rows written before bi-encoders ran have no ``retrieval``: they re-ranked BM25."""
+    return row.get("retrieval", "bm25")
 
 
 def _paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -327,31 +395,46 @@ def claims(payload: dict[str, Any]) -> list[dict[str, Any]]:
         if model.startswith("_"):
             continue
         for dataset, families in datasets.items():
-            for family, rows in families.items():
-                reference = next((r["ndcg@10"] for r in rows if r["method"] == "reference"), None)
-                budgets = [r["budget"] for r in rows if r["method"] == "relevance"]
-                for budget in budgets:
-                    at = {r["method"]: r for r in rows if r["budget"] == budget}
-                    if reference is None or not all(m in at for m in BLIND):
-                        continue
-                    loss = {m: reference - at[m]["ndcg@10"] for m in ("relevance", *BLIND)}
-                    best = min(BLIND, key=lambda m: loss[m])
-                    allowed = max(loss[best], 0.0) / 2
-                    found.append(
-                        {
-                            "model": model,
-                            "dataset": dataset,
-                            "family": family,
-                            "budget": ",".join(f"{k}={v:g}" for k, v in budget.items()),
-                            "relevance_loss": loss["relevance"],
-                            "relevance_size_mb": at["relevance"]["size_mb"],
-                            "best_blind": best,
-                            "best_blind_loss": loss[best],
-                            "best_blind_size_mb": at[best]["size_mb"],
-                            "met": loss["relevance"] <= allowed + 1e-9,
-                            **_paired(at["relevance"], at[best]),
-                        }
-                    )
+            for family, all_rows in families.items():
+                for retrieval in dict.fromkeys(map(_retrieval, all_rows)):
+                    rows = [r for r in all_rows if _retrieval(r) == retrieval]
+                    found += _claims_of(rows, model, dataset, family, retrieval)
+    return found
+
+
+def _claims_of(
+    rows: list[dict[str, Any]], model: str, dataset: str, family: str, retrieval: str
+) -> list[dict[str, Any]]:
+    """Each relevance reading against the best blind baseline, per budget of ``rows``."""
+    found = []
+    reference = next((r["ndcg@10"] for r in rows if r["method"] == "reference"), None)
+    budgets = [r["budget"] for r in rows if r["method"] == "relevance"]
+    for budget in budgets:
+        at = {r["method"]: r for r in rows if r["budget"] == budget}
+        if reference is None or not all(m in at for m in BLIND):
+            continue
+        blind = {m: reference - at[m]["ndcg@10"] for m in BLIND}
+        best = min(BLIND, key=lambda m: blind[m])
+        allowed = max(blind[best], 0.0) / 2
+        for method in (m for m in at if m in RELEVANCE_METHODS):
+            loss = reference - at[method]["ndcg@10"]
+            found.append(
+                {
+                    "model": model,
+                    "dataset": dataset,
+                    "retrieval": retrieval,
+                    "family": family,
+                    "budget": ",".join(f"{k}={v:g}" for k, v in budget.items()),
+                    "relevance_method": method,
+                    "relevance_loss": loss,
+                    "relevance_size_mb": at[method]["size_mb"],
+                    "best_blind": best,
+                    "best_blind_loss": blind[best],
+                    "best_blind_size_mb": at[best]["size_mb"],
+                    "met": loss <= allowed + 1e-9,
+                    **_paired(at[method], at[best]),
+                }
+            )
     return found
 
 
