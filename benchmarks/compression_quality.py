@@ -20,8 +20,10 @@ at most half the nDCG@10 that the best blind baseline loses.
 Relevance-driven methods: ``relevance`` (AttnLRP component relevance, net relevance
 per Linear), ``relevance-l1`` (the same relevance, each Linear, head and neuron read by
 the absolute relevance through it), ``relp`` and ``relp-l1`` (relevance patching on
-queries of the same calibration split, document terms corrupted). Each is checked against the claim
-on its own. A bi-encoder is evaluated two ways (rows carry ``retrieval``): dense
+queries of the same calibration split, document terms corrupted), and ``margin``
+(AttnLRP relevance of each calibration pair's margin over its hard negative, BM25's
+highest-ranked document not judged relevant: only what orders the documents counts).
+Each is checked against the claim on its own. A bi-encoder is evaluated two ways (rows carry ``retrieval``): dense
 retrieval over the whole corpus and re-ranking of BM25's candidates.
 """
 
@@ -113,7 +115,13 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
+    parser.add_argument(
+        "--markdown",
+        nargs="+",
+        metavar="JSON",
+        help="print the README table of these result files and exit (runs nothing)",
+    )
     parser.add_argument("--protocol", choices=("quick", "full"), default="quick")
     parser.add_argument("--models", nargs="+", default=[str(reranker_path())])
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
@@ -138,6 +146,11 @@ def main() -> None:
         help="keep the rows already in --output and run only the missing ones",
     )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown([json.loads(Path(f).read_text()) for f in args.markdown]))
+        return
+    if not args.output:
+        parser.error("--output is required (unless --markdown)")
     if not set(args.levels) <= {0, 1, 2}:
         raise SystemExit(f"--levels takes 0, 1 and 2, got {args.levels}")
     set_threads(args.threads)
@@ -175,8 +188,18 @@ def main() -> None:
                     model, data, split=split, calibration=args.calibration, show_progress_bar=False
                 )
             }
-            if any(RELEVANCE_METHODS.get(m, ("",))[0] == "relp" for m in args.methods):
+            wanted = {RELEVANCE_METHODS[m][0] for m in args.methods if m in RELEVANCE_METHODS}
+            if "relp" in wanted:
                 relevance["relp"] = relp_relevance(model, data, split, args.calibration)
+            if "attnlrp-margin" in wanted:
+                relevance["attnlrp-margin"] = component_relevance(
+                    model,
+                    data,
+                    split=split,
+                    calibration=args.calibration,
+                    show_progress_bar=False,
+                    contrast=True,
+                )
             statistics = calibration_statistics(model, pairs)
             size = estimate_size(model, CompressionPlan(model.name, ()))
             per_family = payload.setdefault(Path(model_path).name, {}).setdefault(dataset, {})
@@ -344,6 +367,7 @@ RELEVANCE_METHODS = {
     "relevance-l1": ("attnlrp", "relevance-l1"),
     "relp": ("relp", "relevance"),
     "relp-l1": ("relp", "relevance-l1"),
+    "margin": ("attnlrp-margin", "relevance"),
 }
 
 
@@ -436,6 +460,93 @@ def _claims_of(
                 }
             )
     return found
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """One markdown table of result files: a line per budget, a column per method.
+
+    The best nDCG@10 of a line is bold; the last column gives each relevance
+    method's claim and the p-value of its paired test against the best blind
+    baseline.
+    """
+    order = [*RELEVANCE_METHODS, *BLIND]
+    lines = []
+    for payload in payloads:
+        verdicts = claims(payload)
+        for model, datasets in payload.items():
+            if model.startswith("_"):
+                continue
+            for dataset, families in datasets.items():
+                for family, all_rows in families.items():
+                    for retrieval in dict.fromkeys(map(_retrieval, all_rows)):
+                        rows = [r for r in all_rows if _retrieval(r) == retrieval]
+                        lines += _markdown_lines(rows, verdicts, model, dataset, family, retrieval)
+    methods = [m for m in order if any(m in line for line in lines)]
+    header = [
+        "model",
+        "data",
+        "retrieval",
+        "family",
+        "budget",
+        "MB",
+        "reference",
+        *methods,
+        "claim",
+    ]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(line.get(h, "–") for h in header) + " |" for line in lines]
+    return "\n".join(table)
+
+
+def _markdown_lines(
+    rows: list[dict[str, Any]],
+    verdicts: list[dict[str, Any]],
+    model: str,
+    dataset: str,
+    family: str,
+    retrieval: str,
+) -> list[dict[str, str]]:
+    """The table's cells per budget of ``rows``, keyed by column."""
+    reference = next((r for r in rows if r["method"] == "reference"), None)
+    budgets: list[dict[str, float]] = []
+    for row in rows:
+        if row["budget"] and row["budget"] not in budgets:
+            budgets.append(row["budget"])
+    lines = []
+    for budget in sorted(budgets, key=lambda b: sorted(b.items())):
+        at = {r["method"]: r for r in rows if r["budget"] == budget}
+        label = ",".join(f"{k}={v:g}" for k, v in budget.items())
+        best = max(r["ndcg@10"] for r in at.values())
+        found = [
+            c
+            for c in verdicts
+            if (c["model"], c["dataset"], c["retrieval"], c["family"], c["budget"])
+            == (model, dataset, retrieval, family, label)
+        ]
+        claim = "; ".join(
+            f"{c['relevance_method']} {'met' if c['met'] else 'missed'}"
+            + ("" if c["p_value"] is None else f" (p {c['p_value']:.2f})")
+            for c in found
+        )
+        lines.append(
+            {
+                "model": model,
+                "data": dataset,
+                "retrieval": retrieval,
+                "family": family,
+                "budget": label,
+                "MB": f"{next(iter(at.values()))['size_mb']:.1f}",
+                "reference": "–" if reference is None else f"{reference['ndcg@10']:.4f}",
+                "claim": claim or "blind baselines pending",
+                **{
+                    m: (
+                        f"**{r['ndcg@10']:.4f}**" if r["ndcg@10"] == best else f"{r['ndcg@10']:.4f}"
+                    )
+                    for m, r in at.items()
+                },
+            }
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -140,6 +140,19 @@ def test_relevance_writes_component_relevance(
     } == set(payload["components"])
 
 
+def test_relevance_contrast_explains_the_margin_over_hard_negatives(
+    tiny_model_path, tiny_beir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model_path("bert", "cross-encoder")
+    args = ["relevance", "-m", str(model), "-d", str(tiny_beir), "--calibration", "4"]
+    assert main([*args, "--contrast", "-o", str(tmp_path / "r"), "-q"]) == 0
+    assert "margin over a hard negative" in capsys.readouterr().out
+    payload = json.loads((tmp_path / "r" / "component_relevance.json").read_text())
+    assert payload["source"]["contrast"] is True and payload["n_pairs"] == 4
+    assert payload["source"]["negatives"].startswith("bm25")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from relcomp.evaluation import bm25_retrieve, load_beir, rerank
-from relcomp.pipeline import calibration_pairs, evaluate, rerank_with_corpus_embeddings
+from relcomp.evaluation import bm25_retrieve, candidate_pairs, load_beir, rerank
+from relcomp.pipeline import (
+    calibration_pairs,
+    calibration_triples,
+    evaluate,
+    rerank_with_corpus_embeddings,
+)
 from tests.fixtures import DOCUMENTS, QUERIES
 
 
@@ -61,6 +66,35 @@ def test_calibration_pairs_take_the_most_relevant_judged_document(toy: Path) -> 
     for query, document in pairs:
         index = QUERIES.index(query)
         assert document == DOCUMENTS[index]
+
+
+def test_calibration_triples_add_bm25s_best_non_relevant_document(
+    toy: Path, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    dataset = load_beir(toy, "dev")
+    triples = calibration_triples(dataset, 4)
+    assert [(q, d) for q, d, _ in triples] == calibration_pairs(dataset, 4)
+    run = bm25_retrieve(dataset, depth=100, show_progress_bar=False)
+    for query, positive, negative in triples:
+        query_id = f"q{QUERIES.index(query)}"
+        ranking = [dataset.document_text(d) for q, d in candidate_pairs(run, 100) if q == query_id]
+        assert negative == next(text for text in ranking if text != positive)
+
+
+def test_calibration_triples_say_which_queries_have_no_negative(
+    toy: Path, monkeypatch, tmp_path: Path, caplog
+) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    dataset = load_beir(toy, "dev")
+    run = bm25_retrieve(dataset, depth=1, show_progress_bar=False)
+    # With depth 1, a query whose top document is its judged one has no negative.
+    without = [q for q, d in candidate_pairs(run, 1) if dataset.qrels[q].get(d, 0) > 0]
+    assert without  # the Berlin query at least
+    with caplog.at_level("WARNING"):
+        triples = calibration_triples(dataset, len(QUERIES), depth=1)
+    assert len(triples) == len(QUERIES) - len(without)
+    assert f"{len(without)} of {len(QUERIES)} calibration queries" in caplog.text
 
 
 def test_evaluate_simulates_a_plan_and_restores_the_model(

@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration", type=_positive_int, default=256, help="number of calibration pairs"
     )
     relevance.add_argument("--method", default="attnlrp", help="attnlrp (default), cp-lrp, epsilon")
+    relevance.add_argument(
+        "--contrast",
+        action="store_true",
+        help="explain each pair's margin over its hard negative (BM25's highest-ranked "
+        "document not judged relevant): what orders the documents",
+    )
     relevance.add_argument("--max-length", type=_positive_int, default=None)
     relevance.add_argument("--batch-size", type=_positive_int, default=16)
     relevance.add_argument("-o", "--output", type=Path, required=True)
@@ -443,6 +449,7 @@ def _cmd_relevance(args: argparse.Namespace) -> None:
         max_length=args.max_length,
         batch_size=args.batch_size,
         show_progress_bar=not args.quiet,
+        contrast=args.contrast,
     )
     layers = relevance.by_kind("layer")
     attention = relevance.by_kind("attention")
@@ -451,7 +458,11 @@ def _cmd_relevance(args: argparse.Namespace) -> None:
         (name, float(layers[name][0]), float(attention[name][0]), float(mlp[name][0]))
         for name in layers
     ]
-    print(f"{relevance.method} component relevance over {relevance.n_pairs} pairs (mean |R|)")
+    explained = "margin over a hard negative" if args.contrast else "score"
+    print(
+        f"{relevance.method} component relevance of the {explained} over "
+        f"{relevance.n_pairs} pairs (mean |R|)"
+    )
     _print_table(rows, ("layer", "residual", "attention", "mlp"))
     path = relevance.save(args.output / "component_relevance.json")
     print(f"wrote {path}")

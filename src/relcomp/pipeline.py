@@ -39,6 +39,8 @@ __all__ = [
     "DEMO_MAX_NDCG_LOSS",
     "CompressResult",
     "apply_plan",
+    "calibration_pairs",
+    "calibration_triples",
     "component_relevance",
     "compress",
     "demo",
@@ -418,47 +420,105 @@ def component_relevance(
     max_length: int | None = None,
     batch_size: int = 16,
     show_progress_bar: bool | None = None,
+    contrast: bool = False,
 ) -> ComponentRelevance:
     """Component relevance aggregated over calibration pairs (query, judged-relevant document).
 
     Calibration pairs come from ``split`` (dev or train), never from the split that is
-    reported: passing ``split="test"`` is refused.
+    reported: passing ``split="test"`` is refused. With ``contrast``, the relevance
+    explained is the margin over each query's hard negative
+    (:func:`calibration_triples`, :class:`~relcomp.attribution.ComponentLRP`).
     """
     from relcomp.attribution import ComponentLRP
 
     if split == "test":
         raise ValueError("calibration pairs must not come from the test split; use dev or train")
     dataset = load_beir(data_dir, split)
-    pairs = calibration_pairs(dataset, calibration)
+    if contrast:
+        triples = calibration_triples(dataset, calibration)
+        pairs = [(q, d) for q, d, _ in triples]
+        negatives: list[str] | None = [n for _, _, n in triples]
+    else:
+        pairs, negatives = calibration_pairs(dataset, calibration), None
     scorer = load_scorer(model, max_length)
     if not isinstance(scorer, RankingModel):
         raise ValueError("component relevance needs a neural model, not bm25")
     composite = {"attnlrp": "AttnLRP", "cp-lrp": "CP-LRP", "epsilon": "Epsilon"}.get(
         method.lower(), method
     )
+    source = {"dataset": dataset.name, "split": split, "pairs": len(pairs), "seed": 13}
+    if contrast:
+        source["negatives"] = "bm25 top-100, highest-ranked not judged relevant"
     return ComponentLRP(scorer, composite).attribute(
         [q for q, _ in pairs],
         [d for _, d in pairs],
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
-        source={"dataset": dataset.name, "split": split, "pairs": len(pairs), "seed": 13},
+        source=source,
+        contrast=negatives,
     )
 
 
 def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, str]]:
     """A fixed, seeded sample of ``n`` (query, most relevant judged document) pairs."""
-    query_ids = sample_queries(dataset.split_queries, n, seed=seed)
-    pairs = []
-    for query_id in query_ids:
+    return [
+        (dataset.query_text(query_id), dataset.document_text(best))
+        for query_id, best in _calibration_choice(dataset, n, seed)
+    ]
+
+
+def calibration_triples(
+    dataset: Any, n: int, seed: int = 13, depth: int = 100
+) -> list[tuple[str, str, str]]:
+    """(query, most relevant judged document, hard negative) for the queries of :func:`calibration_pairs`.
+
+    The hard negative is the document BM25 ranks highest among those not judged
+    relevant (unjudged counts as not relevant, as in the metrics): the kind of
+    document a re-ranker must push down. A query with no such document in BM25's
+    top-``depth`` is left out, and a warning says how many were.
+    """
+    chosen = _calibration_choice(dataset, n, seed)
+    run = bm25_retrieve(dataset, [q for q, _ in chosen], depth=depth, show_progress_bar=False)
+    negatives: dict[str, str] = {}
+    for query_id, doc_id in candidate_pairs(run, depth):
+        if query_id not in negatives and dataset.qrels[query_id].get(doc_id, 0) <= 0:
+            negatives[query_id] = doc_id
+    if len(negatives) < len(chosen):
+        logger.warning(
+            "%s/%s: %d of %d calibration queries have no non-relevant document in BM25's "
+            "top-%d and are left out of the contrast",
+            dataset.name,
+            dataset.split,
+            len(chosen) - len(negatives),
+            len(chosen),
+            depth,
+        )
+    if not negatives:
+        raise ValueError(f"{dataset.name}/{dataset.split}: no hard negatives to contrast with")
+    return [
+        (
+            dataset.query_text(query_id),
+            dataset.document_text(best),
+            dataset.document_text(negatives[query_id]),
+        )
+        for query_id, best in chosen
+        if query_id in negatives
+    ]
+
+
+def _calibration_choice(dataset: Any, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` seeded queries of the split with their most relevant judged document."""
+    chosen = []
+    for query_id in sample_queries(dataset.split_queries, n, seed=seed):
         judged = dataset.qrels[query_id]
         best = max(sorted(judged), key=lambda doc_id: judged[doc_id])
         if judged[best] > 0:
-            pairs.append((dataset.query_text(query_id), dataset.document_text(best)))
-    if not pairs:
+            chosen.append((query_id, best))
+    if not chosen:
         raise ValueError(
             f"{dataset.name}/{dataset.split}: no judged-relevant pairs to calibrate on"
         )
-    return pairs
+    return chosen
 
 
 # -- the whole flow: relcomp compress and relcomp demo --------------------------------------

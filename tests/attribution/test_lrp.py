@@ -279,3 +279,27 @@ def test_last_layer_at_the_first_token_changes_no_relevance(
             )
     assert not any("forward" in m.__dict__ for m in model.model.modules())
     assert not model.model.get_submodule(model.layer_modules()[-1].ffn_in)._forward_pre_hooks
+
+
+@pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder"])
+def test_component_relevance_with_contrast_explains_the_margin(tiny_model, kind) -> None:
+    # LRP is linear in the explained output, so the margin's relevance is the
+    # difference of the two explanations, pair by pair: its signed mean is the
+    # difference of the signed means, and a document contrasted with itself leaves 0.
+    model = tiny_model("bert", kind)
+    model.model.double()
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    negatives = documents[1:] + documents[:1]
+    lrp = ComponentLRP(model)
+    margin = lrp.attribute(queries, documents, contrast=negatives, source={"split": "dev"})
+    positive, negative = lrp.attribute(queries, documents), lrp.attribute(queries, negatives)
+    assert margin.source == {"split": "dev", "contrast": True}
+    for kind_ in ("head", "mlp", "neuron", "linear"):
+        for name, signed in margin.by_kind(kind_, "mean_signed").items():
+            expected = positive.by_kind(kind_, "mean_signed")[name]
+            expected = expected - negative.by_kind(kind_, "mean_signed")[name]
+            np.testing.assert_allclose(signed, expected, atol=1e-9)
+    itself = lrp.attribute(queries, documents, contrast=documents)
+    assert all(np.all(v == 0) for v in itself.by_kind("head").values())
+    with pytest.raises(ValueError, match="one document per pair: got 1 for"):
+        lrp.attribute(queries, documents, contrast=documents[:1])

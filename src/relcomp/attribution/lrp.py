@@ -243,6 +243,14 @@ class ComponentLRP(_LRPMethod):
     relevance per pair). For a bi-encoder, a pair's component relevance is the sum
     over its query and document passes.
 
+    With ``contrast`` (one document per pair, typically a non-relevant document that
+    the first stage ranked high), each pair's relevance is that of the margin
+    ``score(q, d) - score(q, contrast)``: LRP is linear in the explained output, so it
+    is the difference of the two explanations, taken per pair before aggregating.
+    A component that adds the same to every document of a query cancels out: what
+    is left is what orders the documents, which is what a ranker is for. For the
+    ``*_l1`` kinds the difference is one of absolute relevances.
+
     Example:
         >>> from relcomp.models import load_model
         >>> model = load_model("all-MiniLM-L6-v2")
@@ -258,10 +266,16 @@ class ComponentLRP(_LRPMethod):
         batch_size: int = 16,
         show_progress_bar: bool | None = None,
         source: dict[str, Any] | None = None,
+        contrast: Sequence[str] | None = None,
     ) -> ComponentRelevance:
         check_pairs(queries, documents)
         if not queries:
             raise ValueError("component relevance needs at least one calibration pair")
+        if contrast is not None and (isinstance(contrast, str) or len(contrast) != len(queries)):
+            raise ValueError(
+                "contrast must hold one document per pair: got "
+                f"{1 if isinstance(contrast, str) else len(contrast)} for {len(queries)} pairs"
+            )
         sums: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
         abs_sums: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
         bar = progress_batches(
@@ -272,12 +286,17 @@ class ComponentLRP(_LRPMethod):
             ComponentTaps(self.model) as taps,
         ):
             for _, index in bar:
-                lrp_forward_backward(
-                    self.model, patch, [queries[i] for i in index], [documents[i] for i in index]
-                )
-                for kind, names in taps.take().items():
+                batch = [queries[i] for i in index]
+                lrp_forward_backward(self.model, patch, batch, [documents[i] for i in index])
+                taken = taps.take()
+                if contrast is not None:
+                    lrp_forward_backward(self.model, patch, batch, [contrast[i] for i in index])
+                    against = taps.take()
+                for kind, names in taken.items():
                     for name, values in names.items():
                         per_pair = self._per_pair(values, len(index))
+                        if contrast is not None:
+                            per_pair = per_pair - self._per_pair(against[kind][name], len(index))
                         sums[kind][name] = sums[kind].get(name, 0.0) + per_pair.sum(0)
                         abs_sums[kind][name] = abs_sums[kind].get(name, 0.0) + np.abs(per_pair).sum(
                             0
@@ -299,7 +318,7 @@ class ComponentLRP(_LRPMethod):
             method=self.method,
             n_pairs=n,
             components=components,
-            source=dict(source or {}),
+            source={**(source or {}), **({"contrast": True} if contrast is not None else {})},
         )
 
     def _per_pair(self, values: np.ndarray, pairs: int) -> np.ndarray:
