@@ -93,7 +93,12 @@ class ComponentTaps:
         if not tensor.requires_grad:
             return
         store = self.values[kind][name]
-        tensor.register_hook(lambda grad: store.append(reduce(tensor.detach() * grad).detach()))
+        # The hook holds the detached activation, not ``tensor``: a hook that refers to
+        # the tensor it hangs on is a reference cycle, which keeps the whole autograd
+        # graph of a batch alive until the garbage collector happens to run (3 GB per
+        # batch of 16 pairs on all-MiniLM-L6-v2).
+        activation = tensor.detach()
+        tensor.register_hook(lambda grad: store.append(reduce(activation * grad).detach()))
 
     def _tap_output(self, module: nn.Module, kind: str, name: str, reduce: Any) -> None:
         def hook(_: nn.Module, __: Any, output: Any) -> None:
