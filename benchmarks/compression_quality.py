@@ -465,23 +465,23 @@ def _claims_of(
 def markdown(payloads: list[dict[str, Any]]) -> str:
     """One markdown table of result files: a line per budget, a column per method.
 
-    The best nDCG@10 of a line is bold; the last column gives each relevance
-    method's claim and the p-value of its paired test against the best blind
-    baseline.
+    Files are merged first (runs split across processes, e.g. one method apart, read
+    as one), so each claim compares every method measured at a budget. The best
+    nDCG@10 of a line is bold; the last column gives each relevance method's claim and
+    the p-value of its paired test against the best blind baseline.
     """
-    order = [*RELEVANCE_METHODS, *BLIND]
+    merged = merge(payloads)
+    verdicts = claims(merged)
     lines = []
-    for payload in payloads:
-        verdicts = claims(payload)
-        for model, datasets in payload.items():
-            if model.startswith("_"):
-                continue
-            for dataset, families in datasets.items():
-                for family, all_rows in families.items():
-                    for retrieval in dict.fromkeys(map(_retrieval, all_rows)):
-                        rows = [r for r in all_rows if _retrieval(r) == retrieval]
-                        lines += _markdown_lines(rows, verdicts, model, dataset, family, retrieval)
-    methods = [m for m in order if any(m in line for line in lines)]
+    for model, datasets in merged.items():
+        if model.startswith("_"):
+            continue
+        for dataset, families in datasets.items():
+            for family, all_rows in families.items():
+                for retrieval in dict.fromkeys(map(_retrieval, all_rows)):
+                    rows = [r for r in all_rows if _retrieval(r) == retrieval]
+                    lines += _markdown_lines(rows, verdicts, model, dataset, family, retrieval)
+    methods = [m for m in [*RELEVANCE_METHODS, *BLIND] if any(m in line for line in lines)]
     header = [
         "model",
         "data",
@@ -496,6 +496,30 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(line.get(h, "–") for h in header) + " |" for line in lines]
     return "\n".join(table)
+
+
+def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rows of several result files as one payload (the first file's row wins a tie)."""
+    protocols = {p.get("_meta", {}).get("protocol") for p in payloads}
+    if len(protocols) > 1:
+        raise SystemExit(
+            f"cannot merge results of different protocols: {sorted(map(str, protocols))}"
+        )
+    merged: dict[str, Any] = {"_meta": {"protocol": protocols.pop() if protocols else None}}
+    for payload in payloads:
+        for model, datasets in payload.items():
+            if model.startswith("_"):
+                continue
+            for dataset, families in datasets.items():
+                for family, rows in families.items():
+                    into = (
+                        merged.setdefault(model, {}).setdefault(dataset, {}).setdefault(family, [])
+                    )
+                    for row in rows:
+                        key = (row["method"], row["budget"], _retrieval(row))
+                        if all((r["method"], r["budget"], _retrieval(r)) != key for r in into):
+                            into.append(row)
+    return merged
 
 
 def _markdown_lines(

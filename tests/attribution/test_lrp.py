@@ -303,3 +303,24 @@ def test_component_relevance_with_contrast_explains_the_margin(tiny_model, kind)
     assert all(np.all(v == 0) for v in itself.by_kind("head").values())
     with pytest.raises(ValueError, match="one document per pair: got 1 for"):
         lrp.attribute(queries, documents, contrast=documents[:1])
+
+
+def test_component_taps_leave_no_reference_cycle(tiny_model) -> None:
+    # Each batch's graph must be freed when its pass ends, not at the next GC pass:
+    # a tapped tensor must not be kept alive by its own hook.
+    import gc
+    import weakref
+
+    model = tiny_model("bert")
+    outputs: list[weakref.ref] = []
+    ffn_out = model.model.get_submodule(model.layer_modules()[0].ffn_out)
+    handle = ffn_out.register_forward_hook(lambda _m, _i, o: outputs.append(weakref.ref(o)))
+    gc.disable()
+    try:
+        with LRPPatch(model, get_composite("AttnLRP")) as patch, ComponentTaps(model) as taps:
+            lrp_forward_backward(model, patch, [QUERIES[0]], [DOCUMENTS[0]])
+            assert taps.take()["mlp"]
+            assert outputs and all(ref() is None for ref in outputs)
+    finally:
+        gc.enable()
+        handle.remove()
