@@ -106,11 +106,53 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
         axes.plot([p[0] for p in points], [p[1] for p in points], style, label=method)
     axes.set_xlabel("size (MB)")
     axes.set_ylabel("nDCG@10")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_family(
+    rows: list[dict[str, Any]],
+    model: str,
+    dataset: str,
+    family: str,
+    retrieval: str,
+    output: Path,
+) -> None:
+    """The PNG of one family's rows under one retrieval, named after ``output``."""
+    plot(
+        [r for r in rows if _retrieval(r) == retrieval],
+        f"{model} / {dataset} / {family} ({retrieval})",
+        output.with_name(
+            f"{output.stem}_{dataset}_{family}{'' if retrieval == 'bm25' else '_' + retrieval}.png"
+        ),
+    )
+
+
+def merge_into(output: Path, files: list[str]) -> None:
+    """Add the rows of ``files`` to ``output`` (its own rows win), recheck claims, redraw PNGs.
+
+    For runs split across processes (one method or level apart, each into its own
+    file): the result is what one run into ``output`` would have written.
+    """
+    if not output.exists():
+        raise SystemExit(f"--merge: no such file {output}")
+    base = json.loads(output.read_text())
+    payload = merge([base, *(json.loads(Path(f).read_text()) for f in files)])
+    meta = {**base.get("_meta", {}), "merged": [Path(f).name for f in files]}
+    payload["_meta"] = meta
+    meta["claims"] = claims(payload)
+    write_json(output, payload)
+    for model, datasets in payload.items():
+        if model.startswith("_"):
+            continue
+        for dataset, families in datasets.items():
+            for family, rows in families.items():
+                for retrieval in dict.fromkeys(map(_retrieval, rows)):
+                    plot_family(rows, model, dataset, family, retrieval, output)
+    print(markdown([payload]))
 
 
 def main() -> None:
@@ -145,7 +187,18 @@ def main() -> None:
         action="store_true",
         help="keep the rows already in --output and run only the missing ones",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="add these result files' rows to --output, recheck claims, redraw PNGs and exit",
+    )
     args = parser.parse_args()
+    if args.merge:
+        if not args.output:
+            parser.error("--merge needs --output, the file the rows are added to")
+        merge_into(Path(args.output), args.merge)
+        return
     if args.markdown:
         print(markdown([json.loads(Path(f).read_text()) for f in args.markdown]))
         return
@@ -309,14 +362,7 @@ def main() -> None:
                 meta["wall_s"] = round(time.time() - started, 1)
                 meta["claims"] = claims(payload)
                 write_json(output, payload)
-                plot(
-                    [r for r in per_family[family] if _retrieval(r) == retrieval],
-                    f"{model.name} / {dataset} / {family} ({retrieval})",
-                    output.with_name(
-                        f"{output.stem}_{dataset}_{family}"
-                        f"{'' if retrieval == 'bm25' else '_' + retrieval}.png"
-                    ),
-                )
+                plot_family(per_family[family], model.name, dataset, family, retrieval, output)
     print_table(
         table, ["model", "dataset", "retrieval", "family", "budget", "method", "nDCG@10", "size MB"]
     )
