@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,13 +146,8 @@ def merge_into(output: Path, files: list[str]) -> None:
     payload["_meta"] = meta
     meta["claims"] = claims(payload)
     write_json(output, payload)
-    for model, datasets in payload.items():
-        if model.startswith("_"):
-            continue
-        for dataset, families in datasets.items():
-            for family, rows in families.items():
-                for retrieval in dict.fromkeys(map(_retrieval, rows)):
-                    plot_family(rows, model, dataset, family, retrieval, output)
+    for model, dataset, family, retrieval, rows in groups(payload):
+        plot_family(rows, model, dataset, family, retrieval, output)
     print(markdown([payload]))
 
 
@@ -461,6 +457,13 @@ def claims(payload: dict[str, Any]) -> list[dict[str, Any]]:
     must lose nothing either.
     """
     found = []
+    for model, dataset, family, retrieval, rows in groups(payload):
+        found += _claims_of(rows, model, dataset, family, retrieval)
+    return found
+
+
+def groups(payload: dict[str, Any]) -> Iterator[tuple[str, str, str, str, list[dict[str, Any]]]]:
+    """``(model, dataset, family, retrieval, rows)`` for each group of comparable rows."""
     for model, datasets in payload.items():
         if model.startswith("_"):
             continue
@@ -468,8 +471,7 @@ def claims(payload: dict[str, Any]) -> list[dict[str, Any]]:
             for family, all_rows in families.items():
                 for retrieval in dict.fromkeys(map(_retrieval, all_rows)):
                     rows = [r for r in all_rows if _retrieval(r) == retrieval]
-                    found += _claims_of(rows, model, dataset, family, retrieval)
-    return found
+                    yield model, dataset, family, retrieval, rows
 
 
 def _claims_of(
@@ -519,14 +521,8 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
     merged = merge(payloads)
     verdicts = claims(merged)
     lines = []
-    for model, datasets in merged.items():
-        if model.startswith("_"):
-            continue
-        for dataset, families in datasets.items():
-            for family, all_rows in families.items():
-                for retrieval in dict.fromkeys(map(_retrieval, all_rows)):
-                    rows = [r for r in all_rows if _retrieval(r) == retrieval]
-                    lines += _markdown_lines(rows, verdicts, model, dataset, family, retrieval)
+    for model, dataset, family, retrieval, rows in groups(merged):
+        lines += _markdown_lines(rows, verdicts, model, dataset, family, retrieval)
     methods = [m for m in [*RELEVANCE_METHODS, *BLIND] if any(m in line for line in lines)]
     header = [
         "model",
