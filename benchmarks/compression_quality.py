@@ -95,17 +95,25 @@ class _nothing:
 
 
 def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    """nDCG@10 against size; against activation sparsity where the size does not change."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_sparsity = all(r["budget"] is None or "sparsity" in r["budget"] for r in rows)
+
+    def x(row: dict[str, Any]) -> float:
+        if by_sparsity:
+            return 0.0 if row["budget"] is None else float(row["budget"]["sparsity"])
+        return float(row["size_mb"])
+
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((r["size_mb"], r["ndcg@10"]) for r in rows if r["method"] == method)
+        points = sorted((x(r), r["ndcg@10"]) for r in rows if r["method"] == method)
         style = "*" if method == "reference" else "o-"
         axes.plot([p[0] for p in points], [p[1] for p in points], style, label=method)
-    axes.set_xlabel("size (MB)")
+    axes.set_xlabel("activation sparsity (size unchanged)" if by_sparsity else "size (MB)")
     axes.set_ylabel("nDCG@10")
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7)
@@ -147,7 +155,8 @@ def merge_into(output: Path, files: list[str]) -> None:
     meta["claims"] = claims(payload)
     write_json(output, payload)
     for model, dataset, family, retrieval, rows in groups(payload):
-        plot_family(rows, model, dataset, family, retrieval, output)
+        if any(r["method"] != "reference" for r in rows):
+            plot_family(rows, model, dataset, family, retrieval, output)
     print(markdown([payload]))
 
 
