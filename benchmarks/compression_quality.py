@@ -23,8 +23,9 @@ the absolute relevance through it), ``relp`` and ``relp-l1`` (relevance patching
 queries of the same calibration split, document terms corrupted), and ``margin``
 (AttnLRP relevance of each calibration pair's margin over its hard negative, BM25's
 highest-ranked document not judged relevant: only what orders the documents counts).
-Each is checked against the claim on its own. A bi-encoder is evaluated two ways (rows carry ``retrieval``): dense
-retrieval over the whole corpus and re-ranking of BM25's candidates.
+Each is checked against the claim on its own. A bi-encoder is evaluated two ways (rows
+carry ``retrieval``): dense retrieval over the whole corpus and re-ranking of BM25's
+candidates.
 """
 
 from __future__ import annotations
