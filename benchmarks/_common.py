@@ -17,6 +17,12 @@ from relcomp._table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: Longest input, in tokens, per protocol and kind of model (../shared/BENCHMARKS.md).
+MAX_LENGTH: dict[str, dict[str, int]] = {
+    "quick": {"cross-encoder": 256, "bi-encoder": 256},
+    "full": {"cross-encoder": 512, "bi-encoder": 256},
+}
+
 
 def assets_dir() -> Path:
     """``../shared/assets`` relative to the repo, or ``$RELCOMP_ASSETS``."""

@@ -39,7 +39,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import (
+    MAX_LENGTH,
+    beir_path,
+    machine,
+    print_table,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.artifacts import CompressionPlan, QualityReport
 from relcomp.attribution.corruption import build_pairs
 from relcomp.attribution.patching import RelevancePatching
@@ -236,7 +244,8 @@ def main() -> None:
     table = []
     started = time.time()
     for model_path in args.models:
-        model = load_model(model_path, max_length=256 if quick else 512)
+        model = load_model(model_path)
+        model.max_length = min(model.max_length, MAX_LENGTH[args.protocol][model.kind])
         for dataset in args.datasets:
             data = beir_path(dataset)
             split = CALIBRATION_SPLIT[dataset]

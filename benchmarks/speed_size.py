@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from _common import (
+    MAX_LENGTH,
     beir_path,
     display_name,
     machine,
@@ -98,8 +99,8 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "quick": Protocol("quick", 100, 30, {"cross-encoder": 256, "bi-encoder": 256}, 5, 32, 64),
-    "full": Protocol("full", None, 100, {"cross-encoder": 512, "bi-encoder": 256}, 7, 64, 128),
+    "quick": Protocol("quick", 100, 30, MAX_LENGTH["quick"], 5, 32, 64),
+    "full": Protocol("full", None, 100, MAX_LENGTH["full"], 7, 64, 128),
     "smoke": Protocol("smoke", 4, 8, {"cross-encoder": 128, "bi-encoder": 128}, 2, 4, 8),
 }
 

@@ -1,8 +1,10 @@
-"""Atomic file output: a crash never leaves a half-written file behind."""
+"""Atomic file output (a crash never leaves a half-written file behind) and file digests."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -11,7 +13,41 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_directory", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_directory",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_digest",
+]
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes: what identifies model weights and data in cache keys.
+
+    The content, not the modification time, so that a copy of the same file (assets
+    provisioned again, a checkout moved) keeps its cached results. Hashed once per
+    process for each (path, size, mtime).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
+        >>> _ = p.write_bytes(b"abc")
+        >>> file_digest(p)[:16]
+        'ba7816bf8f01cfea'
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _digest(resolved, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from relcomp._io import atomic_write_json
+from relcomp._io import atomic_write_json, file_digest
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, Artifact, QualityReport
 from relcomp.errors import RelcompError
 
@@ -279,13 +279,13 @@ class RunFolder:
 
 
 def folder_identity(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """What identifies a BEIR folder's contents for resuming: its path, its files' sizes and times."""
+    """What identifies a BEIR folder's contents for resuming: its path, its files' sizes and SHA-256."""
     root = Path(data_dir).resolve()
     files = [root / "corpus.jsonl", root / "queries.jsonl", *sorted(root.glob("qrels/*.tsv"))]
     return {
         "data": str(root),
         "files": {
-            str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
+            str(p.relative_to(root)): [p.stat().st_size, file_digest(p)]
             for p in files
             if p.is_file()
         },

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from relcomp._io import file_digest
 from relcomp.errors import DataFormatError
 
 __all__ = ["BeirDataset", "available_splits", "load_beir"]
@@ -90,11 +91,11 @@ class BeirDataset:
         return tuple(sorted(self.corpus))
 
     def corpus_identity(self) -> dict[str, Any]:
-        """What identifies the corpus for a cache key: folder, and size and mtime of corpus.jsonl."""
+        """What identifies the corpus for a cache key: folder, and size and SHA-256 of corpus.jsonl."""
         return {"dataset": str(self.path), "corpus.jsonl": dict(self.files.get("corpus.jsonl", {}))}
 
     def queries_identity(self) -> dict[str, Any]:
-        """What identifies the query texts for a cache key (queries.jsonl's size and mtime)."""
+        """What identifies the query texts for a cache key (queries.jsonl's size and SHA-256)."""
         return {"queries.jsonl": dict(self.files.get("queries.jsonl", {}))}
 
 
@@ -190,8 +191,7 @@ def load_beir(
 
 
 def _stamp(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_digest(path)}
 
 
 def _iter_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

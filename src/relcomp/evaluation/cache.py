@@ -1,7 +1,7 @@
 """An on-disk cache for first-stage runs and corpus embeddings.
 
 Entries are keyed by a hash of everything that changes them: the model's identity
-(``model.cache_key``), the data (folder, size and mtime of the files read) and
+(``model.cache_key``), the data (folder, size and SHA-256 of the files read) and
 the settings (depth, maximum length…). The cache lives under
 ``$RELCOMP_CACHE_DIR``, or ``~/.cache/relcomp`` when that is unset::
 

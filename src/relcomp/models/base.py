@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from relcomp._io import file_digest
 from relcomp.models.adapters import ArchitectureAdapter, LayerModules
 
 __all__ = ["ModelKind", "RankingModel", "Scorer", "batched", "progress_batches", "progress_enabled"]
@@ -123,8 +124,7 @@ class RankingModel:
         )
         digest.update(identity.encode())
         for weights in sorted(self.path.glob("*.safetensors")) + sorted(self.path.glob("*.bin")):
-            stat = weights.stat()
-            digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(f"{weights.name}:{file_digest(weights)}".encode())
         return f"{self.kind}-{digest.hexdigest()[:16]}"
 
     def _identity(self) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from relcomp._io import file_digest
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, ExportBundle
 from relcomp.errors import ModelLoadError, RelcompError
 from relcomp.models.adapters import LayerModules, adapter_for
@@ -173,13 +174,12 @@ class _OnnxModel:
 
     @property
     def cache_key(self) -> str:
-        """Identifies the scores: the ONNX file (name, size, mtime), settings and variant."""
+        """Identifies the scores: the ONNX files (name, SHA-256), settings and variant."""
         digest = hashlib.sha256()
         identity = f"{self.kind}|onnx|{self.path.resolve()}|{self.max_length}|{self.variant}|{self._identity()}"
         digest.update(identity.encode())
         for file in sorted(self.onnx_path.parent.glob(f"{self.onnx_path.name}*")):
-            stat = file.stat()
-            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(f"{file.name}:{file_digest(file)}".encode())
         return f"{self.kind}-onnx-{digest.hexdigest()[:16]}"
 
     def _identity(self) -> str:
