@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -82,6 +83,18 @@ def test_cache_key_depends_on_settings_not_on_the_load(tiny_model_path):
     assert load_model(path).cache_key == load_model(path).cache_key
     assert load_model(path).cache_key != load_model(path, max_length=16).cache_key
     assert load_model(path).cache_key != load_model(path, kind="bi-encoder").cache_key
+
+
+def test_cache_key_follows_the_weights_bytes_not_their_mtime(tiny_model_path, tmp_path):
+    path = shutil.copytree(tiny_model_path("bert"), tmp_path / "bert")
+    model = load_model(path)
+    key = model.cache_key
+    (weights,) = path.glob("*.safetensors")
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # provisioned again
+    assert load_model(path).cache_key == key
+    weights.write_bytes(weights.read_bytes() + b" ")  # other bytes (the key reads the files)
+    assert model.cache_key != key
 
 
 # -- failures -----------------------------------------------------------------------------
