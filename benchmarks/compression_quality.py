@@ -23,7 +23,11 @@ the absolute relevance through it), ``relp`` and ``relp-l1`` (relevance patching
 queries of the same calibration split, document terms corrupted), and ``margin``
 (AttnLRP relevance of each calibration pair's margin over its hard negative, BM25's
 highest-ranked document not judged relevant: only what orders the documents counts).
-Each is checked against the claim on its own. A bi-encoder is evaluated two ways (rows
+Each is checked against the claim on its own. ``source+within`` (``relevance-l1+wanda``,
+``taylor+wanda``…), for structured pruning only, takes ECoFLaP's two steps: ``source``
+sets how many heads and neurons each layer loses, ``within`` picks which; ``wanda``
+alone scores heads and neurons by ``|W|·‖X‖``. The best of every blind plan measured at
+a budget, two-step ones included, is what the claim compares against. A bi-encoder is evaluated two ways (rows
 carry ``retrieval``): dense retrieval over the whole corpus and re-ranking of BM25's
 candidates.
 """
@@ -220,6 +224,12 @@ def main() -> None:
         parser.error("--output is required (unless --markdown)")
     if not set(args.levels) <= {0, 1, 2}:
         raise SystemExit(f"--levels takes 0, 1 and 2, got {args.levels}")
+    two_step = [m for m in args.methods if split_method(m)[1]]
+    if two_step and set(args.families) != {"prune-structured"}:
+        raise SystemExit(
+            f"--methods {' '.join(two_step)}: 'source+within' methods are prune-structured "
+            f"only; run them with --families prune-structured"
+        )
     set_threads(args.threads)
     quick = args.protocol == "quick"
     output = Path(args.output)
@@ -256,7 +266,11 @@ def main() -> None:
                     model, data, split=split, calibration=args.calibration, show_progress_bar=False
                 )
             }
-            wanted = {RELEVANCE_METHODS[m][0] for m in args.methods if m in RELEVANCE_METHODS}
+            wanted = {
+                RELEVANCE_METHODS[base][0]
+                for base, _ in map(split_method, args.methods)
+                if base in RELEVANCE_METHODS
+            }
             if "relp" in wanted:
                 relevance["relp"] = relp_relevance(model, data, split, args.calibration)
             if "attnlrp-margin" in wanted:
@@ -330,13 +344,17 @@ def main() -> None:
                         ]
                     )
                     continue
+                base, within = split_method(method)
+                source, importance = RELEVANCE_METHODS.get(base, ("attnlrp", base))
                 plan = make_plan(
                     model,
                     family,
                     BUDGETS[family][budget],
-                    importance=RELEVANCE_METHODS.get(method, ("attnlrp", method))[1],
-                    relevance=relevance[RELEVANCE_METHODS.get(method, ("attnlrp", method))[0]],
+                    importance=importance,
+                    relevance=relevance[source],
                     calibration=pairs,
+                    within=within,
+                    statistics=statistics,
                     **PLAN_OPTIONS.get(family, {}),
                 )
                 tic = time.time()
@@ -440,6 +458,18 @@ def relp_relevance(model: RankingModel, data: Path, split: str, n: int) -> Any:
     )
 
 
+def split_method(method: str) -> tuple[str, str | None]:
+    """``relevance-l1+wanda`` → ``("relevance-l1", "wanda")``: the source that sets how many
+    heads and neurons each layer loses, and the one that picks them inside the layer."""
+    base, _, within = method.partition("+")
+    return base, within or None
+
+
+def is_relevance(method: str) -> bool:
+    """Whether a method's plan is driven by relevance (its per-layer step, when two-step)."""
+    return split_method(method)[0] in RELEVANCE_METHODS
+
+
 def settings(data: Path, retrieval: str, quick: bool) -> dict[str, Any]:
     """``evaluate`` arguments for one retrieval mode under the protocol."""
     return {
@@ -504,10 +534,11 @@ def _claims_of(
         at = {r["method"]: r for r in rows if r["budget"] == budget}
         if reference is None or not all(m in at for m in BLIND):
             continue
-        blind = {m: reference - at[m]["ndcg@10"] for m in BLIND}
-        best = min(BLIND, key=lambda m: blind[m])
+        # every blind plan measured at this budget competes, two-step ones included
+        blind = {m: reference - r["ndcg@10"] for m, r in at.items() if not is_relevance(m)}
+        best = min(blind, key=lambda m: blind[m])
         allowed = max(blind[best], 0.0) / 2
-        for method in (m for m in at if m in RELEVANCE_METHODS):
+        for method in (m for m in at if is_relevance(m)):
             loss = reference - at[method]["ndcg@10"]
             found.append(
                 {
@@ -540,9 +571,17 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
     merged = merge(payloads)
     verdicts = claims(merged)
     lines = []
+    measured: set[str] = set()
     for model, dataset, family, retrieval, rows in groups(merged):
         lines += _markdown_lines(rows, verdicts, model, dataset, family, retrieval)
-    methods = [m for m in [*RELEVANCE_METHODS, *BLIND] if any(m in line for line in lines)]
+        measured |= {r["method"] for r in rows if r["method"] != "reference"}
+    present = list(dict.fromkeys(m for line in lines for m in line if m in measured))
+    methods = [
+        *(m for m in RELEVANCE_METHODS if m in present),
+        *(m for m in present if is_relevance(m) and m not in RELEVANCE_METHODS),
+        *(m for m in BLIND if m in present),
+        *(m for m in present if not is_relevance(m) and m not in BLIND),
+    ]
     header = [
         "model",
         "data",

@@ -198,7 +198,12 @@ def test_evaluate_with_a_plan(
 
 @pytest.mark.parametrize(
     ("method", "budget", "importance"),
-    [("mixed-precision", "6bits", "relevance"), ("prune-structured", "0.2", "magnitude")],
+    [
+        ("mixed-precision", "6bits", "relevance"),
+        ("prune-structured", "0.2", "magnitude"),
+        # ECoFLaP's two steps: relevance sets each layer's count, Wanda picks inside
+        ("prune-structured", "0.2", "relevance --within wanda -d {data} --calibration 4"),
+    ],
 )
 def test_relevance_then_plan_then_evaluate(
     tiny_model_path,
@@ -235,12 +240,24 @@ def test_relevance_then_plan_then_evaluate(
         method,
     ]
     assert (
-        main([*args, "--budget", budget, "--importance", importance, "-o", str(plan_file), "-q"])
+        main(
+            [
+                *args,
+                "--budget",
+                budget,
+                "--importance",
+                *importance.format(data=tiny_beir).split(),
+                "-o",
+                str(plan_file),
+                "-q",
+            ]
+        )
         == 0
     )
     plan = json.loads(plan_file.read_text())
     assert plan["kind"] == "compression_plan" and plan["entries"]
     assert plan["method"].startswith(method)
+    assert plan["method"].endswith("+wanda-within") == ("--within" in importance)
     evaluate = [
         "evaluate",
         "-m",

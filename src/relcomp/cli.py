@@ -188,7 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--importance",
         default="relevance",
-        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor",
+        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor, wanda",
+    )
+    plan.add_argument(
+        "--within",
+        default=None,
+        help="prune-structured: the importance that picks the heads and neurons inside each "
+        "layer (e.g. wanda), --importance setting how many each layer loses",
     )
     plan.add_argument(
         "-d", "--data", type=Path, default=None, help="BEIR folder for calibration pairs"
@@ -289,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--importance",
         default="relevance",
-        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor",
+        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor, wanda",
     )
     compress.add_argument(
         "--embeddings",
@@ -504,6 +510,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         calibration_split=args.calibration_split,
         calibration=args.calibration,
         seed=args.seed,
+        within=args.within,
     )
     achieved = result.achieved
     print(f"{result.method}: budget {dict(result.budget)}")

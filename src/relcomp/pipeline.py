@@ -357,6 +357,7 @@ def plan(
     calibration_split: str | None = None,
     calibration: int = 64,
     seed: int = 13,
+    within: str | None = None,
 ) -> CompressionPlan:
     """A compression plan under ``budget``, driven by relevance (or a blind baseline).
 
@@ -365,9 +366,12 @@ def plan(
         method: ``mixed-precision``, ``prune-structured``, ``prune-unstructured`` or ``sparsify``.
         budget: see :func:`parse_budget_text`, or a dict.
         relevance: a ``component_relevance.json`` (from ``relcomp relevance``) or artifact.
-        importance: ``relevance`` (default), ``uniform``, ``random``, ``magnitude``, ``taylor``.
+        importance: ``relevance`` (default), ``relevance-l1``, ``uniform``, ``random``,
+            ``magnitude``, ``taylor``, ``wanda``.
         data_dir: a BEIR folder for calibration pairs (Taylor scores, Wanda and TEAL
             statistics); its dev split (else train) is used, never test.
+        within: ``prune-structured``: the importance source that picks the heads and
+            neurons inside each layer, ``importance`` setting how many per layer.
     """
     from relcomp.compression.planners import make_plan
 
@@ -388,7 +392,14 @@ def plan(
             _calibration_dataset(data_dir, calibration_split, "test"), calibration
         )
     return make_plan(
-        scorer, method, parsed, importance, relevance=artifact, calibration=pairs, seed=seed
+        scorer,
+        method,
+        parsed,
+        importance,
+        relevance=artifact,
+        calibration=pairs,
+        seed=seed,
+        within=within,
     )
 
 

@@ -27,7 +27,7 @@ from relcomp.compression.planners import (
 from relcomp.models import load_model
 from tests.fixtures import DOCUMENTS, QUERIES
 
-SOURCES = ("relevance", "uniform", "random", "magnitude", "taylor")
+SOURCES = ("relevance", "uniform", "random", "magnitude", "taylor", "wanda")
 CALIBRATION = list(zip(QUERIES[:4], DOCUMENTS[:4], strict=True))
 BUDGETS = {
     "mixed-precision": {"bits_per_weight": 7.0},
@@ -78,6 +78,7 @@ def test_registries_name_every_planner_and_source():
         "relevance-l1",
         "taylor",
         "uniform",
+        "wanda",
     ]
 
 
@@ -186,6 +187,58 @@ def test_uniform_structured_pruning_removes_the_same_share_per_layer(setting):
     counts = [len(a.indices or ()) for _, a in plan.actions() if a.name == "prune_neurons"]
     assert len(counts) == 2 and len(set(counts)) == 1
     assert plan.method == "prune-structured/uniform"
+
+
+def test_wanda_scores_weights_by_their_inputs_norms(setting):
+    model, statistics = setting["model"], setting["statistics"]
+    scores = importance_scores(model, "wanda", calibration=CALIBRATION)
+    given = importance_scores(model, "wanda", statistics=statistics)
+    for name, linear in model.named_linears().items():
+        norms = statistics[name].channel_norm.double()
+        expected = float((linear.weight.detach().abs().double() * norms).sum())
+        assert scores.linears[name] == pytest.approx(expected, rel=1e-9)
+        assert given.linears[name] == pytest.approx(expected, rel=1e-9)
+    layer = next(iter(scores.neurons))
+    ffn_in = f"{layer}.intermediate.dense"
+    ffn_out = f"{layer}.output.dense"
+    linears = model.named_linears()
+    neuron = (
+        linears[ffn_in].weight.detach().abs().double() * statistics[ffn_in].channel_norm.double()
+    ).sum(dim=1) + (
+        linears[ffn_out].weight.detach().abs().double() * statistics[ffn_out].channel_norm.double()
+    ).sum(dim=0)
+    np.testing.assert_allclose(scores.neurons[layer], neuron.numpy(), rtol=1e-9)
+    with pytest.raises(PlanError, match="'wanda' needs calibration"):
+        importance_scores(model, "wanda")
+
+
+@pytest.mark.parametrize("counts", ["relevance", "uniform"])
+def test_within_keeps_each_layers_count_and_picks_by_the_local_scores(setting, counts):
+    model = setting["model"]
+    alone = plan_for(setting, "prune-structured", counts)
+    two_step = plan_for(setting, "prune-structured", counts, within="wanda")
+    local = importance_scores(model, "wanda", statistics=setting["statistics"])
+    suffix = "" if counts == "uniform" else "(AttnLRP)"
+    assert two_step.method == f"prune-structured/{counts}{suffix}+wanda-within"
+    assert two_step.relevance["within"] == {"importance": "wanda"}
+    assert two_step.achieved == alone.achieved  # same counts per layer, so the same size
+
+    def chosen(plan: CompressionPlan) -> dict[str, tuple[int, ...]]:
+        return {
+            pattern: tuple(sorted(a.heads if a.name == "prune_heads" else a.indices or ()))
+            for pattern, a in plan.actions()
+        }
+
+    assert {p: len(i) for p, i in chosen(two_step).items()} == {
+        p: len(i) for p, i in chosen(alone).items()
+    }
+    for pattern, indices in chosen(two_step).items():
+        layer = pattern.rsplit(".", 2)[0]
+        values = (local.heads if pattern.endswith("attention.self") else local.neurons)[layer]
+        kept = [values[i] for i in range(len(values)) if i not in indices]
+        assert max(values[list(indices)]) <= min(kept)
+    with pytest.raises(PlanError, match="within='wanda' is an option of prune-structured"):
+        plan_for(setting, "prune-unstructured", "relevance", within="wanda")
 
 
 def test_unstructured_ratios_are_higher_where_relevance_is_lower(setting):

@@ -16,6 +16,9 @@ source            score of a Linear / head / neuron
 ``magnitude``     ``‖·‖₁`` of the component's weights
 ``taylor``        ``Σ |∂score/∂W ⊙ W|`` over the component's weights, summed over
                   calibration batches (one backward per batch of the model's score)
+``wanda``         ``Σ |W_ij|·‖X_j‖₂`` over the component's weights, ``‖X_j‖₂`` the
+                  norm of input channel ``j`` over the calibration tokens (Wanda;
+                  a head or neuron by its rows in and its columns out)
 ================  ================================================================
 
 A Linear's score is a total over the module, not a density: allocators divide by
@@ -44,6 +47,11 @@ import torch
 from relcomp.artifacts import ComponentRelevance
 from relcomp.compression.actions import PlanError
 from relcomp.compression.plan import ModelStructure
+from relcomp.compression.statistics import (
+    ActivationStatistics,
+    calibration_features,
+    collect_activation_statistics,
+)
 from relcomp.models.base import RankingModel, batched
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.registry import Registry
@@ -86,6 +94,7 @@ def importance_scores(
     relevance: ComponentRelevance | None = None,
     calibration: CalibrationPairs | None = None,
     seed: int = 13,
+    statistics: Mapping[str, ActivationStatistics] | None = None,
 ) -> Importance:
     """Scores of every Linear, head and FFN neuron of ``model`` from ``source``.
 
@@ -93,8 +102,11 @@ def importance_scores(
         model: the (uncompressed) model to plan for.
         source: a name in :data:`IMPORTANCE`.
         relevance: the ComponentRelevance that ``relevance`` reads.
-        calibration: ``(query, document)`` pairs that ``taylor`` differentiates on.
+        calibration: ``(query, document)`` pairs that ``taylor`` differentiates on
+            and ``wanda`` measures activations on.
         seed: the seed of ``random``.
+        statistics: activation statistics of the Linear inputs over ``calibration``
+            (``wanda`` collects them itself when they are not given).
 
     Example:
         >>> from relcomp.models import load_model
@@ -104,7 +116,9 @@ def importance_scores(
         True
     """
     function = IMPORTANCE.get(source)
-    return function(model, relevance=relevance, calibration=calibration, seed=seed)
+    return function(
+        model, relevance=relevance, calibration=calibration, seed=seed, statistics=statistics
+    )
 
 
 # -- grouping element-wise scores into heads and neurons -------------------------------
@@ -321,6 +335,40 @@ def taylor_importance(
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
     return _from_weights(structure, "taylor", totals)
+
+
+@IMPORTANCE.register("wanda", "activation")
+def wanda_importance(
+    model: RankingModel,
+    calibration: CalibrationPairs | None = None,
+    statistics: Mapping[str, ActivationStatistics] | None = None,
+    **_: Any,
+) -> Importance:
+    """Wanda's ``|W_ij|·‖X_j‖₂`` summed over each component's weights: a blind baseline.
+
+    The activation norms come from ``statistics`` or, without them, from one pass
+    over the ``calibration`` pairs.
+    """
+    structure = ModelStructure.of(model)
+    if statistics is None:
+        if not calibration:
+            raise PlanError("importance 'wanda' needs calibration=[(query, document), …] pairs")
+        features = calibration_features(
+            model, [q for q, _ in calibration], [d for _, d in calibration]
+        )
+        statistics = collect_activation_statistics(
+            model, features, structure.linears, show_progress_bar=False
+        )
+    missing = sorted(set(structure.linears) - set(statistics))
+    if missing:
+        raise PlanError(f"importance 'wanda': no activation statistics for {', '.join(missing)}")
+    with torch.no_grad():
+        per_weight = {
+            name: linear.weight.detach().abs().double()
+            * statistics[name].channel_norm.double().to(linear.weight.device)
+            for name, linear in structure.linears.items()
+        }
+    return _from_weights(structure, "wanda", per_weight)
 
 
 def _calibration_score(

@@ -164,6 +164,8 @@ def make_plan(
     relevance: ComponentRelevance | None = None,
     calibration: CalibrationPairs | None = None,
     seed: int = 13,
+    within: str | None = None,
+    statistics: Mapping[str, ActivationStatistics] | None = None,
     **options: Any,
 ) -> CompressionPlan:
     """A compression plan for ``model`` by planner ``method`` that meets ``budget``.
@@ -175,11 +177,16 @@ def make_plan(
         budget: ``{"bits_per_weight": 6}``, ``{"size_mb": 40}``,
             ``{"params_removed": 0.3}`` or ``{"sparsity": 0.4}`` (or ``"name=value"``).
         importance: ``relevance`` (needs ``relevance``), ``uniform``, ``random``,
-            ``magnitude`` or ``taylor`` (needs ``calibration``).
+            ``magnitude``, ``taylor`` or ``wanda`` (need ``calibration``).
         relevance: a ComponentRelevance made on ``model`` (AttnLRP or RelP).
         calibration: ``(query, document)`` pairs from a dev/train split: Taylor
             scores, and the activation statistics ``sparsify`` and Wanda need.
         seed: seed of the ``random`` importance.
+        within: ``prune-structured`` only: an importance source that chooses which
+            heads and neurons go inside each layer, ``importance`` having set how
+            many (ECoFLaP's global then local steps).
+        statistics: :func:`calibration_statistics` of ``calibration``, when the caller
+            has them already (they are computed when a plan needs them).
         options: planner options (``max_layer_ratio``, ``spread``).
 
     Returns:
@@ -204,19 +211,26 @@ def make_plan(
     except UnknownNameError as error:
         raise PlanError(str(error)) from None
     parsed = parse_budget(budget)
-    statistics = None
-    if planner is sparsify_plan:
+    if within is not None and planner is not structured_pruning_plan:
+        raise PlanError(f"within={within!r} is an option of prune-structured, not of {method}")
+    if planner is sparsify_plan and statistics is None:
         if not calibration:
             raise PlanError("the sparsify planner needs calibration=[(query, document), …] pairs")
         statistics = calibration_statistics(model, calibration)
+
+    def scores_of(source: str) -> Importance:
+        try:
+            return importance_scores(model, source, relevance, calibration, seed, statistics)
+        except UnknownNameError as error:
+            raise PlanError(str(error)) from None
+
+    if within is not None:
+        options["within"] = scores_of(within)
     if planner is structured_pruning_plan and importance.strip().lower() == "uniform":
-        scores = importance_scores(model, "magnitude")
-        return structured_pruning_plan(model, scores, parsed, uniform=True, **options)
-    try:
-        scores = importance_scores(model, importance, relevance, calibration, seed)
-    except UnknownNameError as error:
-        raise PlanError(str(error)) from None
-    if statistics is not None:
+        inside = options.get("within") or importance_scores(model, "magnitude")
+        return structured_pruning_plan(model, inside, parsed, uniform=True, **options)
+    scores = scores_of(importance)
+    if planner is sparsify_plan:
         return sparsify_plan(model, scores, parsed, statistics=statistics, **options)
     return planner(model, scores, parsed, **options)
 
@@ -357,6 +371,7 @@ def structured_pruning_plan(
     budget: Mapping[str, float],
     max_layer_ratio: float = 0.9,
     uniform: bool = False,
+    within: Importance | None = None,
 ) -> CompressionPlan:
     """Remove the heads and FFN neurons with the lowest normalised scores.
 
@@ -369,6 +384,9 @@ def structured_pruning_plan(
             every layer keeps at least one of each.
         uniform: the same ratio in every layer (heads first, then neurons to reach
             the budget), ``importance`` choosing inside each layer.
+        within: ECoFLaP's two steps: ``importance`` sets how many heads and neurons
+            each layer loses (the global, coarse step), and these scores choose
+            which ones (the local step, e.g. ``wanda``).
 
     Example:
         >>> from relcomp.models import load_model
@@ -415,10 +433,20 @@ def structured_pruning_plan(
         )
     if uniform:
         chosen = _uniform_choice(structure, importance, goal, head_cost, neuron_cost, removable)
-        extra = "-per-layer"
     else:
         chosen = _global_choice(structure, importance, goal, head_cost, neuron_cost, removable)
-        extra = ""
+    extra = ""
+    if within is not None:
+        chosen = {
+            (kind, layer): [
+                int(i)
+                for i in np.argsort(
+                    (within.heads if kind == "head" else within.neurons)[layer], kind="stable"
+                )[: len(indices)]
+            ]
+            for (kind, layer), indices in chosen.items()
+        }
+        extra += f"+{within.source}-within"
     entries: list[tuple[str, str]] = []
     for layer in structure.layers:
         heads = sorted(chosen[("head", layer.layer)])
@@ -430,16 +458,19 @@ def structured_pruning_plan(
     if not entries:
         raise PlanError(f"params_removed={target:g} is too small to remove a single neuron")
     name = "uniform" if uniform else importance.source
-    scores = Importance(
-        name, {}, {}, {}, importance.relevance if not uniform else {"importance": "uniform"}
+    recorded: dict[str, Any] = (
+        dict(importance.relevance) if not uniform else {"importance": "uniform"}
     )
+    if within is not None:
+        recorded["within"] = dict(within.relevance)
+    scores = Importance(name, {}, {}, {}, recorded)
     return _finish(
         model,
         entries,
         "prune-structured",
         scores,
         {key: target},
-        extra=extra if not uniform else "",
+        extra=extra,
     )
 
 

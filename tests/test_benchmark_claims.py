@@ -1,0 +1,67 @@
+"""The compression-quality benchmark's claim check: which plans compete, and the verdict."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def quality() -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("compression_quality")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def rows(**scores: float) -> dict[str, Any]:
+    budget = {"params_removed": 0.3}
+    found = [{"budget": None, "method": "reference", "ndcg@10": 0.60, "size_mb": 90.0}]
+    found += [
+        {
+            "budget": budget,
+            "method": m.replace("_", "-").replace("--", "+"),
+            "ndcg@10": v,
+            "size_mb": 78.0,
+        }
+        for m, v in scores.items()
+    ]
+    return {"_meta": {"protocol": "quick"}, "m": {"d": {"prune-structured": found}}}
+
+
+BLIND = {"uniform": 0.20, "random": 0.48, "magnitude": 0.26, "taylor": 0.56}
+
+
+def test_the_relevance_plan_may_lose_half_of_the_best_blind_loss(quality):
+    [met] = quality.claims(rows(relevance=0.585, **BLIND))
+    assert met["best_blind"] == "taylor" and met["met"]  # loses 0.015 ≤ 0.04 / 2
+    [missed] = quality.claims(rows(relevance=0.57, **BLIND))
+    assert not missed["met"]
+
+
+def test_two_step_blind_plans_compete_and_two_step_relevance_plans_are_judged(quality):
+    payload = rows(relevance=0.585, relevance_l1__wanda=0.595, taylor__wanda=0.58, **BLIND)
+    verdicts = {c["relevance_method"]: c for c in quality.claims(payload)}
+    assert set(verdicts) == {"relevance", "relevance-l1+wanda"}
+    assert {c["best_blind"] for c in verdicts.values()} == {"taylor+wanda"}
+    assert not verdicts["relevance"]["met"] and verdicts["relevance-l1+wanda"]["met"]
+    header = quality.markdown([payload]).splitlines()[0]
+    assert header.index("relevance-l1+wanda") < header.index("uniform")
+    assert header.index("taylor |") < header.index("taylor+wanda")
+
+
+def test_no_verdict_until_every_blind_baseline_ran(quality):
+    assert quality.claims(rows(relevance=0.59, uniform=0.2, taylor=0.56)) == []
+
+
+def test_methods_split_into_their_two_steps(quality):
+    assert quality.split_method("relevance-l1+wanda") == ("relevance-l1", "wanda")
+    assert quality.split_method("taylor") == ("taylor", None)
+    assert quality.is_relevance("relp+wanda") and not quality.is_relevance("uniform+wanda")
