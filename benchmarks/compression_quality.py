@@ -163,7 +163,11 @@ def merge_into(output: Path, files: list[str]) -> None:
         raise SystemExit(f"--merge: no such file {output}")
     base = json.loads(output.read_text())
     payload = merge([base, *(json.loads(Path(f).read_text()) for f in files)])
-    meta = {**base.get("_meta", {}), "merged": [Path(f).name for f in files]}
+    earlier = base.get("_meta", {}).get("merged", [])
+    meta = {
+        **base.get("_meta", {}),
+        "merged": list(dict.fromkeys([*earlier, *(Path(f).name for f in files)])),
+    }
     payload["_meta"] = meta
     meta["claims"] = claims(payload)
     write_json(output, payload)
