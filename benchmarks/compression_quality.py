@@ -26,10 +26,10 @@ highest-ranked document not judged relevant: only what orders the documents coun
 Each is checked against the claim on its own. ``source+within`` (``relevance-l1+wanda``,
 ``taylor+wanda``…), for structured pruning only, takes ECoFLaP's two steps: ``source``
 sets how many heads and neurons each layer loses, ``within`` picks which; ``wanda``
-alone scores heads and neurons by ``|W|·‖X‖``. The best of every blind plan measured at
-a budget, two-step ones included, is what the claim compares against. A bi-encoder is evaluated two ways (rows
-carry ``retrieval``): dense retrieval over the whole corpus and re-ranking of BM25's
-candidates.
+alone scores heads and neurons by ``|W|·‖X‖``. The claim compares against the best
+blind plan measured at a budget, two-step ones included. A bi-encoder is evaluated two
+ways (rows carry ``retrieval``): dense retrieval over the whole corpus and re-ranking
+of BM25's candidates.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class BiLRP:
         >>> from relcomp.models import load_model
         >>> model = load_model("all-MiniLM-L6-v2")
         >>> result = BiLRP(model).attribute("cat food", "what cats eat")
-        >>> result.interactions.shape == (len(result.query_tokens), len(result.document_tokens))
+        >>> result.matrix().shape == (len(result.query_tokens), len(result.document_tokens))
         True
     """
 

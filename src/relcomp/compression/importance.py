@@ -47,11 +47,7 @@ import torch
 from relcomp.artifacts import ComponentRelevance
 from relcomp.compression.actions import PlanError
 from relcomp.compression.plan import ModelStructure
-from relcomp.compression.statistics import (
-    ActivationStatistics,
-    calibration_features,
-    collect_activation_statistics,
-)
+from relcomp.compression.statistics import ActivationStatistics, calibration_statistics
 from relcomp.models.base import RankingModel, batched
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.registry import Registry
@@ -353,12 +349,7 @@ def wanda_importance(
     if statistics is None:
         if not calibration:
             raise PlanError("importance 'wanda' needs calibration=[(query, document), …] pairs")
-        features = calibration_features(
-            model, [q for q, _ in calibration], [d for _, d in calibration]
-        )
-        statistics = collect_activation_statistics(
-            model, features, structure.linears, show_progress_bar=False
-        )
+        statistics = calibration_statistics(model, calibration, modules=structure.linears)
     missing = sorted(set(structure.linears) - set(statistics))
     if missing:
         raise PlanError(f"importance 'wanda': no activation statistics for {', '.join(missing)}")

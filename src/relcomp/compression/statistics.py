@@ -31,6 +31,7 @@ __all__ = [
     "activation_scales",
     "calibrate",
     "calibration_features",
+    "calibration_statistics",
     "collect_activation_statistics",
 ]
 
@@ -298,3 +299,16 @@ def calibration_features(
         tokenize(list(q), [documents[start + i] for i in range(len(q))])
         for start, q in batched(list(queries), batch_size)
     ]
+
+
+def calibration_statistics(
+    model: RankingModel,
+    calibration: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    modules: Iterable[str] | None = None,
+) -> dict[str, ActivationStatistics]:
+    """Activation statistics of Linear inputs (all by default) over calibration pairs."""
+    features = calibration_features(
+        model, [q for q, _ in calibration], [d for _, d in calibration], batch_size
+    )
+    return collect_activation_statistics(model, features, modules, show_progress_bar=False)
