@@ -65,3 +65,25 @@ def test_methods_split_into_their_two_steps(quality):
     assert quality.split_method("relevance-l1+wanda") == ("relevance-l1", "wanda")
     assert quality.split_method("taylor") == ("taylor", None)
     assert quality.is_relevance("relp+wanda") and not quality.is_relevance("uniform+wanda")
+
+
+def test_any_relevance_reading_sets_a_budget_to_judge(quality):
+    [verdict] = quality.claims(rows(relevance_l1=0.59, **BLIND))
+    assert verdict["relevance_method"] == "relevance-l1" and verdict["met"]
+
+
+def test_the_full_protocol_confirms_against_the_blind_plans_that_ran(quality):
+    payload = rows(relevance=0.585, taylor=0.56)
+    assert quality.claims(payload) == []  # the quick sweep waits for every baseline
+    payload["_meta"]["protocol"] = "full"
+    [verdict] = quality.claims(payload)
+    assert verdict["best_blind"] == "taylor" and verdict["blind_run"] == ["taylor"]
+    assert verdict["met"]
+
+
+def test_the_installed_retriever_keeps_its_name_when_passed_as_a_folder(quality):
+    from relcomp.models.loading import default_retriever_path
+
+    assert quality.model_key(str(default_retriever_path())) == "all-MiniLM-L6-v2"
+    assert quality.model_key("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+    assert quality.model_key("../shared/assets/models/minilm-l6-reranker") == "minilm-l6-reranker"
