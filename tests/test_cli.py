@@ -203,6 +203,8 @@ def test_evaluate_with_a_plan(
         ("prune-structured", "0.2", "magnitude"),
         # ECoFLaP's two steps: relevance sets each layer's count, Wanda picks inside
         ("prune-structured", "0.2", "relevance --within wanda -d {data} --calibration 4"),
+        # R-Sparse: the thresholds come from calibration activations
+        ("r-sparse", "0.4", "relevance -d {data} --calibration 4 --rank 4"),
     ],
 )
 def test_relevance_then_plan_then_evaluate(
@@ -258,6 +260,10 @@ def test_relevance_then_plan_then_evaluate(
     assert plan["kind"] == "compression_plan" and plan["entries"]
     assert plan["method"].startswith(method)
     assert plan["method"].endswith("+wanda-within") == ("--within" in importance)
+    if method == "r-sparse":
+        ranked = [module for module, action in plan["entries"] if action.endswith(", rank=4)")]
+        assert len(ranked) == len(plan["entries"]) - 1  # all but the one-logit classifier
+        assert plan["achieved"]["sparsity"] > 0.3
     evaluate = [
         "evaluate",
         "-m",

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--method",
         required=True,
-        help="mixed-precision, prune-structured, prune-unstructured or sparsify",
+        help="mixed-precision, prune-structured, prune-unstructured, sparsify or r-sparse",
     )
     plan.add_argument(
         "--budget",
@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prune-structured: the importance that picks the heads and neurons inside each "
         "layer (e.g. wanda), --importance setting how many each layer loses",
+    )
+    plan.add_argument(
+        "--rank",
+        type=_positive_int,
+        default=None,
+        help="r-sparse: the rank of the low-rank path the small activations take (default 16)",
     )
     plan.add_argument(
         "-d", "--data", type=Path, default=None, help="BEIR folder for calibration pairs"
@@ -511,6 +517,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         calibration=args.calibration,
         seed=args.seed,
         within=args.within,
+        rank=args.rank,
     )
     achieved = result.achieved
     print(f"{result.method}: budget {dict(result.budget)}")

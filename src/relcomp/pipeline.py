@@ -309,7 +309,8 @@ def rerank_with_corpus_embeddings(
 
 
 _BUDGET_UNITS = (("mb", "size_mb"), ("bits", "bits_per_weight"), ("bit", "bits_per_weight"))
-_RATIO_BUDGET = {"sparsify": "sparsity"}  # the other planners read a bare ratio as params_removed
+# a bare ratio is the activation sparsity for these planners, params_removed for the others
+_RATIO_BUDGET = {"sparsify": "sparsity", "r-sparse": "sparsity"}
 
 
 def parse_budget_text(text: str, method: str) -> dict[str, float]:
@@ -358,12 +359,14 @@ def plan(
     calibration: int = 64,
     seed: int = 13,
     within: str | None = None,
+    rank: int | None = None,
 ) -> CompressionPlan:
     """A compression plan under ``budget``, driven by relevance (or a blind baseline).
 
     Args:
         model: the model to compress (folder, hub id or loaded model).
-        method: ``mixed-precision``, ``prune-structured``, ``prune-unstructured`` or ``sparsify``.
+        method: ``mixed-precision``, ``prune-structured``, ``prune-unstructured``,
+            ``sparsify`` or ``r-sparse``.
         budget: see :func:`parse_budget_text`, or a dict.
         relevance: a ``component_relevance.json`` (from ``relcomp relevance``) or artifact.
         importance: ``relevance`` (default), ``relevance-l1``, ``uniform``, ``random``,
@@ -372,6 +375,8 @@ def plan(
             statistics); its dev split (else train) is used, never test.
         within: ``prune-structured``: the importance source that picks the heads and
             neurons inside each layer, ``importance`` setting how many per layer.
+        rank: ``r-sparse``: the rank of the low-rank path (the planner's default, 16,
+            when ``None``).
     """
     from relcomp.compression.planners import make_plan
 
@@ -391,6 +396,7 @@ def plan(
         pairs = calibration_pairs(
             _calibration_dataset(data_dir, calibration_split, "test"), calibration
         )
+    options: dict[str, Any] = {} if rank is None else {"rank": rank}
     return make_plan(
         scorer,
         method,
@@ -400,6 +406,7 @@ def plan(
         calibration=pairs,
         seed=seed,
         within=within,
+        **options,
     )
 
 

@@ -34,6 +34,7 @@ BUDGETS = {
     "prune-structured": {"params_removed": 0.3},
     "prune-unstructured": {"params_removed": 0.5},
     "sparsify": {"sparsity": 0.4},
+    "r-sparse": {"sparsity": 0.4},
 }
 
 
@@ -53,6 +54,8 @@ def setting(tiny_model_path: Any) -> dict[str, Any]:
 
 def plan_for(setting: dict[str, Any], family: str, source: str, **kwargs: Any) -> CompressionPlan:
     budget = kwargs.pop("budget", BUDGETS[family])
+    if family == "r-sparse":
+        kwargs.setdefault("rank", 2)  # the tiny model's Linears are 32 wide
     return make_plan(
         setting["model"],
         family,
@@ -69,6 +72,7 @@ def test_registries_name_every_planner_and_source():
         "mixed-precision",
         "prune-structured",
         "prune-unstructured",
+        "r-sparse",
         "sparsify",
     ]
     assert IMPORTANCE.names() == [

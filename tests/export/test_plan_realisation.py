@@ -220,6 +220,62 @@ def test_torch_side_actions_are_realised_and_noted(tiny_model_path, tmp_path) ->
     assert reference.variant == "fp32"  # the torch-side edits were undone
 
 
+def test_low_rank_is_factorised_in_the_graph_with_its_other_actions(
+    tiny_model_path, tmp_path
+) -> None:
+    reference = _reference(tiny_model_path)
+    layers = reference.layer_modules()
+    plan = CompressionPlan(
+        reference.name,
+        [
+            (layers[0].ffn_in, "low_rank(rank=8)"),
+            (layers[0].ffn_in, "int8"),
+            (layers[0].ffn_in, "sparsify(threshold=0.05)"),
+            (layers[1].ffn_out, "low_rank(rank=4)"),
+        ],
+    )
+    bundle = export_bundle(reference, tmp_path / "factorised", plan=plan)
+    _, graph = _graph(tmp_path / "factorised")
+    scopes = collections.Counter(
+        module_of_node(node.name)
+        for node in graph.graph.node
+        if node.op_type in ("MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul")
+    )
+    for module in (layers[0].ffn_in, layers[1].ffn_out):
+        assert scopes[module + ".down"] == scopes[module + ".up"] == 1
+        assert scopes[module] == 0
+    # the int8 moved to both factors, in the graph and in the bundle's record
+    for factor in ("down", "up"):
+        assert bundle.modules[f"{layers[0].ffn_in}.{factor}"].startswith("int8")
+        assert bundle.modules[f"{layers[1].ffn_out}.{factor}"] == "fp32"
+    text = " ".join(bundle.notes)
+    assert "factorised for real" in text and "rank 4, 8" in text
+    candidate = load_model(tmp_path / "factorised")
+    with compress_(reference, plan):
+        simulated = reference.score(PAIRS_Q, PAIRS_D)
+    np.testing.assert_allclose(candidate.score(PAIRS_Q, PAIRS_D), simulated, atol=2e-2)
+    fp32 = _fp32(tiny_model_path, tmp_path)
+    assert bundle.fp32_size_bytes < ExportBundle.load(fp32 / EXPORT_BUNDLE_FILE).fp32_size_bytes
+
+
+def test_r_sparse_low_rank_path_is_traced_into_the_graph(tiny_model_path, tmp_path) -> None:
+    reference = _reference(tiny_model_path)
+    layers = reference.layer_modules()
+    plan = CompressionPlan(
+        reference.name,
+        [(layers[1].ffn_in, "sparsify(threshold=0.2, rank=4)"), (layers[1].ffn_in, "int8")],
+    )
+    bundle = export_bundle(reference, tmp_path / "r-sparse", plan=plan)
+    with compress_(reference, plan):
+        simulated = reference.score(PAIRS_Q, PAIRS_D)
+    with compress_(reference, {layers[1].ffn_in: "sparsify(threshold=0.2)"}):
+        teal = reference.score(PAIRS_Q, PAIRS_D)
+    exported = load_model(tmp_path / "r-sparse").score(PAIRS_Q, PAIRS_D)
+    np.testing.assert_allclose(exported, simulated, atol=2e-2)
+    assert np.abs(exported - simulated).max() < np.abs(teal - simulated).max()
+    assert bundle.modules[layers[1].ffn_in].startswith("int8")
+
+
 def test_a_plan_naming_an_unknown_module_writes_nothing(tiny_model_path, tmp_path) -> None:
     reference = _reference(tiny_model_path)
     plan = CompressionPlan(reference.name, {"bert.encoder.layer.9.output.dense": "int8"})

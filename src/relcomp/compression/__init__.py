@@ -6,6 +6,7 @@
   ``prune_heads(0,3)``…) and its registry;
 * :func:`compress_` — fake quantization, masks, low rank, activation sparsity, all
   undone by the returned handle; :func:`prune_physically` — a smaller copy;
+  :func:`factorise_physically` — ``low_rank`` Linears replaced by their two factors;
 * :func:`estimate_size` — stored bytes, bits per weight, parameters removed;
 * :func:`collect_activation_statistics` / :func:`calibrate` — what planners and
   activation quantization need to know about the data.
@@ -39,6 +40,7 @@ from relcomp.compression.actions import (
     Sparsify,
     parse_action,
 )
+from relcomp.compression.factorise import LowRankLinear, factorise_physically
 from relcomp.compression.plan import (
     ModelStructure,
     check_budget,
@@ -96,6 +98,7 @@ __all__ = [
     "Int8",
     "LinearSize",
     "LowRank",
+    "LowRankLinear",
     "ModelStructure",
     "PlanError",
     "PrecisionAction",
@@ -113,6 +116,7 @@ __all__ = [
     "collect_activation_statistics",
     "compress_",
     "estimate_size",
+    "factorise_physically",
     "fake_quantize_activations",
     "fake_quantize_fp16",
     "fake_quantize_int4",

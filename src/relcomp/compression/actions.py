@@ -35,7 +35,8 @@ action                         target      meaning
                                            weights of each output row (magnitude, or Wanda's
                                            ``|W|·‖X‖`` given activation norms)
 ``sparsify(threshold=0.12)``   Linear      zero input activations with ``|x| < threshold``
-                                           (TEAL)
+                                           (TEAL); ``rank=16`` sends them through a
+                                           rank-16 SVD of the weight instead (R-Sparse)
 ``low_rank(rank=64)``          Linear      truncated-SVD factorisation ``W ≈ U·V``
 =============================  ==========  =================================================
 
@@ -302,11 +303,25 @@ class PruneWeights(Action):
 
 @dataclasses.dataclass(frozen=True)
 class Sparsify(Action):
-    """Activation sparsity (TEAL): inputs with ``|x| < threshold`` become zero."""
+    """Activation sparsity: inputs with ``|x| < threshold`` leave the full weight's product.
+
+    Without ``rank`` (TEAL) they become zero. With ``rank`` (R-Sparse) they go
+    through the best rank-``rank`` approximation ``U·V`` of the weight instead:
+    ``y = W·S(x) + U·V·(x − S(x)) + b``, where ``S`` keeps the inputs at or above
+    the threshold. The large inputs keep their exact product; the many small ones,
+    which TEAL drops, cost ``rank × (rows + columns)`` multiply-adds together.
+
+    Example:
+        >>> Sparsify(0.1, rank=16)
+        Sparsify(threshold=0.1, rank=16)
+        >>> str(Sparsify(0.1)), str(Sparsify(0.1, rank=16))
+        ('sparsify(threshold=0.1)', 'sparsify(threshold=0.1, rank=16)')
+    """
 
     name: ClassVar[str] = "sparsify"
     category: ClassVar[Category] = "sparsity"
     threshold: float = _always()
+    rank: int | None = None
 
     def check(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float):
@@ -314,6 +329,8 @@ class Sparsify(Action):
         if not (math.isfinite(self.threshold) and self.threshold >= 0):
             raise _fail(self.name, f"threshold must be finite and >= 0, got {self.threshold!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
+        if self.rank is not None:
+            _check_int(self.name, "rank", self.rank, 1)
 
 
 @dataclasses.dataclass(frozen=True)

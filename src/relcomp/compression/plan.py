@@ -105,7 +105,8 @@ class ModelStructure:
             count = getattr(attention, "num_attention_heads", getattr(attention, "n_heads", None))
             heads[layer.layer] = int(count) if count is not None else original
             pruned[layer.layer] = pruned_config.get(layer.index, ())
-            neurons[layer.layer] = int(linears[layer.ffn_in].out_features)
+            # a factorised FFN (LowRankLinear) still has its width; its factors are Linears
+            neurons[layer.layer] = int(modules[layer.ffn_in].out_features)
             for alias in (layer.attention, layer.layer, _parent(layer.attention)):
                 attention_aliases.setdefault(alias, layer.attention)
             for alias in (layer.ffn_in, layer.layer, _parent(layer.ffn_in)):
@@ -146,9 +147,8 @@ class ModelStructure:
         raise KeyError(name)
 
     def head_size(self, layer: LayerModules) -> int:
-        return int(self.linears[layer.attention_output].in_features) // max(
-            self.heads[layer.layer], 1
-        )
+        attention_output: Any = self.modules[layer.attention_output]
+        return int(attention_output.in_features) // max(self.heads[layer.layer], 1)
 
     def head_positions(self, layer: LayerModules) -> dict[int, int]:
         """``{original head index: position in the current weights}`` for a layer."""

@@ -23,6 +23,11 @@ in :data:`PLANNERS`, and one entry point for users and the CLI, :func:`make_plan
 * ``sparsify`` (TEAL): one activation sparsity per Linear input allocated the same
   way (weighted by the module's weights, as ``estimate_size`` counts sparsity), and
   the threshold is that quantile of the calibration activations' ``|x|``.
+* ``r-sparse`` (R-Sparse): ``sparsify`` whose inputs under the threshold go through a
+  rank-``rank`` SVD of the weight instead of being dropped. The budget is the same
+  share of multiply-adds saved, so each input is thresholded further to pay for its
+  low-rank path (``rank × (rows + columns)`` per token): the two planners compare
+  at equal compute.
 
 Every plan records ``method`` (``"<planner>/<importance>"``), ``budget``,
 ``achieved`` (by :func:`~relcomp.compression.estimate_size`) and ``relevance``.
@@ -78,6 +83,7 @@ __all__ = [
     "make_plan",
     "mixed_precision_plan",
     "parse_budget",
+    "r_sparse_plan",
     "rounding_noise",
     "sparsify_plan",
     "structured_pruning_plan",
@@ -169,7 +175,8 @@ def make_plan(
     Args:
         model: the uncompressed model.
         method: a planner name (:data:`PLANNERS`): ``mixed-precision``,
-            ``prune-structured``, ``prune-unstructured`` or ``sparsify``.
+            ``prune-structured``, ``prune-unstructured``, ``sparsify`` or
+            ``r-sparse``.
         budget: ``{"bits_per_weight": 6}``, ``{"size_mb": 40}``,
             ``{"params_removed": 0.3}`` or ``{"sparsity": 0.4}`` (or ``"name=value"``).
         importance: ``relevance`` (needs ``relevance``), ``uniform``, ``random``,
@@ -183,7 +190,8 @@ def make_plan(
             many (ECoFLaP's global then local steps).
         statistics: :func:`calibration_statistics` of ``calibration``, when the caller
             has them already (they are computed when a plan needs them).
-        options: planner options (``max_layer_ratio``, ``spread``).
+        options: planner options (``max_layer_ratio``, ``spread``, ``ladder``,
+            ``rank`` for ``r-sparse``).
 
     Returns:
         The plan, with ``achieved`` filled in. Realise it with
@@ -209,7 +217,10 @@ def make_plan(
     parsed = parse_budget(budget)
     if within is not None and planner is not structured_pruning_plan:
         raise PlanError(f"within={within!r} is an option of prune-structured, not of {method}")
-    if planner is sparsify_plan and statistics is None:
+    activation_planner = planner in (sparsify_plan, r_sparse_plan)
+    if "rank" in options and not activation_planner:
+        raise PlanError(f"rank={options['rank']!r} is an option of r-sparse, not of {method}")
+    if activation_planner and statistics is None:
         if not calibration:
             raise PlanError("the sparsify planner needs calibration=[(query, document), …] pairs")
         statistics = calibration_statistics(model, calibration)
@@ -226,8 +237,8 @@ def make_plan(
         inside = options.get("within") or importance_scores(model, "magnitude")
         return structured_pruning_plan(model, inside, parsed, uniform=True, **options)
     scores = scores_of(importance)
-    if planner is sparsify_plan:
-        return sparsify_plan(model, scores, parsed, statistics=statistics, **options)
+    if activation_planner:
+        return planner(model, scores, parsed, statistics=statistics, **options)
     return planner(model, scores, parsed, **options)
 
 
@@ -631,35 +642,97 @@ def sparsify_plan(
     budget: Mapping[str, float],
     statistics: Mapping[str, ActivationStatistics] | None = None,
     spread: float = 0.2,
+    rank: int | None = None,
 ) -> CompressionPlan:
     """``sparsify(threshold=…)`` per Linear so that the mean activation sparsity meets the budget.
 
     Args:
         model: the uncompressed model.
         importance: scores per Linear; less important inputs are made sparser.
-        budget: ``{"sparsity": share}``, weighted by each Linear's weights (as
+        budget: ``{"sparsity": share}``: the share of the Linears' multiply-adds
+            saved, each Linear weighted by its weights (as
             :func:`~relcomp.compression.estimate_size` reports it).
         statistics: activation statistics of every Linear input on calibration data
             (:func:`calibration_statistics`).
         spread: how far apart the sparsest and densest inputs' targets start.
+        rank: R-Sparse: the inputs under each threshold go through a rank-``rank``
+            SVD of the weight (``sparsify(threshold=…, rank=…)``). Each module's
+            threshold then zeroes its allocated share plus what its low-rank path
+            costs, ``rank × (rows + columns) / (rows × columns)``, capped at 0.95.
+            Modules whose factors would be no smaller than their weight (a
+            one-logit classifier) keep plain TEAL.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> from relcomp.compression.importance import importance_scores
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> statistics = calibration_statistics(model, [("what is a cat", "a cat is a small mammal")])
+        >>> uniform = importance_scores(model, "uniform")
+        >>> plan = sparsify_plan(model, uniform, {"sparsity": 0.5}, statistics=statistics, rank=16)
+        >>> plan.method, str(plan.entries[0][1]).endswith("rank=16)")
+        ('r-sparse/uniform', True)
     """
     key, target = _one_budget("sparsify", budget, ("sparsity",))
     if not 0.0 < target <= MAX_RATIO:
         raise PlanError(f"impossible budget sparsity={target:g}: it must be in (0, {MAX_RATIO}]")
     if statistics is None:
         raise PlanError("the sparsify planner needs activation statistics (calibration pairs)")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise PlanError(f"rank must be a positive integer, got {rank!r}")
     structure = ModelStructure.of(model)
     missing = [n for n in structure.linears if n not in statistics]
     if missing:
         raise PlanError(
             f"no activation statistics for {len(missing)} Linear(s), e.g. {missing[0]!r}"
         )
-    weights = {n: m.out_features * m.in_features for n, m in structure.linears.items()}
+    shapes = {n: (m.out_features, m.in_features) for n, m in structure.linears.items()}
+    weights = {n: rows * columns for n, (rows, columns) in shapes.items()}
     scores = {n: max(importance.linears.get(n, 0.0), 0.0) for n in weights}
     shares = allocate_ratios(scores, weights, target, spread)
-    entries = [
-        (name, str(Sparsify(float(f"{statistics[name].quantile(share):.6g}"))))
-        for name, share in shares.items()
-        if share > 0
-    ]
-    return _finish(model, entries, "sparsify", importance, {key: target}, statistics=statistics)
+    entries = []
+    for name, share in shares.items():
+        rows, columns = shapes[name]
+        if rank is None or rank * (rows + columns) >= rows * columns:
+            # TEAL; also where factors of this rank would be no smaller than the weight
+            # (a one-logit classifier), so the low-rank path could never pay for itself
+            if share > 0:
+                entries.append((name, str(Sparsify(_threshold(statistics[name], share)))))
+            continue
+        zeroed = min(share + rank * (rows + columns) / (rows * columns), MAX_RATIO)
+        entries.append((name, str(Sparsify(_threshold(statistics[name], zeroed), rank=rank))))
+    planner = "sparsify" if rank is None else "r-sparse"
+    return _finish(model, entries, planner, importance, {key: target}, statistics=statistics)
+
+
+@PLANNERS.register("r-sparse", "rsparse")
+def r_sparse_plan(
+    model: RankingModel,
+    importance: Importance,
+    budget: Mapping[str, float],
+    statistics: Mapping[str, ActivationStatistics] | None = None,
+    spread: float = 0.2,
+    rank: int = 16,
+) -> CompressionPlan:
+    """R-Sparse: :func:`sparsify_plan` with a rank-``rank`` path for the small inputs.
+
+    At the same ``sparsity`` budget (multiply-adds saved) as ``sparsify``, so the two
+    compare at equal compute.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> from relcomp.compression.importance import importance_scores
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> statistics = calibration_statistics(model, [("what is a cat", "a cat is a small mammal")])
+        >>> plan = r_sparse_plan(model, importance_scores(model, "uniform"), {"sparsity": 0.4},
+        ...                      statistics=statistics, rank=8)
+        >>> plan.entries[0][0], plan.entries[0][1].endswith(", rank=8)")
+        ('encoder.layer.0.attention.self.query', True)
+        >>> plan.achieved["sparsity"] > 0.35, plan.achieved["size_mb"] > 90.3  # factors stored too
+        (True, True)
+    """
+    return sparsify_plan(model, importance, budget, statistics, spread=spread, rank=rank)
+
+
+def _threshold(statistics: ActivationStatistics, share: float) -> float:
+    """The ``|x|`` below which ``share`` of the calibration inputs fall (6 digits)."""
+    return float(f"{statistics.quantile(share):.6g}")

@@ -12,7 +12,10 @@ pruning, low rank, precision, activation sparsity):
 * ``low_rank``: a truncated SVD, computed once, stored as two factors;
 * ``fp16`` / ``int8`` / ``int4``: fake quantization of the weight (of each factor
   under ``low_rank``), computed once;
-* ``int8(activations=True)`` and ``sparsify``: forward pre-hooks on the Linear's input.
+* ``int8(activations=True)`` and ``sparsify``: forward pre-hooks on the Linear's input;
+  ``sparsify(rank=…)`` (R-Sparse) adds a forward hook that sends the inputs under the
+  threshold through a rank-``rank`` SVD of the finished weight (its factors at the
+  module's precision), computed once.
 
 The finished weights replace the parameters' data; the original tensors are kept by
 the :class:`CompressionHandle` (and through it by the model, so they are never
@@ -45,6 +48,7 @@ from relcomp.compression.actions import (
     Int8,
     LowRank,
     PlanError,
+    PrecisionAction,
     PruneHeads,
     PruneNeurons,
     PruneWeights,
@@ -74,6 +78,7 @@ __all__ = [
     "Realisation",
     "active_compression",
     "compress_",
+    "weight_quantizer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +111,9 @@ class LinearEdit:
     )
     weight_changed: bool = False
     bias_changed: bool = False
+    #: R-Sparse: ``(threshold, left, right)``; inputs under the threshold go through
+    #: ``left @ right`` instead of the weight.
+    residual: tuple[float, torch.Tensor, torch.Tensor] | None = None
 
     def map_weights(
         self, function: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -222,28 +230,37 @@ def _prune_weights(realisation: Realisation, module: str, action: Action) -> Non
     edit.weight_changed = True
 
 
+def _svd_factors(
+    weight: torch.Tensor, keep: LinearKeep, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(left, right)``, ``out × rank`` and ``rank × in``: the best rank-``rank``
+    approximation of ``weight`` over its kept rows and columns (zero elsewhere)."""
+    rows = (
+        keep.rows
+        if keep.rows is not None
+        else torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    )
+    columns = (
+        keep.columns
+        if keep.columns is not None
+        else torch.ones(weight.shape[1], dtype=torch.bool, device=weight.device)
+    )
+    kept = weight[rows][:, columns].double()
+    u, s, vh = torch.linalg.svd(kept, full_matrices=False)
+    root = s[:rank].sqrt()
+    rank = root.numel()  # at most the kept matrix's smaller side
+    left = weight.new_zeros(weight.shape[0], rank)
+    right = weight.new_zeros(rank, weight.shape[1])
+    left[rows] = (u[:, :rank] * root).to(left.dtype)
+    right[:, columns] = (root[:, None] * vh[:rank]).to(right.dtype)
+    return left, right
+
+
 @handler(LowRank)
 def _low_rank(realisation: Realisation, module: str, action: Action) -> None:
     assert isinstance(action, LowRank)
     edit = realisation.linear(module)
-    rows = (
-        edit.keep.rows
-        if edit.keep.rows is not None
-        else torch.ones(edit.weight.shape[0], dtype=torch.bool, device=edit.weight.device)
-    )
-    columns = (
-        edit.keep.columns
-        if edit.keep.columns is not None
-        else torch.ones(edit.weight.shape[1], dtype=torch.bool, device=edit.weight.device)
-    )
-    kept = edit.weight[rows][:, columns].double()
-    u, s, vh = torch.linalg.svd(kept, full_matrices=False)
-    root = s[: action.rank].sqrt()
-    left = edit.weight.new_zeros(edit.weight.shape[0], action.rank)
-    right = edit.weight.new_zeros(action.rank, edit.weight.shape[1])
-    left[rows] = (u[:, : action.rank] * root).to(left.dtype)
-    right[:, columns] = (root[:, None] * vh[: action.rank]).to(right.dtype)
-    edit.factors = (left, right)
+    edit.factors = _svd_factors(edit.weight, edit.keep, action.rank)
     edit.weight_changed = True
 
 
@@ -252,10 +269,37 @@ def _fp32(realisation: Realisation, module: str, action: Action) -> None:
     """Full precision: nothing to do (an explicit entry keeps a module out of ``_default``)."""
 
 
+WeightQuantizer = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def weight_quantizer(action: Action) -> WeightQuantizer | None:
+    """``function(matrix, columns)`` that fake-quantizes a weight matrix as ``action``
+    stores it (``columns``: the kept inputs, for int4's blocks); ``None`` for fp32.
+
+    Example:
+        >>> quantize = weight_quantizer(Int8())
+        >>> quantize(torch.tensor([[1.0, -0.5, 0.3]]), None)
+        tensor([[ 1.0000, -0.5039,  0.2992]])
+    """
+    if isinstance(action, FP16):
+        return lambda matrix, columns: fake_quantize_fp16(matrix)
+    if isinstance(action, Int8):
+        return lambda matrix, columns: fake_quantize_int8(matrix, action.per_channel)
+    if isinstance(action, Int4):
+        return lambda matrix, columns: fake_quantize_int4(matrix, action.block_size, columns)
+    return None
+
+
+def _quantize_weights(realisation: Realisation, module: str, action: Action) -> None:
+    quantize = weight_quantizer(action)
+    assert quantize is not None
+    realisation.linear(module).map_weights(quantize)
+
+
 @handler(FP16)
 def _fp16(realisation: Realisation, module: str, action: Action) -> None:
+    _quantize_weights(realisation, module, action)
     edit = realisation.linear(module)
-    edit.map_weights(lambda matrix, columns: fake_quantize_fp16(matrix))
     if edit.bias is not None:
         edit.bias = fake_quantize_fp16(edit.bias)
         edit.bias_changed = True
@@ -264,27 +308,39 @@ def _fp16(realisation: Realisation, module: str, action: Action) -> None:
 @handler(Int8)
 def _int8(realisation: Realisation, module: str, action: Action) -> None:
     assert isinstance(action, Int8)
-    edit = realisation.linear(module)
-    edit.map_weights(lambda matrix, columns: fake_quantize_int8(matrix, action.per_channel))
+    _quantize_weights(realisation, module, action)
     if action.activations:
         scale = realisation.scales[module]
-        edit.input_transforms.append((1, lambda x: fake_quantize_activations(x, scale)))
+        realisation.linear(module).input_transforms.append(
+            (1, lambda x: fake_quantize_activations(x, scale))
+        )
 
 
 @handler(Int4)
 def _int4(realisation: Realisation, module: str, action: Action) -> None:
-    assert isinstance(action, Int4)
-    edit = realisation.linear(module)
-    edit.map_weights(lambda matrix, columns: fake_quantize_int4(matrix, action.block_size, columns))
+    _quantize_weights(realisation, module, action)
 
 
 @handler(Sparsify)
 def _sparsify(realisation: Realisation, module: str, action: Action) -> None:
     assert isinstance(action, Sparsify)
     threshold = action.threshold
-    realisation.linear(module).input_transforms.append(
+    edit = realisation.linear(module)
+    edit.input_transforms.append(
         (0, lambda x: torch.where(x.abs() < threshold, torch.zeros_like(x), x))
     )
+    if action.rank is None:
+        return
+    # R-Sparse: the factors approximate the weight the large inputs meet (pruned and
+    # rounded already: sparsity comes last), and are stored at the module's precision.
+    left, right = _svd_factors(edit.final_weight(), edit.keep, action.rank)
+    precision = next(
+        (a for a in realisation.resolved.get(module, []) if isinstance(a, PrecisionAction)), None
+    )
+    quantize = weight_quantizer(precision) if precision is not None else None
+    if quantize is not None:
+        left, right = quantize(left, None), quantize(right, edit.keep.columns)
+    edit.residual = (threshold, left, right)
 
 
 # -- the handle ---------------------------------------------------------------------------
@@ -472,10 +528,34 @@ def _install(
             if edit.bias_changed and module.bias is not None and edit.bias is not None:
                 swaps.append((module.bias, module.bias.data))
                 module.bias.data = edit.bias.to(module.bias.dtype)
+            if edit.residual is not None:
+                # registered first, so that it sees the input before any transform
+                hooks += _residual_hooks(module, *edit.residual)
             if edit.input_transforms:
                 transforms = [fn for _, fn in sorted(edit.input_transforms, key=lambda t: t[0])]
                 hooks.append(module.register_forward_pre_hook(_input_hook(transforms)))
     return swaps, hooks
+
+
+def _residual_hooks(
+    module: nn.Module, threshold: float, left: torch.Tensor, right: torch.Tensor
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """R-Sparse's low-rank path: ``output + left·right·(x where |x| < threshold)``."""
+    inputs: list[torch.Tensor] = []
+
+    def keep_input(module: nn.Module, args: tuple[Any, ...]) -> None:
+        inputs.append(args[0])
+
+    def add_low_rank(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+        x = inputs.pop()
+        small = torch.where(x.abs() < threshold, x, torch.zeros_like(x))
+        factors = (right.to(x.dtype), left.to(x.dtype))
+        return output + nn.functional.linear(nn.functional.linear(small, factors[0]), factors[1])
+
+    return [
+        module.register_forward_pre_hook(keep_input),
+        module.register_forward_hook(add_low_rank),
+    ]
 
 
 def _input_hook(transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> Any:

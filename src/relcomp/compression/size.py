@@ -9,6 +9,9 @@ The formula, per Linear (``rows × columns`` after head and neuron pruning):
   its precision (scales as for the dense matrix) plus a one-bit-per-weight mask;
 * ``low_rank(rank)``: the two factors ``rows × rank`` and ``rank × columns``, each
   stored at the module's precision with its own scales;
+* ``sparsify(threshold, rank)`` (R-Sparse): the full weight and, beside it, the two
+  factors of its rank-``rank`` approximation, stored as ``low_rank``'s are (the
+  model grows: R-Sparse saves multiply-adds, not bytes);
 * bias: 4 bytes per kept output (2 under ``fp16``).
 
 Every other parameter (embeddings, LayerNorms) stays at its own dtype. Activation
@@ -94,6 +97,8 @@ def weight_bytes(
         (591360, 1536, 589824)
         >>> weight_bytes(384, 1536, ["fp16", "low_rank(rank=64)"])
         (245760, 768, 122880)
+        >>> weight_bytes(384, 1536, "sparsify(threshold=0.1, rank=16)")  # R-Sparse's factors
+        (2482176, 1536, 620544)
     """
     if isinstance(actions, str | Action):
         actions = [parse_action(actions)]
@@ -115,6 +120,11 @@ def weight_bytes(
     else:
         stored = rows * columns
         data = matrix_bytes(rows, columns, precision)
+    residual = next((a for a in actions if isinstance(a, Sparsify) and a.rank), None)
+    if residual is not None and residual.rank is not None:
+        rank = residual.rank
+        data += matrix_bytes(rows, rank, precision) + matrix_bytes(rank, columns, precision)
+        stored += rank * (rows + columns)
     bias_bytes = rows * (2 if isinstance(precision, FP16) else 4) if bias else 0
     return data, bias_bytes, stored
 
@@ -146,8 +156,10 @@ class SizeEstimate:
         linears: ``{Linear name: LinearSize}`` in model order.
         activation_sparsity: share of Linear input activations that ``sparsify``
             zeroes, weighted by each Linear's stored weights (its multiply-adds per
-            token); 0.0 without ``sparsify``, ``None`` when a sparsified module has
-            no activation statistics to tell.
+            token): the share of the Linears' multiply-adds saved. Under R-Sparse
+            the low-rank path's multiply-adds are taken off what its module saves.
+            0.0 without ``sparsify``, ``None`` when a sparsified module has no
+            activation statistics to tell.
     """
 
     fixed_bytes: int
@@ -232,13 +244,17 @@ def estimate_size(
             bias_bytes=bias,
             stored_weights=stored,
         )
-        total_work += stored
         sparsify = next((a for a in actions if isinstance(a, Sparsify)), None)
+        # R-Sparse's factors are stored weights too, but a token costs them in full
+        low_rank_work = sparsify.rank * sum(kept) if sparsify and sparsify.rank else 0
+        work = stored - low_rank_work
+        total_work += work
         if sparsify is not None:
             if statistics is None or name not in statistics:
                 unknown = True
             else:
-                zeroed += statistics[name].share_below(sparsify.threshold) * stored
+                share = statistics[name].share_below(sparsify.threshold)
+                zeroed += share * work - low_rank_work
     return SizeEstimate(
         fixed_bytes=sum(fixed.values()),
         embedding_bytes=fixed["embeddings"],

@@ -8,7 +8,9 @@ action                         realised as
 ``prune_heads``,               removed for real in torch (:func:`prune_physically`) before
 ``prune_neurons``              export: smaller MatMuls, the only structural speed-up
 ``prune_weights``              zeros in the dense torch weights (no ORT speed or size gain)
-``low_rank``                   the product U·V in a full-size weight (no gain either)
+``low_rank``                   factorised for real (:func:`factorise_physically`): two
+                               MatMuls of ``rank`` each, fewer weights and multiply-adds;
+                               the module's precision and input actions move to the factors
 ``sparsify``                   ``Where(|x| < t, 0, x)`` traced before the MatMul (no gain)
 ``fp16``                       weights rounded through float16, run in float32
 ``int8``                       ``quantize_dynamic`` on exactly those nodes
@@ -52,6 +54,8 @@ from relcomp.compression import (
     Sparsify,
     active_compression,
     compress_,
+    factorise_physically,
+    parameter_count,
     prune_physically,
     resolve_plan,
 )
@@ -159,7 +163,7 @@ def _split_actions(
     counts: Counter[str] = Counter()
     for module, actions in resolved.items():
         for action in actions:
-            if isinstance(action, PruneWeights | LowRank | Sparsify | FP16):
+            if isinstance(action, PruneWeights | Sparsify | FP16):
                 torch_side.setdefault(module, []).append(str(action))
                 counts[action.name] += 1
             if isinstance(action, PrecisionAction):
@@ -170,11 +174,6 @@ def _split_actions(
             f"prune_weights on {counts['prune_weights']} Linears: realised as zeros in dense "
             "weights; ONNX Runtime has no sparse kernel for them, so unstructured sparsity "
             "gives no speed and no size gain in this bundle"
-        )
-    if counts["low_rank"]:
-        notes.append(
-            f"low_rank on {counts['low_rank']} Linears: realised as the product U·V in a "
-            "full-size weight (the plan's outputs, no size or speed gain)"
         )
     if counts["sparsify"]:
         notes.append(
@@ -190,6 +189,50 @@ def _split_actions(
         )
     # explicit entries per module keep the resolved choice, whatever the plan's precedence was
     return torch_side, precisions, notes
+
+
+def _factorise(
+    model: RankingModel, resolved: Mapping[str, list[Action]]
+) -> tuple[RankingModel, dict[str, list[Action]], list[str]]:
+    """``low_rank`` carried out for real: ``(factorised model, resolved plan, notes)``.
+
+    Each factorised Linear ``M`` becomes ``M.down`` then ``M.up``; its other actions
+    move to the factors: a precision to both, ``sparsify`` and activation
+    quantization to ``M.down``, which reads ``M``'s input (``M.up`` keeps the weight
+    precision only, as the plan's simulation quantizes no inner activation).
+    """
+    chosen = {m: a for m, a in resolved.items() if any(isinstance(x, LowRank) for x in a)}
+    if not chosen:
+        return model, dict(resolved), []
+    entries = tuple(
+        (module, str(action))
+        for module, actions in chosen.items()
+        for action in actions
+        if isinstance(action, LowRank | PrecisionAction)
+    )
+    factorised = factorise_physically(
+        model, CompressionPlan(model.name, entries, method="export/factorise")
+    )
+    moved = {m: list(a) for m, a in resolved.items() if m not in chosen}
+    for module, actions in chosen.items():
+        down, up = moved.setdefault(f"{module}.down", []), moved.setdefault(f"{module}.up", [])
+        for action in actions:
+            if isinstance(action, LowRank):
+                continue
+            down.append(action)
+            if isinstance(action, PrecisionAction):
+                up.append(
+                    dataclasses.replace(action, activations=False)
+                    if isinstance(action, Int8)
+                    else action
+                )
+    ranks = sorted({a.rank for acts in chosen.values() for a in acts if isinstance(a, LowRank)})
+    note = (
+        f"low_rank on {len(chosen)} Linears: factorised for real (two MatMuls each, rank "
+        f"{', '.join(map(str, ranks))}): {parameter_count(model) - parameter_count(factorised):,} "
+        "fewer weights"
+    )
+    return factorised, {m: a for m, a in moved.items() if a}, [note]
 
 
 def _torch_plan(model: RankingModel, entries: Mapping[str, list[str]]) -> CompressionPlan:
@@ -377,6 +420,8 @@ def export_bundle(
         working = prune_physically(model, structural)
         notes.extend(_structural_notes(model, working))
     resolved = resolve_plan(rest, working) if rest is not None and rest.entries else {}
+    working, resolved, factor_notes = _factorise(working, resolved)
+    notes.extend(factor_notes)
     torch_entries, precisions, torch_notes = _split_actions(resolved)
     notes.extend(torch_notes)
     if (
