@@ -205,6 +205,8 @@ def test_evaluate_with_a_plan(
         ("prune-structured", "0.2", "relevance --within wanda -d {data} --calibration 4"),
         # R-Sparse: the thresholds come from calibration activations
         ("r-sparse", "0.4", "relevance -d {data} --calibration 4 --rank 4"),
+        # W8A8, channel-wise after LayerNorms (evaluate calibrates the scales on dev)
+        ("mixed-precision", "10bits", "relevance --activations"),
     ],
 )
 def test_relevance_then_plan_then_evaluate(
@@ -260,6 +262,9 @@ def test_relevance_then_plan_then_evaluate(
     assert plan["kind"] == "compression_plan" and plan["entries"]
     assert plan["method"].startswith(method)
     assert plan["method"].endswith("+wanda-within") == ("--within" in importance)
+    if "--activations" in importance:
+        assert plan["method"].endswith("+a8")
+        assert any("channelwise=True" in action for _, action in plan["entries"])
     if method == "r-sparse":
         ranked = [module for module, action in plan["entries"] if action.endswith(", rank=4)")]
         assert len(ranked) == len(plan["entries"]) - 1  # all but the one-logit classifier

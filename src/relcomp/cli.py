@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="r-sparse: the rank of the low-rank path the small activations take (default 16)",
     )
     plan.add_argument(
+        "--activations",
+        action="store_true",
+        help="mixed-precision: int8 Linears quantize their inputs too (W8A8), channel-wise "
+        "after a LayerNorm; simulated in torch (relcomp evaluate --plan needs -d for scales)",
+    )
+    plan.add_argument(
         "-d", "--data", type=Path, default=None, help="BEIR folder for calibration pairs"
     )
     plan.add_argument(
@@ -518,6 +524,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         seed=args.seed,
         within=args.within,
         rank=args.rank,
+        activations=args.activations,
     )
     achieved = result.achieved
     print(f"{result.method}: budget {dict(result.budget)}")

@@ -360,6 +360,7 @@ def plan(
     seed: int = 13,
     within: str | None = None,
     rank: int | None = None,
+    activations: bool = False,
 ) -> CompressionPlan:
     """A compression plan under ``budget``, driven by relevance (or a blind baseline).
 
@@ -377,6 +378,9 @@ def plan(
             neurons inside each layer, ``importance`` setting how many per layer.
         rank: ``r-sparse``: the rank of the low-rank path (the planner's default, 16,
             when ``None``).
+        activations: ``mixed-precision``: quantize the int8 Linears' inputs too, one
+            scale per channel after a LayerNorm (LRP-QViT's clipped channel-wise
+            quantization), one per tensor elsewhere.
     """
     from relcomp.compression.planners import make_plan
 
@@ -397,6 +401,8 @@ def plan(
             _calibration_dataset(data_dir, calibration_split, "test"), calibration
         )
     options: dict[str, Any] = {} if rank is None else {"rank": rank}
+    if activations:
+        options["activations"] = True
     return make_plan(
         scorer,
         method,

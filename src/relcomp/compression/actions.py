@@ -25,6 +25,7 @@ action                         target      meaning
                                            (``per_channel=False``: one scale per tensor);
                                            ``activations=True`` also fake-quantizes the
                                            input with a calibrated, clipped scale
+                                           (``channelwise=True``: one per input channel)
 ``int4(block_size=32)``        Linear      symmetric int4 weights, one scale per block of
                                            ``block_size`` inputs in each output row
 ``prune_heads(0,3)``           attention   remove attention heads (indices as in the
@@ -43,7 +44,7 @@ action                         target      meaning
 Example:
     >>> action = parse_action("int8( per_channel = True )")
     >>> action
-    Int8(per_channel=True, activations=False)
+    Int8(per_channel=True, activations=False, channelwise=False)
     >>> str(action)
     'int8(per_channel=True)'
     >>> str(parse_action("prune_heads(3, 0)"))
@@ -218,16 +219,36 @@ class FP16(PrecisionAction):
 
 @dataclasses.dataclass(frozen=True)
 class Int8(PrecisionAction):
-    """Symmetric int8 weights (±127); ``activations=True`` adds static input quantization."""
+    """Symmetric int8 weights (±127); ``activations=True`` adds static input quantization.
+
+    The input's scale is one calibrated, clipped number per tensor; ``channelwise=True``
+    gives each input channel its own (LRP-QViT's clipped channel-wise quantization,
+    for post-LayerNorm inputs, whose few outlier channels would otherwise set the
+    step of all the others).
+
+    Example:
+        >>> str(Int8(activations=True, channelwise=True))
+        'int8(per_channel=True, activations=True, channelwise=True)'
+        >>> Int8(channelwise=True)
+        Traceback (most recent call last):
+        ...
+        relcomp.compression.actions.PlanError: bad argument for int8: channelwise=True needs activations=True (it sets the input's scales)
+    """
 
     name: ClassVar[str] = "int8"
     bits: ClassVar[float] = 8.0
     per_channel: bool = _always(True)
     activations: bool = False
+    channelwise: bool = False
 
     def check(self) -> None:
         _check_bool(self.name, "per_channel", self.per_channel)
         _check_bool(self.name, "activations", self.activations)
+        _check_bool(self.name, "channelwise", self.channelwise)
+        if self.channelwise and not self.activations:
+            raise _fail(
+                self.name, "channelwise=True needs activations=True (it sets the input's scales)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -220,6 +221,8 @@ def make_plan(
     activation_planner = planner in (sparsify_plan, r_sparse_plan)
     if "rank" in options and not activation_planner:
         raise PlanError(f"rank={options['rank']!r} is an option of r-sparse, not of {method}")
+    if options.get("activations") and planner is not mixed_precision_plan:
+        raise PlanError(f"activations=True is an option of mixed-precision, not of {method}")
     if activation_planner and statistics is None:
         if not calibration:
             raise PlanError("the sparsify planner needs calibration=[(query, document), …] pairs")
@@ -270,6 +273,7 @@ def mixed_precision_plan(
     importance: Importance,
     budget: Mapping[str, float],
     ladder: Sequence[PrecisionAction | str] = PRECISION_LADDER,
+    activations: bool = False,
 ) -> CompressionPlan:
     """Bits per Linear by greedy knapsack on ``score × noise removed / bytes``.
 
@@ -277,6 +281,22 @@ def mixed_precision_plan(
     ``size_mb`` (the whole model). Ties are broken in model order. ``ladder`` lists
     the precisions to choose from, cheapest first (every Linear starts at the first);
     e.g. ``("int4(block_size=128)", *PRECISION_LADDER)`` reaches 4.25 bits per weight.
+    ``activations=True`` quantizes the inputs of the int8 Linears too (W8A8): with
+    one clipped scale per channel where the input comes from a LayerNorm (queries,
+    keys, values and the FFN's input: LRP-QViT's clipped channel-wise quantization),
+    one per tensor elsewhere. Such a plan is realised with activation statistics
+    (``compress_(model, plan, statistics=…)``).
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> from relcomp.compression.importance import importance_scores
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> plan = mixed_precision_plan(model, importance_scores(model, "uniform"),
+        ...                             {"bits_per_weight": 8.1}, activations=True)
+        >>> dict(plan.entries)["encoder.layer.0.attention.self.query"]
+        'int8(per_channel=True, activations=True, channelwise=True)'
+        >>> dict(plan.entries)["encoder.layer.0.output.dense"]
+        'int8(per_channel=True, activations=True)'
 
     Example:
         >>> from relcomp.models import load_model
@@ -337,8 +357,21 @@ def mixed_precision_plan(
         used += extra
         level[name] += 1
         push(order_of[name], name)
-    entries = [(name, str(ladder[level[name]])) for name in names]
-    return _finish(model, entries, "mixed-precision", importance, {key: value})
+    chosen = {name: ladder[level[name]] for name in names}
+    if activations:
+        after_layer_norm = {
+            name
+            for layer in structure.layers
+            for name in (layer.query, layer.key, layer.value, layer.ffn_in)
+        }
+        for name, precision in chosen.items():
+            if isinstance(precision, Int8):
+                chosen[name] = dataclasses.replace(
+                    precision, activations=True, channelwise=name in after_layer_norm
+                )
+    entries = [(name, str(precision)) for name, precision in chosen.items()]
+    suffix = "+a8" if activations else ""
+    return _finish(model, entries, "mixed-precision", importance, {key: value}, extra=suffix)
 
 
 def _ladder(ladder: Sequence[PrecisionAction | str]) -> tuple[PrecisionAction, ...]:

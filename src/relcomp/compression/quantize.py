@@ -87,8 +87,10 @@ def fake_quantize_fp16(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.half().to(tensor.dtype)
 
 
-def fake_quantize_activations(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Per-tensor symmetric int8 with a calibrated ``scale``; values beyond ±127·scale clip.
+def fake_quantize_activations(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 with a calibrated ``scale``; values beyond ±127·scale clip.
+
+    ``scale`` is one number (per tensor) or one per input channel (the last axis).
 
     The gradient passes straight through, so attribution methods still run.
 
@@ -96,5 +98,7 @@ def fake_quantize_activations(x: torch.Tensor, scale: float) -> torch.Tensor:
         >>> fake_quantize_activations(torch.tensor([0.01, 0.5, 9.0]), scale=0.05)
         tensor([0.0000, 0.5000, 6.3500])
     """
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(device=x.device, dtype=x.dtype)
     quantized = torch.clamp(torch.round(x / scale), -INT8_MAX, INT8_MAX) * scale
     return x + (quantized - x).detach()

@@ -83,6 +83,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Default clip of channel-wise activation ranges, in RMS of the channel (see
+#: :meth:`~relcomp.compression.ActivationStatistics.channel_ranges`): none, min–max per
+#: channel. On dev data (benchmarks/activation_quantization.py) clipping at 16 or 32×RMS
+#: changed no scale and 8×RMS or less cost more than it saved, as per-tensor clipping does.
+CHANNEL_CLIP: float | None = None
+
 Handler = Callable[["Realisation", str, Action], None]
 #: Action name → the function that carries it out in torch.
 HANDLERS: Registry[Handler] = Registry("compression handler")
@@ -155,6 +161,8 @@ class Realisation:
         self.scales = dict(scales)
         self.keep = structural_masks(resolved, structure)
         self.edits: dict[str, LinearEdit] = {}
+        #: per-input-channel scales of ``int8(activations=True, channelwise=True)``
+        self.channel_scales: dict[str, torch.Tensor] = {}
 
     def linear(self, name: str) -> LinearEdit:
         """The working copy of a Linear, made on first use."""
@@ -310,7 +318,9 @@ def _int8(realisation: Realisation, module: str, action: Action) -> None:
     assert isinstance(action, Int8)
     _quantize_weights(realisation, module, action)
     if action.activations:
-        scale = realisation.scales[module]
+        scale: float | torch.Tensor = (
+            realisation.channel_scales[module] if action.channelwise else realisation.scales[module]
+        )
         realisation.linear(module).input_transforms.append(
             (1, lambda x: fake_quantize_activations(x, scale))
         )
@@ -416,6 +426,7 @@ def compress_(
     statistics: Mapping[str, ActivationStatistics] | None = None,
     activation_scales: Mapping[str, float] | None = None,
     percentile: float = 100.0,
+    channel_clip: float | None = CHANNEL_CLIP,
 ) -> CompressionHandle:
     """Apply ``plan`` to ``model`` in place (fake quantization and masks); undo with the handle.
 
@@ -429,6 +440,10 @@ def compress_(
         activation_scales: ``{Linear name: scale}`` (:func:`calibrate`).
         percentile: where activation scales are clipped when read from ``statistics``
             (see :func:`~relcomp.compression.activation_scales`).
+        channel_clip: ``int8(activations=True, channelwise=True)``: each input
+            channel's range is its ``max |x|`` over ``statistics``, clipped at this many
+            times its RMS (``None``: not clipped); see
+            :meth:`~relcomp.compression.ActivationStatistics.channel_ranges`.
 
     Returns:
         The :class:`CompressionHandle`; ``handle.remove()`` (or leaving its ``with``
@@ -454,6 +469,7 @@ def compress_(
     structure = ModelStructure.of(model)
     resolved = _resolve(plan, structure)
     scales = _activation_scales(resolved, statistics, activation_scales, percentile)
+    channel_scales = _channel_scales(resolved, statistics, channel_clip)
     for actions in resolved.values():
         for action in actions:
             try:
@@ -461,6 +477,7 @@ def compress_(
             except UnknownNameError:
                 raise PlanError(f"{action} has no torch handler; it cannot be simulated") from None
     realisation = Realisation(model, structure, resolved, statistics, scales)
+    realisation.channel_scales = channel_scales
     with torch.no_grad():
         for category in CATEGORY_ORDER:
             for module, actions in resolved.items():
@@ -482,6 +499,32 @@ def compress_(
     return handle
 
 
+def _channel_scales(
+    resolved: Mapping[str, list[Action]],
+    statistics: Mapping[str, ActivationStatistics] | None,
+    clip: float | None,
+) -> dict[str, torch.Tensor]:
+    """Per-channel input scales (range / 127) of the ``channelwise`` int8 modules."""
+    needed = [
+        module
+        for module, actions in resolved.items()
+        if any(isinstance(a, Int8) and a.channelwise for a in actions)
+    ]
+    missing = [m for m in needed if statistics is None or m not in statistics]
+    if missing:
+        raise PlanError(
+            f"int8(activations=True, channelwise=True) needs activation statistics for "
+            f"{len(missing)} module(s), e.g. {missing[0]!r}: pass "
+            "statistics=collect_activation_statistics(model, batches)"
+        )
+    scales = {}
+    for module in needed:
+        assert statistics is not None
+        ranges = statistics[module].channel_ranges(clip)
+        scales[module] = torch.where(ranges > 0, ranges / 127, torch.ones_like(ranges))
+    return scales
+
+
 def _activation_scales(
     resolved: Mapping[str, list[Action]],
     statistics: Mapping[str, ActivationStatistics] | None,
@@ -491,7 +534,7 @@ def _activation_scales(
     needed = [
         module
         for module, actions in resolved.items()
-        if any(isinstance(a, Int8) and a.activations for a in actions)
+        if any(isinstance(a, Int8) and a.activations and not a.channelwise for a in actions)
     ]
     scales: dict[str, float] = {}
     missing = []
@@ -572,6 +615,8 @@ def _digest(plan: CompressionPlan, realisation: Realisation) -> str:
     """The plan's fingerprint, plus the calibration data that changes its outputs."""
     digest = hashlib.sha256(plan.fingerprint().encode())
     digest.update(json.dumps(sorted(realisation.scales.items())).encode())
+    for module, channel_scales in sorted(realisation.channel_scales.items()):
+        digest.update(module.encode() + channel_scales.cpu().numpy().tobytes())
     for module, actions in sorted(realisation.resolved.items()):
         if any(isinstance(a, PruneWeights) for a in actions) and module in realisation.statistics:
             norm = realisation.statistics[module].channel_norm

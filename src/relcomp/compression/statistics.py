@@ -6,7 +6,10 @@ What compression needs to know about the data a model sees, per Linear input:
   activation term of Wanda's importance ``|W_ij| · ‖X_j‖₂``;
 * a histogram of ``|x|`` on log-spaced bins, from which :meth:`quantile` and
   :meth:`share_below` read TEAL thresholds (the ``|x|`` below which a share of
-  activations falls) and clipped activation-quantization scales.
+  activations falls) and clipped activation-quantization scales;
+* ``channel_absmax`` and the RMS per channel, from which :meth:`channel_ranges`
+  reads clipped per-channel activation ranges (LRP-QViT's clipped channel-wise
+  quantization of post-LayerNorm inputs).
 
 Padding tokens are left out. Statistics are gathered with forward pre-hooks that
 are removed when collection ends.
@@ -61,10 +64,15 @@ class ActivationStatistics:
     histogram: torch.Tensor = dataclasses.field(
         default_factory=lambda: torch.zeros(len(HISTOGRAM_EDGES) + 1, dtype=torch.int64)
     )
+    channel_absmax: torch.Tensor = dataclasses.field(
+        default_factory=lambda: torch.zeros(0, dtype=torch.float64)
+    )
 
     def __post_init__(self) -> None:
         if self.channel_square_sum.numel() == 0:
             self.channel_square_sum = torch.zeros(self.in_features, dtype=torch.float64)
+        if self.channel_absmax.numel() == 0:
+            self.channel_absmax = torch.zeros(self.in_features, dtype=torch.float64)
 
     def update(self, x: torch.Tensor) -> None:
         """Add a ``(tokens, in_features)`` batch of inputs."""
@@ -75,6 +83,7 @@ class ActivationStatistics:
         self.tokens += x.shape[0]
         self.absmax = max(self.absmax, float(magnitude.max()))
         self.channel_square_sum += x.double().square().sum(dim=0).cpu()
+        self.channel_absmax = torch.maximum(self.channel_absmax, x.abs().amax(dim=0).double().cpu())
         bins = torch.bucketize(magnitude.cpu(), HISTOGRAM_EDGES, right=True)
         self.histogram += torch.bincount(bins, minlength=len(HISTOGRAM_EDGES) + 1)
 
@@ -82,6 +91,25 @@ class ActivationStatistics:
     def channel_norm(self) -> torch.Tensor:
         """``‖X_j‖₂`` per input channel over all calibration tokens (Wanda)."""
         return self.channel_square_sum.sqrt().float()
+
+    def channel_ranges(self, clip: float | None = None) -> torch.Tensor:
+        """Each input channel's activation range: its ``max |x|``, or at most ``clip``
+        times its RMS over the calibration tokens (rare spikes clipped).
+
+        Example:
+            >>> stats = ActivationStatistics("x", 2)
+            >>> stats.update(torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, 1.0], [1.0, 40.0]]))
+            >>> stats.channel_ranges().tolist()
+            [1.0, 40.0]
+            >>> [round(v, 2) for v in stats.channel_ranges(clip=1.0).tolist()]  # RMS 20.02
+            [1.0, 20.02]
+        """
+        if clip is None:
+            return self.channel_absmax.float()
+        if not (clip > 0 and clip == clip):
+            raise ValueError(f"clip must be a positive number of RMS, got {clip}")
+        rms = (self.channel_square_sum / max(self.tokens, 1)).sqrt()
+        return torch.minimum(self.channel_absmax, clip * rms).float()
 
     @property
     def count(self) -> int:

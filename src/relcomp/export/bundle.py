@@ -222,7 +222,7 @@ def _factorise(
             down.append(action)
             if isinstance(action, PrecisionAction):
                 up.append(
-                    dataclasses.replace(action, activations=False)
+                    dataclasses.replace(action, activations=False, channelwise=False)
                     if isinstance(action, Int8)
                     else action
                 )
@@ -424,6 +424,15 @@ def export_bundle(
     notes.extend(factor_notes)
     torch_entries, precisions, torch_notes = _split_actions(resolved)
     notes.extend(torch_notes)
+    channelwise = sorted(m for m, a in precisions.items() if isinstance(a, Int8) and a.channelwise)
+    if channelwise:
+        raise PlanError(
+            f"int8(activations=True, channelwise=True) on {len(channelwise)} module(s), e.g. "
+            f"{channelwise[0]!r}, is simulated in torch only: ONNX Runtime's int8 MatMul takes "
+            "one input scale per tensor, and in a post-LayerNorm encoder the scales cannot "
+            "be folded into the LayerNorm (its output is the residual stream). Export "
+            "int8(activations=True) instead"
+        )
     if (
         any(isinstance(a, Int8) and a.activations for a in precisions.values())
         and not calibration_pairs

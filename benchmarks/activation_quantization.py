@@ -1,0 +1,157 @@
+"""W8A8 activation scales on dev data: per tensor against LRP-QViT's clipped channel-wise.
+
+Every Linear gets int8 weights (one scale per row) and int8 inputs. The inputs' scales
+are calibrated on 64 (query, best document) pairs of the calibration split (nfcorpus
+dev, scifact train): one per tensor (min–max, relcomp's default), or one per channel
+for the inputs that come from a LayerNorm (queries, keys, values, FFN input) with each
+channel's range clipped at ``clip`` times its RMS (``none``: min–max per channel).
+Measured on BM25's top-10 for 32 other queries of the same split: Kendall's tau of
+each query's ranking against fp32 (mean), and the score error (RMS over the fp32
+scores' standard deviation). No test query is used: this is where the default clip is
+chosen.
+
+    python benchmarks/activation_quantization.py --output benchmarks/results/activation_quantization.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from _common import (
+    MAX_LENGTH,
+    beir_path,
+    machine,
+    print_table,
+    reranker_path,
+    set_threads,
+    write_json,
+)
+from relcomp.compression import compress_
+from relcomp.compression.planners import calibration_statistics, make_plan
+from relcomp.evaluation import bm25_retrieve, load_beir
+from relcomp.evaluation.rerank import candidate_pairs
+from relcomp.models import load_model
+from relcomp.models.loading import DEFAULT_RETRIEVER
+from relcomp.pipeline import calibration_pairs
+
+SPLITS = {"scifact": "train", "nfcorpus": "dev"}
+CLIPS: tuple[float | None, ...] = (None, 32.0, 16.0, 8.0, 4.0)
+
+
+def evaluation_groups(
+    dataset: Any, skip: int, queries: int, depth: int
+) -> list[tuple[str, list[str]]]:
+    """(query, BM25's top-``depth`` documents) for ``queries`` judged queries after the first ``skip``."""
+    chosen = sorted(dataset.qrels)[skip : skip + queries]
+    run = bm25_retrieve(dataset, chosen, depth=depth, show_progress_bar=False)
+    groups: dict[str, list[str]] = {}
+    for query_id, doc_id in candidate_pairs(run, depth):
+        groups.setdefault(query_id, []).append(dataset.document_text(doc_id))
+    return [(dataset.query_text(q), docs) for q, docs in groups.items() if len(docs) > 1]
+
+
+def scores_of(model: Any, groups: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+    queries = [q for q, docs in groups for _ in docs]
+    documents = [d for _, docs in groups for d in docs]
+    flat = model.score(queries, documents, show_progress_bar=False)
+    out, start = [], 0
+    for _, docs in groups:
+        out.append(np.asarray(flat[start : start + len(docs)]))
+        start += len(docs)
+    return out
+
+
+def compare(reference: list[np.ndarray], other: list[np.ndarray]) -> dict[str, float]:
+    taus = [kendalltau(a, b).statistic for a, b in zip(reference, other, strict=True)]
+    ref, new = np.concatenate(reference), np.concatenate(other)
+    return {
+        "kendall_tau": float(np.nanmean(taus)),
+        "score_error": float(np.sqrt(np.mean((new - ref) ** 2)) / (ref.std() or 1.0)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--models", nargs="+", default=[str(reranker_path()), DEFAULT_RETRIEVER])
+    parser.add_argument("--datasets", nargs="+", default=["nfcorpus", "scifact"])
+    parser.add_argument("--calibration", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=32)
+    parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    payload: dict[str, Any] = {
+        "_meta": {
+            "machine": machine(),
+            "calibration": {d: f"{s} ({args.calibration} pairs)" for d, s in SPLITS.items()},
+            "measured_on": f"BM25 top-{args.depth} of {args.queries} other queries of the same split",
+            "max_length": MAX_LENGTH["quick"],
+        }
+    }
+    rows = []
+    started = time.time()
+    for model_path in args.models:
+        model = load_model(model_path)
+        model.max_length = min(model.max_length, MAX_LENGTH["quick"][model.kind])
+        channelwise = make_plan(
+            model,
+            "mixed-precision",
+            {"bits_per_weight": 9},
+            importance="uniform",
+            ladder=("int8",),
+            activations=True,
+        )
+        weight_only = {"_default": "int8"}
+        tensor_wise = {"_default": "int8(activations=True)"}
+        for dataset_name in args.datasets:
+            dataset = load_beir(beir_path(dataset_name), SPLITS[dataset_name])
+            statistics = calibration_statistics(model, calibration_pairs(dataset, args.calibration))
+            groups = evaluation_groups(dataset, args.calibration, args.queries, args.depth)
+            reference = scores_of(model, groups)
+            results: dict[str, dict[str, float]] = {}
+            configs: list[tuple[str, Any, dict[str, Any]]] = [
+                ("W8 (weights only)", weight_only, {}),
+                ("W8A8 per tensor", tensor_wise, {}),
+                *(
+                    (
+                        f"W8A8 channel-wise, clip {'none' if c is None else f'{c:g}×RMS'}",
+                        channelwise,
+                        {"channel_clip": c},
+                    )
+                    for c in CLIPS
+                ),
+            ]
+            for label, plan, options in configs:
+                with compress_(model, plan, statistics=statistics, **options):
+                    results[label] = compare(reference, scores_of(model, groups))
+                rows.append(
+                    [
+                        model.name
+                        if "/" not in str(model.name)
+                        else str(model.name).rsplit("/", 1)[-1],
+                        dataset_name,
+                        label,
+                        f"{results[label]['kendall_tau']:.4f}",
+                        f"{results[label]['score_error']:.4f}",
+                    ]
+                )
+            key = (
+                DEFAULT_RETRIEVER
+                if model.kind == "bi-encoder"
+                else str(model.name).rsplit("/", 1)[-1]
+            )
+            payload.setdefault(key, {})[dataset_name] = results
+            write_json(args.output, payload)
+    payload["_meta"]["wall_s"] = round(time.time() - started, 1)
+    write_json(args.output, payload)
+    print_table(rows, ["model", "data", "activations", "Kendall tau vs fp32", "score error"])
+
+
+if __name__ == "__main__":
+    main()
