@@ -30,12 +30,19 @@ actions = st.one_of(
     st.just(FP32()),
     st.just(FP16()),
     st.builds(Int8, per_channel=st.booleans(), activations=st.booleans()),
+    st.builds(
+        Int8, per_channel=st.booleans(), activations=st.just(True), channelwise=st.booleans()
+    ),
     st.builds(Int4, block_size=st.sampled_from([16, 32, 64, 128, 256])),
     st.builds(PruneHeads, heads=st.lists(st.integers(0, 63), min_size=1, max_size=8, unique=True)),
     st.builds(PruneNeurons, ratio=ratios),
     st.builds(PruneNeurons, indices=indices),
     st.builds(PruneWeights, ratio=ratios),
-    st.builds(Sparsify, threshold=st.floats(min_value=0.0, max_value=1e4, allow_nan=False)),
+    st.builds(
+        Sparsify,
+        threshold=st.floats(min_value=0.0, max_value=1e4, allow_nan=False),
+        rank=st.one_of(st.none(), st.integers(1, 4096)),
+    ),
     st.builds(LowRank, rank=st.integers(1, 8192)),
 )
 
