@@ -274,6 +274,7 @@ def test_r_sparse_low_rank_path_is_traced_into_the_graph(tiny_model_path, tmp_pa
     np.testing.assert_allclose(exported, simulated, atol=2e-2)
     assert np.abs(exported - simulated).max() < np.abs(teal - simulated).max()
     assert bundle.modules[layers[1].ffn_in].startswith("int8")
+    assert any("R-Sparse's low-rank path on 1 of them" in note for note in bundle.notes)
 
 
 def test_a_plan_naming_an_unknown_module_writes_nothing(tiny_model_path, tmp_path) -> None:

@@ -166,6 +166,8 @@ def _split_actions(
             if isinstance(action, PruneWeights | Sparsify | FP16):
                 torch_side.setdefault(module, []).append(str(action))
                 counts[action.name] += 1
+                if isinstance(action, Sparsify) and action.rank is not None:
+                    counts["r_sparse"] += 1
             if isinstance(action, PrecisionAction):
                 precisions[module] = action
     notes = []
@@ -180,6 +182,12 @@ def _split_actions(
             f"sparsify on {counts['sparsify']} Linears: realised as Where(|x| < threshold, 0, x) "
             "before each MatMul (the plan's outputs); ONNX Runtime has no sparse-activation "
             "kernel, so no speed gain"
+            + (
+                f"; R-Sparse's low-rank path on {counts['r_sparse']} of them as two more "
+                "MatMuls, which cost time and size"
+                if counts["r_sparse"]
+                else ""
+            )
         )
     if counts["fp16"]:
         notes.append(
