@@ -136,7 +136,9 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
         points = sorted((x(r), r["ndcg@10"]) for r in rows if r["method"] == method)
         style = "*" if method == "reference" else "o-"
         axes.plot([p[0] for p in points], [p[1] for p in points], style, label=method)
-    axes.set_xlabel("activation sparsity (size unchanged)" if by_sparsity else "size (MB)")
+    axes.set_xlabel(
+        "activation sparsity (share of multiply-adds saved)" if by_sparsity else "size (MB)"
+    )
     axes.set_ylabel("nDCG@10")
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7)
