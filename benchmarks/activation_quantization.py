@@ -44,10 +44,12 @@ CLIPS: tuple[float | None, ...] = (None, 32.0, 16.0, 8.0, 4.0)
 
 
 def evaluation_groups(
-    dataset: Any, skip: int, queries: int, depth: int
+    dataset: Any, calibration: set[str], queries: int, depth: int
 ) -> list[tuple[str, list[str]]]:
-    """(query, BM25's top-``depth`` documents) for ``queries`` judged queries after the first ``skip``."""
-    chosen = sorted(dataset.qrels)[skip : skip + queries]
+    """(query, BM25's top-``depth`` documents) for the first ``queries`` judged queries
+    (by id) whose text is not a calibration query."""
+    chosen = [q for q in sorted(dataset.qrels) if dataset.query_text(q) not in calibration]
+    chosen = chosen[:queries]
     run = bm25_retrieve(dataset, chosen, depth=depth, show_progress_bar=False)
     groups: dict[str, list[str]] = {}
     for query_id, doc_id in candidate_pairs(run, depth):
@@ -111,8 +113,9 @@ def main() -> None:
         tensor_wise = {"_default": "int8(activations=True)"}
         for dataset_name in args.datasets:
             dataset = load_beir(beir_path(dataset_name), SPLITS[dataset_name])
-            statistics = calibration_statistics(model, calibration_pairs(dataset, args.calibration))
-            groups = evaluation_groups(dataset, args.calibration, args.queries, args.depth)
+            pairs = calibration_pairs(dataset, args.calibration)
+            statistics = calibration_statistics(model, pairs)
+            groups = evaluation_groups(dataset, {q for q, _ in pairs}, args.queries, args.depth)
             reference = scores_of(model, groups)
             results: dict[str, dict[str, float]] = {}
             configs: list[tuple[str, Any, dict[str, Any]]] = [
