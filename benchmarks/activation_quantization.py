@@ -19,9 +19,6 @@ import argparse
 import time
 from typing import Any
 
-import numpy as np
-from scipy.stats import kendalltau
-
 from _common import (
     MAX_LENGTH,
     beir_path,
@@ -31,50 +28,16 @@ from _common import (
     set_threads,
     write_json,
 )
+from _fidelity import compare, evaluation_groups, scores_of
 from relcomp.compression import compress_
 from relcomp.compression.planners import calibration_statistics, make_plan
-from relcomp.evaluation import bm25_retrieve, load_beir
-from relcomp.evaluation.rerank import candidate_pairs
+from relcomp.evaluation import load_beir
 from relcomp.models import load_model
 from relcomp.models.loading import DEFAULT_RETRIEVER
 from relcomp.pipeline import calibration_pairs
 
 SPLITS = {"scifact": "train", "nfcorpus": "dev"}
 CLIPS: tuple[float | None, ...] = (None, 32.0, 16.0, 8.0, 4.0)
-
-
-def evaluation_groups(
-    dataset: Any, calibration: set[str], queries: int, depth: int
-) -> list[tuple[str, list[str]]]:
-    """(query, BM25's top-``depth`` documents) for the first ``queries`` judged queries
-    (by id) whose text is not a calibration query."""
-    chosen = [q for q in sorted(dataset.qrels) if dataset.query_text(q) not in calibration]
-    chosen = chosen[:queries]
-    run = bm25_retrieve(dataset, chosen, depth=depth, show_progress_bar=False)
-    groups: dict[str, list[str]] = {}
-    for query_id, doc_id in candidate_pairs(run, depth):
-        groups.setdefault(query_id, []).append(dataset.document_text(doc_id))
-    return [(dataset.query_text(q), docs) for q, docs in groups.items() if len(docs) > 1]
-
-
-def scores_of(model: Any, groups: list[tuple[str, list[str]]]) -> list[np.ndarray]:
-    queries = [q for q, docs in groups for _ in docs]
-    documents = [d for _, docs in groups for d in docs]
-    flat = model.score(queries, documents, show_progress_bar=False)
-    out, start = [], 0
-    for _, docs in groups:
-        out.append(np.asarray(flat[start : start + len(docs)]))
-        start += len(docs)
-    return out
-
-
-def compare(reference: list[np.ndarray], other: list[np.ndarray]) -> dict[str, float]:
-    taus = [kendalltau(a, b).statistic for a, b in zip(reference, other, strict=True)]
-    ref, new = np.concatenate(reference), np.concatenate(other)
-    return {
-        "kendall_tau": float(np.nanmean(taus)),
-        "score_error": float(np.sqrt(np.mean((new - ref) ** 2)) / (ref.std() or 1.0)),
-    }
 
 
 def main() -> None:
