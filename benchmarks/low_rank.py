@@ -53,7 +53,9 @@ FFN = r"re:.*encoder\.layer\.\d+\.(intermediate|output)\.dense"
 RANKS = (256, 128, 64)
 
 
-def run_model(model_path: str, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+def run_model(
+    model_path: str, args: argparse.Namespace, folder: Path
+) -> tuple[str, list[dict[str, Any]]]:
     model = load_model(model_path)
     model.max_length = min(model.max_length, MAX_LENGTH["quick"][model.kind])
     dev = load_beir(beir_path(args.fidelity_dataset), "dev")
@@ -97,7 +99,7 @@ def run_model(model_path: str, args: argparse.Namespace, folder: Path) -> list[d
             timing = timings[f"{engine} {row['system']}"]
             row[f"{engine}_pairs_per_s"] = timing["pairs_per_s"]
             row[f"{engine}_p50_ms"] = timing["p50_ms"]
-    return rows
+    return display_name(model), rows
 
 
 def main() -> None:
@@ -133,8 +135,7 @@ def main() -> None:
     table = []
     with tempfile.TemporaryDirectory(prefix="relcomp-low-rank-") as tmp:
         for model_path in args.models:
-            rows = run_model(model_path, args, Path(tmp))
-            name = display_name(load_model(model_path))
+            name, rows = run_model(model_path, args, Path(tmp))
             payload[name] = rows
             reference = rows[0]
             for row in rows:
