@@ -49,6 +49,11 @@ def display_name(model: Any) -> str:
     return name
 
 
+def result_key(model: Any) -> str:
+    """A model's key in a results file: the last part of its name (a folder's, or a hub id's)."""
+    return str(model.name).rstrip("/").rsplit("/", 1)[-1]
+
+
 def set_threads(threads: int = 2) -> None:
     """Pin torch to ``threads`` and show relcomp's progress bars and INFO messages."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -25,6 +25,7 @@ from _common import (
     machine,
     print_table,
     reranker_path,
+    result_key,
     set_threads,
     write_json,
 )
@@ -98,21 +99,14 @@ def main() -> None:
                     results[label] = compare(reference, scores_of(model, groups))
                 rows.append(
                     [
-                        model.name
-                        if "/" not in str(model.name)
-                        else str(model.name).rsplit("/", 1)[-1],
+                        result_key(model),
                         dataset_name,
                         label,
                         f"{results[label]['kendall_tau']:.4f}",
                         f"{results[label]['score_error']:.4f}",
                     ]
                 )
-            key = (
-                DEFAULT_RETRIEVER
-                if model.kind == "bi-encoder"
-                else str(model.name).rsplit("/", 1)[-1]
-            )
-            payload.setdefault(key, {})[dataset_name] = results
+            payload.setdefault(result_key(model), {})[dataset_name] = results
             write_json(args.output, payload)
     payload["_meta"]["wall_s"] = round(time.time() - started, 1)
     write_json(args.output, payload)

@@ -31,10 +31,10 @@ from typing import Any
 from _common import (
     MAX_LENGTH,
     beir_path,
-    display_name,
     machine,
     print_table,
     reranker_path,
+    result_key,
     set_threads,
     write_json,
 )
@@ -99,7 +99,7 @@ def run_model(
             timing = timings[f"{engine} {row['system']}"]
             row[f"{engine}_pairs_per_s"] = timing["pairs_per_s"]
             row[f"{engine}_p50_ms"] = timing["p50_ms"]
-    return display_name(model), rows
+    return result_key(model), rows
 
 
 def main() -> None:
@@ -141,7 +141,7 @@ def main() -> None:
             for row in rows:
                 table.append(
                     [
-                        Path(name).name,
+                        name,
                         row["system"],
                         f"{row['parameters'] / 1e6:.2f}",
                         f"{row['size_mb']:.1f}",
