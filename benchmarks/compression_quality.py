@@ -20,7 +20,9 @@ claim, checked in ``_meta.claims`` per budget): at equal size, the relevance pla
 at most half the nDCG@10 that the best blind baseline loses. The quick sweep judges a
 budget once every blind baseline ran there; ``--protocol full`` confirms the sweep's best
 plans (e.g. ``--levels 1 --methods relevance taylor``), so it judges against the blind
-plans that ran and lists them in each verdict (``blind_run``).
+plans that ran and lists them in each verdict (``blind_run``). ``--markdown FILE…``
+prints the table of every budget, and ``--summary FILE…`` the verdicts counted per model
+and family; both read result files and run nothing.
 
 Relevance-driven methods: ``relevance`` (AttnLRP component relevance, net relevance
 per Linear), ``relevance-l1`` (the same relevance, each Linear, head and neuron read by
@@ -198,6 +200,13 @@ def main() -> None:
         metavar="JSON",
         help="print the README table of these result files and exit (runs nothing)",
     )
+    parser.add_argument(
+        "--summary",
+        nargs="+",
+        metavar="JSON",
+        help="print, per model and family, how relevance fared over every judged budget "
+        "of these result files and exit (runs nothing)",
+    )
     parser.add_argument("--protocol", choices=("quick", "full"), default="quick")
     parser.add_argument("--models", nargs="+", default=[str(reranker_path())])
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
@@ -235,6 +244,9 @@ def main() -> None:
         return
     if args.markdown:
         print(markdown([json.loads(Path(f).read_text()) for f in args.markdown]))
+        return
+    if args.summary:
+        print(summary([json.loads(Path(f).read_text()) for f in args.summary]))
         return
     if not args.output:
         parser.error("--output is required (unless --markdown)")
@@ -636,6 +648,72 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
     ]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(line.get(h, "–") for h in header) + " |" for line in lines]
+    return "\n".join(table)
+
+
+#: A loss smaller than this (nDCG@10) is no loss to save: "met" there says little.
+REAL_LOSS = 0.01
+#: Below this p-value a difference between two plans counts as significant.
+SIGNIFICANT = 0.05
+
+
+def summary(payloads: list[dict[str, Any]]) -> str:
+    """Per model and family, the verdicts over every judged budget, as a markdown table.
+
+    A budget of one dataset and retrieval is one cell; its relevance side is the best
+    relevance reading measured there (the one that keeps most nDCG@10), compared with the
+    best blind plan. Columns: cells judged; cells where the claim holds, all of them and
+    those where the best blind plan lost at least ``REAL_LOSS`` (where there was
+    something to save); cells where relevance keeps more or less than the best blind
+    plan, and how many of those differences are significant (paired t test,
+    p < ``SIGNIFICANT``); and the median and range of the difference in nDCG@10.
+    """
+    best: dict[tuple[str, ...], dict[str, Any]] = {}
+    for c in claims(merge(payloads)):
+        cell = (c["model"], c["family"], c["dataset"], c["retrieval"], c["budget"])
+        if cell not in best or c["relevance_loss"] < best[cell]["relevance_loss"]:
+            best[cell] = c
+    by_family: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (model, family, *_), c in best.items():
+        by_family.setdefault((model, family), []).append(c)
+    header = [
+        "model",
+        "family",
+        "budgets judged",
+        "claim met",
+        f"met where blind lost ≥ {REAL_LOSS:g}",
+        "relevance ahead (p < 0.05)",
+        "relevance behind (p < 0.05)",
+        "relevance − best blind, nDCG@10: median [min, max]",
+    ]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (model, family), cells in by_family.items():
+        gaps = sorted(c["best_blind_loss"] - c["relevance_loss"] for c in cells)
+        real = [c for c in cells if c["best_blind_loss"] >= REAL_LOSS]
+
+        def significant(c: dict[str, Any]) -> bool:
+            return c["p_value"] is not None and c["p_value"] < SIGNIFICANT
+
+        ahead = [c for c in cells if c["relevance_loss"] < c["best_blind_loss"]]
+        behind = [c for c in cells if c["relevance_loss"] > c["best_blind_loss"]]
+        middle = len(gaps) // 2
+        median = gaps[middle] if len(gaps) % 2 else (gaps[middle - 1] + gaps[middle]) / 2
+        table.append(
+            "| "
+            + " | ".join(
+                [
+                    model,
+                    family,
+                    str(len(cells)),
+                    str(sum(c["met"] for c in cells)),
+                    f"{sum(c['met'] for c in real)} of {len(real)}",
+                    f"{len(ahead)} ({sum(map(significant, ahead))})",
+                    f"{len(behind)} ({sum(map(significant, behind))})",
+                    f"{median:+.4f} [{gaps[0]:+.4f}, {gaps[-1]:+.4f}]",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(table)
 
 

@@ -81,6 +81,20 @@ def test_the_full_protocol_confirms_against_the_blind_plans_that_ran(quality):
     assert verdict["met"]
 
 
+def test_the_summary_counts_each_budget_once_by_its_best_relevance_reading(quality):
+    payload = rows(relevance=0.50, relevance_l1=0.585, **BLIND)  # taylor loses 0.04
+    other = rows(relevance=0.50, **{**BLIND, "taylor": 0.60})  # taylor loses nothing
+    other["m"]["d2"] = other["m"].pop("d")
+    table = quality.summary([payload, other]).splitlines()
+    assert len(table) == 3
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:3] == ["m", "prune-structured", "2"]
+    assert cells[3] == "1"  # relevance-l1 met on d; relevance missed on d2
+    assert cells[4] == "1 of 1"  # only d had a loss to save
+    assert cells[5] == "1 (0)" and cells[6] == "1 (0)"  # no per_query rows: no p
+    assert cells[7] == "-0.0375 [-0.1000, +0.0250]"
+
+
 def test_the_installed_retriever_keeps_its_name_when_passed_as_a_folder(quality):
     from relcomp.models.loading import default_retriever_path
 
