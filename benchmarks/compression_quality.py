@@ -45,6 +45,7 @@ import argparse
 import itertools
 import json
 import logging
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -646,9 +647,12 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
         *methods,
         "claim",
     ]
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(line.get(h, "–") for h in header) + " |" for line in lines]
-    return "\n".join(table)
+    return _markdown_table(header, [[line.get(h, "–") for h in header] for line in lines])
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    table = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in table)
 
 
 #: A loss smaller than this (nDCG@10) is no loss to save: "met" there says little.
@@ -682,39 +686,33 @@ def summary(payloads: list[dict[str, Any]]) -> str:
         "budgets judged",
         "claim met",
         f"met where blind lost ≥ {REAL_LOSS:g}",
-        "relevance ahead (p < 0.05)",
-        "relevance behind (p < 0.05)",
+        f"relevance ahead (p < {SIGNIFICANT:g})",
+        f"relevance behind (p < {SIGNIFICANT:g})",
         "relevance − best blind, nDCG@10: median [min, max]",
     ]
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for (model, family), cells in by_family.items():
         gaps = sorted(c["best_blind_loss"] - c["relevance_loss"] for c in cells)
         real = [c for c in cells if c["best_blind_loss"] >= REAL_LOSS]
-
-        def significant(c: dict[str, Any]) -> bool:
-            return c["p_value"] is not None and c["p_value"] < SIGNIFICANT
-
         ahead = [c for c in cells if c["relevance_loss"] < c["best_blind_loss"]]
         behind = [c for c in cells if c["relevance_loss"] > c["best_blind_loss"]]
-        middle = len(gaps) // 2
-        median = gaps[middle] if len(gaps) % 2 else (gaps[middle - 1] + gaps[middle]) / 2
         table.append(
-            "| "
-            + " | ".join(
-                [
-                    model,
-                    family,
-                    str(len(cells)),
-                    str(sum(c["met"] for c in cells)),
-                    f"{sum(c['met'] for c in real)} of {len(real)}",
-                    f"{len(ahead)} ({sum(map(significant, ahead))})",
-                    f"{len(behind)} ({sum(map(significant, behind))})",
-                    f"{median:+.4f} [{gaps[0]:+.4f}, {gaps[-1]:+.4f}]",
-                ]
-            )
-            + " |"
+            [
+                model,
+                family,
+                str(len(cells)),
+                str(sum(c["met"] for c in cells)),
+                f"{sum(c['met'] for c in real)} of {len(real)}",
+                f"{len(ahead)} ({sum(map(_significant, ahead))})",
+                f"{len(behind)} ({sum(map(_significant, behind))})",
+                f"{statistics.median(gaps):+.4f} [{gaps[0]:+.4f}, {gaps[-1]:+.4f}]",
+            ]
         )
-    return "\n".join(table)
+    return _markdown_table(header, table)
+
+
+def _significant(verdict: dict[str, Any]) -> bool:
+    return verdict["p_value"] is not None and verdict["p_value"] < SIGNIFICANT
 
 
 def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
