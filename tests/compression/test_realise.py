@@ -199,6 +199,25 @@ def test_sparsify_zeroes_small_inputs_and_statistics_predict_how_many(tiny_model
     assert plan.estimate(model).activation_sparsity is None  # needs statistics to tell
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("threshold", [0.12, 1 / 3, 0.5123456789, 2.0, 1e-3, 0.0])
+def test_the_sparsity_mask_is_exactly_strict_less_than_the_threshold(dtype, threshold):
+    from relcomp.compression.realise import _drop_small
+
+    at = torch.tensor(threshold, dtype=dtype)
+    edges = [at, torch.nextafter(at, torch.zeros_like(at)), torch.nextafter(at, at + 1)]
+    x = torch.cat(
+        [
+            torch.randn(2000, generator=torch.Generator().manual_seed(0)).to(dtype),
+            *(torch.stack([e, -e]) for e in edges),
+            torch.tensor([0.0, -0.0, float("inf"), float("-inf")], dtype=dtype),
+        ]
+    )
+    expected = torch.where(x.abs() < threshold, torch.zeros_like(x), x)
+    assert torch.equal(_drop_small(x, threshold), expected)
+    assert _drop_small(x, threshold).dtype == dtype
+
+
 def test_activation_quantization_rounds_to_the_calibrated_grid(tiny_model):
     model = tiny_model("bert")
     name = model.layer_modules()[0].ffn_out
