@@ -107,6 +107,11 @@ def evaluate_plan(
         return evaluate(model, **settings)
 
 
+def by_depth(report: QualityReport) -> dict[str, float]:
+    """nDCG@10 had the re-ranker seen only the first stage's top-k (``{"30": …}``)."""
+    return {k: measures["nDCG@10"] for k, measures in report.by_depth.items()}
+
+
 def per_query(report: QualityReport) -> dict[str, float]:
     """nDCG@10 per query: what the paired test of the claim needs."""
     return {qid: round(values["nDCG@10"], 6) for qid, values in report.per_query.items()}
@@ -232,6 +237,20 @@ def main() -> None:
         help="keep the rows already in --output and run only the missing ones",
     )
     parser.add_argument(
+        "--backfill-depths",
+        action="store_true",
+        help="with --resume: re-evaluate finished BM25 rows that lack ndcg@10_by_depth "
+        "(rows written before it existed); their scores come from the on-disk cache "
+        "when it has them, and must come out the same",
+    )
+    parser.add_argument(
+        "--depths",
+        nargs="+",
+        metavar="JSON",
+        help="print, per budget and method of these result files, nDCG@10 at each "
+        "re-ranking depth, and exit (runs nothing)",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         metavar="JSON",
@@ -249,6 +268,11 @@ def main() -> None:
     if args.summary:
         print(summary([json.loads(Path(f).read_text()) for f in args.summary]))
         return
+    if args.depths:
+        print(depth_markdown([json.loads(Path(f).read_text()) for f in args.depths]))
+        return
+    if args.backfill_depths and not args.resume:
+        parser.error("--backfill-depths works on the rows of --output: add --resume")
     if not args.output:
         parser.error("--output is required (unless --markdown)")
     if not set(args.levels) <= {0, 1, 2}:
@@ -333,6 +357,7 @@ def main() -> None:
                             "ndcg@10": reference,
                             "size_mb": size.size_mb,
                             "per_query": per_query(reference_report),
+                            "ndcg@10_by_depth": by_depth(reference_report),
                         },
                     )
                     table.append(
@@ -358,7 +383,11 @@ def main() -> None:
                     and r["budget"] == BUDGETS[family][budget]
                     and _retrieval(r) == retrieval
                 ]
-                if done:
+                if done and not (
+                    args.backfill_depths
+                    and retrieval == "bm25"
+                    and "ndcg@10_by_depth" not in done[0]
+                ):
                     row = done[0]
                     table.append(
                         [
@@ -398,7 +427,16 @@ def main() -> None:
                     "size_mb": plan.achieved["size_mb"],
                     "achieved": dict(plan.achieved),
                     "per_query": per_query(report),
+                    "ndcg@10_by_depth": by_depth(report),
                 }
+                if done:  # --backfill-depths: the same scores, read back from the cache
+                    if abs(score - done[0]["ndcg@10"]) > 1e-9:
+                        raise SystemExit(
+                            f"--backfill-depths: {family} {method} {plan.budget} now scores "
+                            f"{score:.6f}, not the {done[0]['ndcg@10']:.6f} in {output}: the "
+                            f"plan or the model changed; rerun the row instead"
+                        )
+                    per_family[family].remove(done[0])
                 per_family[family].append(row)
                 table.append(
                     [
@@ -648,6 +686,52 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
         "claim",
     ]
     return _markdown_table(header, [[line.get(h, "–") for h in header] for line in lines])
+
+
+def depth_markdown(payloads: list[dict[str, Any]]) -> str:
+    """nDCG@10 by re-ranking depth, a line per (budget, method), as a markdown table.
+
+    The shallower depths come from the same scores (``ndcg@10_by_depth``); the last
+    depth is the row's own. The loss columns are each depth's drop from the
+    reference at that depth. Rows without shallower depths (dense retrieval, rows
+    written before they were recorded) are left out.
+    """
+    merged = merge(payloads)
+    depths = sorted(
+        {int(k) for *_, rows in groups(merged) for r in rows for k in r.get("ndcg@10_by_depth", {})}
+    )
+    header = ["model", "data", "family", "budget", "method"]
+    header += [f"@{k}" for k in depths] + ["@full"]
+    header += [f"loss @{k}" for k in depths] + ["loss @full"]
+    table = []
+    for model, dataset, family, retrieval, rows in groups(merged):
+        if retrieval != "bm25":
+            continue
+        reference = next((r for r in rows if r["method"] == "reference"), None)
+        if reference is None or not reference.get("ndcg@10_by_depth"):
+            continue
+        base = [reference["ndcg@10_by_depth"].get(str(k)) for k in depths]
+        base.append(reference["ndcg@10"])
+        for row in rows:
+            if not row.get("ndcg@10_by_depth"):
+                continue
+            at = [row["ndcg@10_by_depth"].get(str(k)) for k in depths] + [row["ndcg@10"]]
+            budget = row["budget"] or {}
+            table.append(
+                [
+                    model,
+                    dataset,
+                    family,
+                    ",".join(f"{k}={v:g}" for k, v in budget.items()) or "-",
+                    row["method"],
+                    *("–" if v is None else f"{v:.4f}" for v in at),
+                    *(
+                        "–" if v is None or b is None or row is reference else f"{b - v:.4f}"
+                        for v, b in zip(at, base, strict=True)
+                    ),
+                ]
+            )
+    return _markdown_table(header, table)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -101,3 +101,21 @@ def test_the_installed_retriever_keeps_its_name_when_passed_as_a_folder(quality)
     assert quality.model_key(str(default_retriever_path())) == "all-MiniLM-L6-v2"
     assert quality.model_key("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
     assert quality.model_key("../shared/assets/models/minilm-l6-reranker") == "minilm-l6-reranker"
+
+
+def test_the_depth_table_gives_each_plans_loss_at_each_depth(quality):
+    payload = rows(relevance=0.50, taylor=0.56)
+    found = payload["m"]["d"]["prune-structured"]
+    for row, shallow in zip(
+        found, ({"10": 0.55, "30": 0.61}, {"10": 0.53, "30": 0.57}, {}), strict=True
+    ):
+        if shallow:
+            row["ndcg@10_by_depth"] = shallow
+    lines = [
+        line.strip("| ").split(" | ") for line in quality.depth_markdown([payload]).splitlines()
+    ]
+    assert lines[0][5:] == ["@10", "@30", "@full", "loss @10", "loss @30", "loss @full"]
+    reference, relevance = (line[4:] for line in lines[2:])
+    assert reference == ["reference", "0.5500", "0.6100", "0.6000", "–", "–", "–"]
+    assert relevance == ["relevance", "0.5300", "0.5700", "0.5000", "0.0200", "0.0400", "0.1000"]
+    assert len(lines) == 4  # taylor's row has no shallower depths: left out

@@ -44,7 +44,7 @@ def test_evaluate_bm25_writes_quality_json(
 
 @pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder"])
 def test_evaluate_neural_model(
-    tiny_model_path, tiny_beir: Path, tmp_path: Path, monkeypatch, kind: str
+    tiny_model_path, tiny_beir: Path, tmp_path: Path, monkeypatch, capsys, kind: str
 ) -> None:
     monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
     model = tiny_model_path("bert", kind)
@@ -55,7 +55,7 @@ def test_evaluate_neural_model(
         "-d",
         str(tiny_beir),
         "--depth",
-        "5",
+        "12",
         "-o",
         str(tmp_path / kind),
         "-q",
@@ -64,6 +64,9 @@ def test_evaluate_neural_model(
     quality = json.loads((tmp_path / kind / "quality.json").read_text())
     assert quality["first_stage"] == ("bm25" if kind == "cross-encoder" else None)
     assert 0.0 <= quality["measures"]["nDCG@10"] <= 1.0
+    # A re-ranker's report also gives the shallower depths; dense retrieval has none.
+    assert set(quality["by_depth"]) == ({"10"} if kind == "cross-encoder" else set())
+    assert ("re-ranked only the bm25 top-k" in capsys.readouterr().out) == (kind == "cross-encoder")
 
 
 def test_explain_writes_explanation_json(tiny_model_path, tmp_path: Path, capsys) -> None:

@@ -59,6 +59,28 @@ def test_evaluate_counts_queries_and_keeps_settings(
     assert set(report.measures) == {"nDCG@10", "RR@10", "R@100"}
 
 
+def test_evaluate_gives_shallower_depths_from_the_same_scores(
+    tiny_model, toy: Path, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = toy / "corpus.jsonl"
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    words = {w for query in QUERIES for w in (query.split()[0], query.split()[-1])}
+    more = [  # each query's first and last word added to every document: deeper pools
+        {"_id": f"{r['_id']}-{w}", "title": "", "text": f"{w} {r['text']}"}
+        for w in sorted(words)
+        for r in rows
+    ]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows + more))
+    model = tiny_model("bert", "cross-encoder")
+    deep = evaluate(model, toy, depth=12, show_progress_bar=False)
+    shallow = evaluate(model, toy, depth=10, show_progress_bar=False)
+    assert list(deep.by_depth) == ["10"] and shallow.by_depth == {}
+    assert deep.by_depth["10"] == pytest.approx(shallow.measures, abs=1e-6)
+    candidates = bm25_retrieve(load_beir(toy, "test"), depth=12, use_cache=False)
+    assert max(map(len, candidates.values())) > 10  # the cut to 10 removes candidates
+
+
 def test_calibration_pairs_take_the_most_relevant_judged_document(toy: Path) -> None:
     dataset = load_beir(toy, "dev")
     pairs = calibration_pairs(dataset, 4)

@@ -262,6 +262,10 @@ class QualityReport(Artifact):
     ``per_query`` maps query id → measure → value. ``tie_rate`` is the share of
     adjacent score ties in each query's top-10, averaged over queries.
     ``truncation`` counts the inputs cut to the model's maximum length.
+    ``by_depth`` holds, for a re-ranker, the mean measures it would have had with a
+    shallower re-ranking depth (``{"30": {"nDCG@10": …}}``): the same scores, with
+    only the first stage's top-k of each query kept, which is what re-ranking k
+    candidates gives (the pairs are scored independently).
     """
 
     KIND: ClassVar[str] = "quality_report"
@@ -278,6 +282,7 @@ class QualityReport(Artifact):
     tie_rate: float = 0.0
     truncation: Mapping[str, int] = dataclasses.field(default_factory=dict)
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    by_depth: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -427,6 +427,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             f"truncated: {report.truncation.get('truncated', 0)} of {report.truncation['inputs']} inputs to {report.max_length} tokens"
         )
     print(f"tie rate in top-10: {report.tie_rate:.4f}")
+    if report.by_depth:
+        print(f"had it re-ranked only the {report.first_stage} top-k (the same scores):")
+        depths = {**report.by_depth, str(report.depth): report.measures}
+        _print_table(
+            [(k, *(f"{v:.4f}" for v in measures.values())) for k, measures in depths.items()],
+            ("k", *report.measures),
+        )
     if args.output:
         path = report.save(args.output / "quality.json")
         print(f"wrote {path}")

@@ -156,6 +156,7 @@ def evaluate(
         and not isinstance(scorer, BiEncoder)
     ):
         first_stage = BM25
+    candidates: Mapping[str, Mapping[str, float]] | None = None  # what a re-ranker re-scored
     if scorer == BM25:
         run = bm25_retrieve(dataset, query_ids, depth=depth, **options)
         name, stage_name = BM25, None
@@ -210,6 +211,7 @@ def evaluate(
         depth=depth,
         max_length=scorer.max_length if isinstance(scorer, RankingModel) else None,
         truncation=truncation,
+        candidates=candidates,
         settings={
             "queries": queries,
             "batch_size": batch_size,

@@ -16,6 +16,7 @@ from relcomp.evaluation import (
     paired_test,
     parse_measures,
     quality_report,
+    rerank,
     tie_rate,
 )
 
@@ -198,3 +199,37 @@ def test_quality_report() -> None:
     assert sampled.n_queries == 1
     assert sampled.measures == {"RR@10": 1.0}
     assert sampled.tie_rate == 0.5
+
+
+class _Overlap:
+    """A pair scorer: shared words, then a tiny length term so scores rarely tie."""
+
+    def score(self, queries, documents, batch_size=32, show_progress_bar=None):
+        return np.array(
+            [
+                len(set(q.split()) & set(d.split())) + 1e-3 * len(d)
+                for q, d in zip(queries, documents, strict=True)
+            ]
+        )
+
+
+def test_by_depth_is_what_re_ranking_fewer_candidates_gives() -> None:
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    corpus = {f"d{i}": ("", " ".join(rng.choice(words, 6 + i % 5))) for i in range(80)}
+    queries = {f"q{i}": " ".join(rng.choice(words, 3)) for i in range(7)}
+    qrels = {qid: {f"d{j}": 1 + j % 2 for j in rng.choice(80, 6, replace=False)} for qid in queries}
+    dataset = BeirDataset("toy", Path("toy"), "test", corpus, queries, qrels)
+    # A first stage that disagrees with the re-ranker, so depth matters.
+    first = {qid: {doc: float(rng.random()) for doc in corpus} for qid in queries}
+    deep = rerank(_Overlap(), dataset, first, depth=60)
+    report = quality_report("overlap", dataset, deep, depth=60, candidates=first)
+    assert list(report.by_depth) == ["10", "20", "30", "50"]
+    for k in (10, 20, 30, 50):
+        direct = quality_report("overlap", dataset, rerank(_Overlap(), dataset, first, depth=k))
+        assert report.by_depth[str(k)] == pytest.approx(direct.measures)
+    assert len({round(m["nDCG@10"], 6) for m in report.by_depth.values()}) > 1
+    assert QualityReport.from_json(report.to_json()) == report
+    # Without the first stage's run (or at depth 10) there is nothing shallower to give.
+    assert quality_report("overlap", dataset, deep, depth=60).by_depth == {}
+    assert quality_report("overlap", dataset, deep, depth=10, candidates=first).by_depth == {}

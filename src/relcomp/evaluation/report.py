@@ -6,10 +6,40 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from relcomp.artifacts import QualityReport
+from relcomp.evaluation._common import Run, ranked
 from relcomp.evaluation.beir import BeirDataset
 from relcomp.evaluation.metrics import DEFAULT_MEASURES, evaluate_run, tie_rate
 
-__all__ = ["quality_report"]
+__all__ = ["SHALLOWER_DEPTHS", "quality_report", "shallower"]
+
+#: The re-ranking depths a re-ranker's report also gives (those below its own depth).
+SHALLOWER_DEPTHS = (10, 20, 30, 50)
+
+
+def shallower(
+    run: Mapping[str, Mapping[str, float]],
+    candidates: Mapping[str, Mapping[str, float]],
+    depth: int,
+) -> Run:
+    """A re-ranked run cut to what re-ranking only the first stage's top-``depth`` gives.
+
+    Each query keeps the documents of ``run`` that are among its top-``depth`` in
+    ``candidates`` (the first stage's run, ranked by relcomp's rule), with their
+    re-ranked scores. A re-ranker scores each pair on its own, so this is the run a
+    re-ranking at that depth would have produced.
+
+    Example:
+        >>> first = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}}
+        >>> shallower({"q1": {"d1": 0.1, "d2": 0.5, "d3": 0.9}}, first, depth=2)
+        {'q1': {'d1': 0.1, 'd2': 0.5}}
+    """
+    kept = {
+        qid: {doc_id for doc_id, _ in ranked(scores, depth)} for qid, scores in candidates.items()
+    }
+    return {
+        qid: {doc_id: score for doc_id, score in scores.items() if doc_id in kept.get(qid, ())}
+        for qid, scores in run.items()
+    }
 
 
 def quality_report(
@@ -25,6 +55,7 @@ def quality_report(
     truncation: Mapping[str, int] | None = None,
     settings: Mapping[str, Any] | None = None,
     tie_k: int = 10,
+    candidates: Mapping[str, Mapping[str, float]] | None = None,
 ) -> QualityReport:
     """Evaluate a run on a dataset's split and package the result as a :class:`QualityReport`.
 
@@ -41,9 +72,13 @@ def quality_report(
         truncation: the model's truncation counter (``{"inputs", "truncated"}``).
         settings: anything else worth recording (protocol, seed, batch size…).
         tie_k: the cut-off of the tie rate (top-10).
+        candidates: the first stage's run, when ``run`` re-ranks it to ``depth``: the
+            report's ``by_depth`` then gives the measures at each of
+            :data:`SHALLOWER_DEPTHS` below ``depth`` (see :func:`shallower`).
 
     Returns:
-        The report: mean and per-query measures, number of queries and tie rate.
+        The report: mean and per-query measures, number of queries, tie rate and,
+        with ``candidates``, the measures at shallower re-ranking depths.
 
     Example:
         >>> from pathlib import Path
@@ -54,8 +89,17 @@ def quality_report(
         ({'RR@10': 1.0}, 1, 1.0)
     """
     ids = None if query_ids is None else list(query_ids)
+    measures = list(measures)
     means, per_query = evaluate_run(dataset.qrels, run, measures, query_ids=ids)
     evaluated = list(per_query)
+    by_depth = {}
+    if candidates is not None and depth is not None:
+        for k in SHALLOWER_DEPTHS:
+            if k < depth:
+                cut = shallower(run, candidates, k)
+                by_depth[str(k)] = evaluate_run(dataset.qrels, cut, measures, query_ids=evaluated)[
+                    0
+                ]
     return QualityReport(
         model=model,
         dataset=dataset.name,
@@ -69,4 +113,5 @@ def quality_report(
         tie_rate=tie_rate(run, tie_k, query_ids=evaluated),
         truncation=dict(truncation or {}),
         settings=dict(settings or {}),
+        by_depth=by_depth,
     )

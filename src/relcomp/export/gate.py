@@ -176,6 +176,7 @@ def quality_gate(
                 query_ids=query_ids,
                 first_stage="bm25",
                 depth=depth,
+                candidates=candidates,
                 settings={"queries": queries, "sample_seed": seed, "purpose": "quality gate"},
             )
         )
