@@ -120,6 +120,8 @@ def test_compress_writes_every_artifact_and_a_loadable_bundle(
         assert set(entry["per_query"]["nDCG@10"]) == {"q0", "q1", "q2"}
         assert entry["size_mb"] > 0 and entry["pairs_per_s"] > 0
         assert 0 < entry["latency_ms"]["p50"] <= entry["latency_ms"]["p95"]
+        depths = [k for k in ("10", "20", "30", "50") if int(k) < quality["depth"]]
+        assert list(entry["by_depth"]) == (depths if kind == "cross-encoder" else [])
     assert quality["compressed"]["size_mb"] < quality["reference"]["size_mb"]
     for difference in quality["difference"].values():
         assert 0 <= difference["p_value"] <= 1 and isinstance(difference["significant"], bool)

@@ -506,6 +506,9 @@ def _side(
         "pairs_per_s": float(speed["pairs_per_s"]) if speed else None,
         "tie_rate": report.tie_rate,
         "truncation": dict(report.truncation),
+        "by_depth": {
+            k: {m: float(v) for m, v in measures.items()} for k, measures in report.by_depth.items()
+        },
     }
 
 

@@ -95,12 +95,13 @@ def make_quality(
     gate: bool = True,
     latency: bool = True,
 ) -> dict[str, Any]:
-    def side(name: str, ndcg: float, size: float, p50: float) -> dict[str, Any]:
+    def side(name: str, ndcg: float, size: float, p50: float, at10: float) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "name": name,
             "measures": {"nDCG@10": ndcg, "RR@10": ndcg + 0.05, "R@100": 0.9},
             "per_query": {"nDCG@10": {"q1": ndcg, "q2": ndcg}},
             "size_mb": size,
+            "by_depth": {"10": {"nDCG@10": at10, "RR@10": at10, "R@100": 0.5}},
         }
         if latency:
             entry["latency_ms"] = {"p50": p50, "p95": p50 * 1.4}
@@ -116,8 +117,9 @@ def make_quality(
         "protocol": "quick",
         "n_queries": 100,
         "measures": ["nDCG@10", "RR@10", "R@100"],
-        "reference": side("fp32 (torch)", 0.6617, 90.9, 12.0),
-        "compressed": side("int8 (onnx)", 0.6577, 23.4, 5.1),
+        "depth": 30,
+        "reference": side("fp32 (torch)", 0.6617, 90.9, 12.0, 0.6402),
+        "compressed": side("int8 (onnx)", 0.6577, 23.4, 5.1, 0.6398),
         "difference": {
             "nDCG@10": {"delta": -0.004, "p_value": 0.31, "significant": False},
             "RR@10": {"delta": -0.002, "p_value": 0.62, "significant": False},

@@ -87,6 +87,8 @@ def test_compression_report_has_every_section_and_the_verdict(run_folder: Path) 
     for text in ("nDCG@10", "0.6617", "0.6577", "−0.0040", "0.310", "size (MB)", "latency p95"):
         assert text in quality
     assert "100 queries" in quality
+    assert "nDCG@10, top-10 re-ranked" in quality and "−0.0004" in quality  # by_depth
+    assert "the full depth is 30" in quality
     assert "int4(block_size=32)" in page and "re:.*attention.*" in page
     parity = page[page.index('id="parity"') : page.index('id="provenance"')]
     assert "Kendall τ of the rankings (mean over queries)" in parity and "0.97" in parity

@@ -732,6 +732,26 @@ def _quality_section(run: CompressionRun) -> str:
             ]
         )
 
+    main = _main_measure(quality)
+    shallower = reference.get("by_depth") or {}
+    for k in shallower:  # the same scores, had only the first stage's top-k been re-ranked
+        old, new = (
+            _number((side.get("by_depth") or {}).get(k, {}).get(main))
+            for side in (reference, compressed)
+        )
+        rows.append(
+            [
+                _e(f"{main}, top-{k} re-ranked"),
+                _fixed(old, 4),
+                _fixed(new, 4),
+                _fixed(new - old, 4, signed=True)
+                if old is not None and new is not None
+                else _missing(),
+                "—",
+                "—",
+            ]
+        )
+
     def ratio_text(old: float | None, new: float | None, smaller: str, larger: str) -> str:
         if old is None or new is None or new <= 0 or old <= 0:
             return ""
@@ -797,6 +817,11 @@ def _quality_section(run: CompressionRun) -> str:
         f"protocol {_e(quality.get('protocol', NOT_MEASURED))}. Δ is compressed − reference; "
         f"p-values from {_e(test)}, over the same queries; — means not applicable."
     )
+    if shallower:
+        caption += (
+            f" The top-k rows re-read the same scores as if only the first stage's top-k of "
+            f"each query had been re-ranked (the full depth is {_e(quality.get('depth'))})."
+        )
     header = (
         "",
         f"reference: {reference.get('name', 'reference')}",
