@@ -97,9 +97,8 @@ def quality_report(
         for k in SHALLOWER_DEPTHS:
             if k < depth:
                 cut = shallower(run, candidates, k)
-                by_depth[str(k)] = evaluate_run(dataset.qrels, cut, measures, query_ids=evaluated)[
-                    0
-                ]
+                at_k, _ = evaluate_run(dataset.qrels, cut, measures, query_ids=evaluated)
+                by_depth[str(k)] = at_k
     return QualityReport(
         model=model,
         dataset=dataset.name,

@@ -713,6 +713,16 @@ def _gate_detail(gate: Any) -> str:
     return ", ".join(parts)
 
 
+def _untested_row(label: str, old: float | None, new: float | None, digits: int) -> list[str]:
+    """A quality-table row of two values and their difference, with no test behind it."""
+    delta = (
+        _fixed(new - old, digits, signed=True)
+        if old is not None and new is not None
+        else _missing()
+    )
+    return [label, _fixed(old, digits), _fixed(new, digits), delta, "—", "—"]
+
+
 def _quality_section(run: CompressionRun) -> str:
     quality = run.quality
     reference, compressed = quality["reference"], quality["compressed"]
@@ -739,18 +749,7 @@ def _quality_section(run: CompressionRun) -> str:
             _number((side.get("by_depth") or {}).get(k, {}).get(main))
             for side in (reference, compressed)
         )
-        rows.append(
-            [
-                _e(f"{main}, top-{k} re-ranked"),
-                _fixed(old, 4),
-                _fixed(new, 4),
-                _fixed(new - old, 4, signed=True)
-                if old is not None and new is not None
-                else _missing(),
-                "—",
-                "—",
-            ]
-        )
+        rows.append(_untested_row(_e(f"{main}, top-{k} re-ranked"), old, new, 4))
 
     def ratio_text(old: float | None, new: float | None, smaller: str, larger: str) -> str:
         if old is None or new is None or new <= 0 or old <= 0:
@@ -791,18 +790,7 @@ def _quality_section(run: CompressionRun) -> str:
             ]
         )
     old, new = _number(reference.get("pairs_per_s")), _number(compressed.get("pairs_per_s"))
-    rows.append(
-        [
-            "throughput (pairs/s)",
-            _fixed(old, 1),
-            _fixed(new, 1),
-            _fixed(new - old, 1, signed=True)
-            if old is not None and new is not None
-            else _missing(),
-            "—",
-            "—",
-        ]
-    )
+    rows.append(_untested_row("throughput (pairs/s)", old, new, 1))
     n_queries = quality.get("n_queries")
     significance = quality.get("significance")
     test = "the paired test recorded in quality.json"
