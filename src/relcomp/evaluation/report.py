@@ -6,9 +6,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from relcomp.artifacts import QualityReport
-from relcomp.evaluation._common import Run, ranked
+from relcomp.evaluation._common import Run
 from relcomp.evaluation.beir import BeirDataset
 from relcomp.evaluation.metrics import DEFAULT_MEASURES, evaluate_run, tie_rate
+from relcomp.evaluation.rerank import candidate_pairs
 
 __all__ = ["SHALLOWER_DEPTHS", "quality_report", "shallower"]
 
@@ -24,7 +25,7 @@ def shallower(
     """A re-ranked run cut to what re-ranking only the first stage's top-``depth`` gives.
 
     Each query keeps the documents of ``run`` that are among its top-``depth`` in
-    ``candidates`` (the first stage's run, ranked by relcomp's rule), with their
+    ``candidates`` (the first stage's run; the pairs :func:`candidate_pairs` gives), with their
     re-ranked scores. A re-ranker scores each pair on its own, so this is the run a
     re-ranking at that depth would have produced.
 
@@ -33,11 +34,9 @@ def shallower(
         >>> shallower({"q1": {"d1": 0.1, "d2": 0.5, "d3": 0.9}}, first, depth=2)
         {'q1': {'d1': 0.1, 'd2': 0.5}}
     """
-    kept = {
-        qid: {doc_id for doc_id, _ in ranked(scores, depth)} for qid, scores in candidates.items()
-    }
+    kept = set(candidate_pairs(candidates, depth))
     return {
-        qid: {doc_id: score for doc_id, score in scores.items() if doc_id in kept.get(qid, ())}
+        qid: {doc_id: score for doc_id, score in scores.items() if (qid, doc_id) in kept}
         for qid, scores in run.items()
     }
 
