@@ -35,6 +35,7 @@ __all__ = [
     "ExportBundle",
     "ParityReport",
     "QualityReport",
+    "RecoveryLog",
     "TokenInteractions",
     "TokenRelevance",
 ]
@@ -546,3 +547,49 @@ def _check_budget_values(budget: Mapping[str, Any]) -> None:
             )
         if key in ("params_removed", "sparsity") and not 0 <= value < 1:
             raise PlanError(f"impossible budget: {key}={value} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryLog(Artifact):
+    """How a compressed model was distilled back toward its uncompressed teacher.
+
+    ``losses`` holds the training loss of every step; ``checkpoints`` one entry per
+    checkpoint (``step``, ``heldout_loss`` on groups kept out of training and, when a
+    gate was given, its measure, e.g. ``gate_nDCG@10``). ``pairs_seen`` counts
+    (query, document) pairs the student scored in training; ``seconds`` is training
+    wall time summed over resumed runs; ``data`` says what the groups were made from
+    (collection, splits, pseudo-queries, candidates, teacher).
+
+    Example:
+        >>> log = RecoveryLog(student="s", teacher="t", loss="listwise-kl", steps=2,
+        ...                   batch_size=4, lr=5e-5, max_length=128, seed=13, device="cpu",
+        ...                   pairs_seen=64, seconds=1.5, losses=[0.3, 0.2])
+        >>> RecoveryLog.from_json(log.to_json()) == log
+        True
+    """
+
+    KIND: ClassVar[str] = "recovery_log"
+
+    student: str
+    teacher: str
+    loss: str
+    steps: int
+    batch_size: int
+    lr: float
+    max_length: int
+    seed: int
+    device: str
+    pairs_seen: int
+    seconds: float
+    losses: tuple[float, ...] = ()
+    checkpoints: tuple[Mapping[str, Any], ...] = ()
+    temperature: float = 1.0
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def final_heldout_loss(self) -> float | None:
+        """The held-out loss at the last checkpoint, if any was measured."""
+        for entry in reversed(self.checkpoints):
+            if entry.get("heldout_loss") is not None:
+                return float(entry["heldout_loss"])
+        return None

@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
     _common(compress)
 
+    _add_recover(verbs)
+
     demo = verbs.add_parser(
         "demo",
         help="the whole flow on all-MiniLM-L6-v2 and the shipped demo collection, offline",
@@ -370,6 +372,99 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(demo)
     return parser
+
+
+def _add_recover(verbs: Any) -> None:
+    from relcomp.recovery import LOSSES
+
+    recover = verbs.add_parser(
+        "recover",
+        help="distil a compressed model back toward its teacher on a collection's train/dev "
+        "queries and corpus pseudo-queries (never test)",
+    )
+    recover.add_argument(
+        "-m", "--model", required=True, help="the student: a model folder (e.g. a pruned one)"
+    )
+    recover.add_argument("--teacher", required=True, help="the uncompressed model")
+    recover.add_argument("-d", "--data", required=True, type=Path, help="BEIR folder")
+    recover.add_argument("--steps", required=True, type=_positive_int, help="optimizer steps")
+    recover.add_argument(
+        "--plan", type=Path, default=None, help="prune the student physically by this plan first"
+    )
+    recover.add_argument(
+        "--batch-size", type=_positive_int, default=4, help="queries per step (default: 4)"
+    )
+    recover.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (5e-5)")
+    recover.add_argument(
+        "--max-length", type=_positive_int, default=128, help="input length in training (128)"
+    )
+    recover.add_argument(
+        "--candidates", type=_positive_int, default=8, help="BM25 candidates per query (8)"
+    )
+    recover.add_argument(
+        "--pseudo",
+        type=int,
+        default=None,
+        help="pseudo-queries drawn from the corpus (default: as many as train/dev queries)",
+    )
+    recover.add_argument(
+        "--loss",
+        default=None,
+        choices=LOSSES.names(),
+        help="listwise-kl (cross-encoders, default), margin-mse, embedding (bi-encoders)",
+    )
+    recover.add_argument("--temperature", type=float, default=None, help="of the loss's softmax")
+    recover.add_argument(
+        "--gate-queries",
+        type=int,
+        default=50,
+        help="dev/train queries kept out and evaluated at each checkpoint (default: 50)",
+    )
+    recover.add_argument(
+        "--checkpoint-every", type=_positive_int, default=200, help="steps between checkpoints"
+    )
+    recover.add_argument("--device", default=None, help="cuda to train on a GPU (default: cpu)")
+    recover.add_argument("--seed", type=int, default=13, help="data order and dropout (13)")
+    recover.add_argument("-o", "--output", type=Path, required=True, help="the model folder")
+    _common(recover)
+
+
+def _cmd_recover(args: argparse.Namespace) -> None:
+    from relcomp.pipeline import recover
+
+    result = recover(
+        args.model,
+        args.teacher,
+        args.data,
+        args.output,
+        steps=args.steps,
+        plan=args.plan,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        candidates=args.candidates,
+        pseudo=args.pseudo,
+        loss=args.loss,
+        temperature=args.temperature,
+        gate_queries=args.gate_queries,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        seed=args.seed,
+        show_progress_bar=not args.quiet,
+    )
+    log = result.log
+    print(
+        f"recovered {log.student} toward {log.teacher}: {log.steps} steps, "
+        f"{log.pairs_seen} pairs, {log.seconds:.0f} s on {log.device}"
+    )
+    first, last = log.checkpoints[0], log.checkpoints[-1]
+    rows = [
+        (name.removeprefix("gate_"), first[name], last[name])
+        for name in first
+        if name != "step" and name in last
+    ]
+    _print_table(rows, ("measure", "before", "after"))
+    print(f"wrote {result.output_dir}")
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -770,6 +865,7 @@ _COMMANDS = {
     "patch": _cmd_patch,
     "report": _cmd_report,
     "compress": _cmd_compress,
+    "recover": _cmd_recover,
     "demo": _cmd_demo,
 }
 

@@ -38,6 +38,7 @@ __all__ = [
     "DEMO_EMBEDDINGS",
     "DEMO_MAX_NDCG_LOSS",
     "CompressResult",
+    "RecoverResult",
     "apply_plan",
     "calibration_pairs",
     "calibration_triples",
@@ -49,6 +50,7 @@ __all__ = [
     "load_scorer",
     "parse_budget_text",
     "plan",
+    "recover",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1448,3 +1450,183 @@ def _top_pairs(
             best = max(sorted(run[query_id]), key=lambda doc_id: run[query_id][doc_id])
             pairs.append((dataset.query_text(query_id), dataset.document_text(best)))
     return pairs
+
+
+# -- recovery: relcomp recover -----------------------------------------------------------
+#: The file a recovered model folder keeps its RecoveryLog in.
+RECOVERY_LOG_FILE = "recovery_log.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverResult:
+    """What :func:`recover` made: the recovered model's folder and how it was trained.
+
+    Attributes:
+        output_dir: a model folder that :func:`relcomp.models.load_model` loads.
+        log: the :class:`~relcomp.artifacts.RecoveryLog` (also in ``recovery_log.json``).
+        model: the recovered model, loaded.
+    """
+
+    output_dir: Path
+    log: Any
+    model: RankingModel
+
+
+def recover(
+    student: str | RankingModel,
+    teacher: str | RankingModel,
+    data_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    steps: int,
+    plan: str | os.PathLike[str] | CompressionPlan | None = None,
+    batch_size: int = 4,
+    lr: float = 5e-5,
+    max_length: int = 128,
+    candidates: int = 8,
+    pseudo: int | None = None,
+    loss: str | None = None,
+    temperature: float | None = None,
+    gate_queries: int = 50,
+    gate_depth: int = 30,
+    gate_max_length: int = 256,
+    checkpoint_every: int = 200,
+    device: str | None = None,
+    seed: int = 13,
+    show_progress_bar: bool | None = None,
+) -> RecoverResult:
+    """Distil ``student`` toward ``teacher`` on a collection; save it as a model folder.
+
+    The recovery data are the collection's train/dev queries and pseudo-queries drawn
+    from its corpus, with BM25 candidates and the teacher's scores (cached); never
+    test. When the collection has a dev or train split, ``gate_queries`` of its
+    queries are kept out of the data and re-ranked (BM25 top-``gate_depth``) at the
+    start and at every checkpoint, so the log shows nDCG@10 before and after recovery
+    on queries the student never trained on.
+
+    A checkpoint is kept beside ``output_dir`` (``.<name>.recovery/``) while training:
+    run the same command again after an interruption and it resumes. The folder
+    appears, complete with ``recovery_log.json``, only when training ends; the
+    checkpoint is then deleted.
+
+    Args:
+        student: the model to train (folder or loaded), e.g. a physically pruned one.
+        teacher: the uncompressed model.
+        data_dir: a BEIR folder (the collection the model will serve).
+        output_dir: the recovered model's folder.
+        steps: optimizer steps.
+        plan: prune ``student`` physically by this plan's heads and neurons first.
+        batch_size: queries per step (each with its ``candidates`` documents).
+        lr: AdamW's peak learning rate.
+        max_length: input length while training.
+        candidates: BM25 candidates per query.
+        pseudo: pseudo-queries from the corpus (default: as many as split queries).
+        loss: ``listwise-kl``, ``margin-mse`` (cross-encoders) or ``embedding`` (bi-encoders).
+        temperature: the loss's softmax temperature.
+        gate_queries: held-out dev/train queries evaluated at each checkpoint (0: none).
+        gate_depth: BM25 depth of that evaluation.
+        gate_max_length: its input length (the quick protocol's 256 by default).
+        checkpoint_every: steps between checkpoints.
+        device: ``"cuda"`` to train on a GPU; CPU by default.
+        seed: data order, pseudo-queries and dropout.
+        show_progress_bar: tqdm bars; ``None`` follows the logger level.
+
+    Example:
+        >>> result = recover("runs/pruned", "../shared/assets/models/minilm-l6-reranker",
+        ...                  "../shared/assets/beir/scifact", "runs/recovered", steps=1000)  # doctest: +SKIP
+    """
+    from relcomp.compression import prune_physically
+    from relcomp.evaluation import available_splits
+    from relcomp.models import save_model
+    from relcomp.recovery import RecoverySettings, check_teacher, recovery_data
+    from relcomp.recovery import recover as train
+
+    RecoverySettings(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        max_length=max_length,
+        seed=seed,
+        loss=loss,
+        temperature=temperature,
+        checkpoint_every=checkpoint_every,
+    )  # every setting checked before a model is loaded
+    output = Path(output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} exists and is not a folder")
+    if gate_queries < 0:
+        raise ValueError(f"gate queries must be ≥ 0, got {gate_queries}")
+    the_plan = None
+    if plan is not None:
+        the_plan = plan if isinstance(plan, CompressionPlan) else CompressionPlan.load(plan)
+    splits = [name for name in available_splits(data_dir) if name != "test"]
+    gate_split = "dev" if "dev" in splits else (splits[0] if splits else None)
+    gate_ids: list[str] = []
+    if gate_split is not None and gate_queries:
+        gate_ids = sample_queries(load_beir(data_dir, gate_split).split_queries, gate_queries)
+    else:  # a bad folder fails here, before any model is loaded
+        load_beir(data_dir, (available_splits(data_dir) or ["test"])[0])
+
+    reference = load_scorer(teacher)
+    trained = load_scorer(student)
+    if not isinstance(reference, RankingModel) or not isinstance(trained, RankingModel):
+        raise ValueError("recovery needs neural models, not bm25")
+    check_teacher(trained, reference)
+    if the_plan is not None:
+        trained = prune_physically(trained, the_plan)
+    data = recovery_data(
+        reference,
+        data_dir,
+        candidates=candidates,
+        pseudo=pseudo,
+        exclude=gate_ids,
+        seed=seed,
+        max_length=max_length,
+        show_progress_bar=show_progress_bar,
+    )
+
+    def gate(model: RankingModel) -> dict[str, float]:
+        # The student's weights change under a fixed cache key: never read the cache here.
+        own_length = model.max_length
+        try:
+            report = evaluate(
+                model,
+                data_dir,
+                split=str(gate_split),
+                depth=gate_depth,
+                queries=gate_queries,
+                max_length=min(own_length, gate_max_length),
+                use_cache=False,
+                show_progress_bar=False,
+            )
+        finally:
+            model.max_length = own_length
+        return {"nDCG@10": report.measures["nDCG@10"]}
+
+    checkpoints = output.parent / f".{output.name}.recovery"
+    recovered, log = train(
+        trained,
+        reference,
+        data,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        max_length=max_length,
+        device=device,
+        seed=seed,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=checkpoint_every,
+        loss=loss,
+        temperature=temperature,
+        gate=gate if gate_ids else None,
+        show_progress_bar=show_progress_bar,
+    )
+    log = dataclasses.replace(
+        log, data={**dict(log.data), "gate_split": gate_split, "gate_queries": len(gate_ids)}
+    )
+    save_model(recovered, output, extra_files={RECOVERY_LOG_FILE: log.to_json()})
+    import shutil
+
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    logger.info("recovered model saved to %s", output)
+    return RecoverResult(output, log, load_model(output))

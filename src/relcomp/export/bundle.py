@@ -31,7 +31,6 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -67,6 +66,7 @@ from relcomp.export.parity import ParityGroups, check_parity
 from relcomp.export.realise import realise_for_ort
 from relcomp.models.base import RankingModel
 from relcomp.models.onnx_backend import is_bundle, load_bundle
+from relcomp.models.saving import copy_model_files
 
 __all__ = ["PARITY_FILE", "PLAN_FILE", "default_variant", "export_bundle"]
 
@@ -75,22 +75,6 @@ logger = logging.getLogger(__name__)
 PLAN_FILE = "plan.json"
 PARITY_FILE = "parity.json"
 _VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Files of the source folder that are weights (the bundle carries ONNX instead) or
-# belong to another runtime.
-_WEIGHT_SUFFIXES = {
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".h5",
-    ".msgpack",
-    ".ckpt",
-    ".onnx",
-    ".onnx_data",
-    ".ot",
-    ".gguf",
-}
-_SKIPPED_DIRECTORIES = {"onnx", "openvino", ".git", ".cache", "__pycache__"}
 _BUNDLE_FILES = {EXPORT_BUNDLE_FILE, PLAN_FILE, PARITY_FILE}
 _TWO_GB = 2**31 - 2**20  # protobuf's limit, with room for the graph itself
 
@@ -304,22 +288,6 @@ def _calibration_feeds(
     return feeds
 
 
-def _copy_model_files(source: Path, target: Path) -> None:
-    """The source folder's config, tokenizer and sentence-transformers files, not its weights."""
-    for path in sorted(source.rglob("*")):
-        relative = path.relative_to(source)
-        if any(part in _SKIPPED_DIRECTORIES or part.startswith(".") for part in relative.parts):
-            continue
-        if path.is_dir():
-            (target / relative).mkdir(parents=True, exist_ok=True)
-            continue
-        weights_index = relative.name.endswith((".safetensors.index.json", ".bin.index.json"))
-        if path.suffix in _WEIGHT_SUFFIXES or relative.name in _BUNDLE_FILES or weights_index:
-            continue
-        (target / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target / relative)  # not copy2: sources may be read-only
-
-
 def _save_onnx(model: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if model.ByteSize() > _TWO_GB:
@@ -483,7 +451,7 @@ def export_bundle(
         )
         notes.extend(realisation.notes)
         _save_onnx(realisation.model, folder / onnx_file)
-        _copy_model_files(model.path, folder)
+        copy_model_files(model.path, folder, skip=_BUNDLE_FILES)
         config: Any = working.model.config
         config.save_pretrained(folder)
         if not (folder / "tokenizer.json").is_file():

@@ -25,6 +25,7 @@ from relcomp.models.onnx_backend import (
     is_bundle,
     load_bundle,
 )
+from relcomp.models.saving import copy_model_files, save_model
 
 __all__ = [
     "ADAPTERS",
@@ -39,11 +40,13 @@ __all__ = [
     "RankingModel",
     "Scorer",
     "adapter_for",
+    "copy_model_files",
     "default_retriever_path",
     "detect_kind",
     "is_bundle",
     "load_bundle",
     "load_model",
     "resolve_model_path",
+    "save_model",
     "supported_model_types",
 ]

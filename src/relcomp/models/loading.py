@@ -19,6 +19,7 @@ from relcomp.models.base import ModelKind, RankingModel
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
 from relcomp.models.onnx_backend import is_bundle, load_bundle
+from relcomp.models.pruned import load_pruned_model
 
 __all__ = [
     "DEFAULT_RETRIEVER",
@@ -229,13 +230,15 @@ def load_model(
             "trust_remote_code": trust_remote_code,
             "dtype": torch.float32,
         }
+        # load_pruned_model is from_pretrained for a stock folder, and also reads the
+        # per-layer FFN widths that relcomp's physical pruning writes into the config.
         if kind == "cross-encoder":
-            model = AutoModelForSequenceClassification.from_pretrained(path, **load_kwargs)
+            model = load_pruned_model(AutoModelForSequenceClassification, path, **load_kwargs)
         else:
             if config.model_type in _POOLER_MODELS:
                 load_kwargs["add_pooling_layer"] = False
             with _quiet_unused_pooler(config.model_type in _POOLER_MODELS):
-                model = AutoModel.from_pretrained(path, **load_kwargs)
+                model = load_pruned_model(AutoModel, path, **load_kwargs)
     except UnsupportedArchitectureError:
         raise
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:

@@ -1,0 +1,197 @@
+"""Does recovery give back what structural pruning cost? Pruned, recovered and reference quality.
+
+For one model and one training collection: AttnLRP component relevance on train
+pairs → ``prune-structured`` at ``params_removed`` → ``prune_physically`` →
+:func:`relcomp.recovery.recover` on the collection's train/dev queries and corpus
+pseudo-queries (never test) → nDCG@10 on the *test* queries of both collections
+(the one recovered on, and the other one: in-domain adaptation must not hide an
+out-of-domain loss), for the uncompressed reference, the pruned model before
+recovery and after. Paired t tests (ranx) against the reference on the same queries
+and candidates.
+
+Quick protocol by default (100 seeded test queries, BM25 top-30, 256 tokens;
+BENCHMARKS.md). Resumable: the recovery checkpoints into ``--work`` and every
+re-ranking is cached.
+
+    python benchmarks/recovery.py --model reranker --train scifact --steps 1000 \\
+        --output benchmarks/results/recovery_reranker_scifact.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from relcomp.compression import parameter_count, prune_physically
+from relcomp.evaluation import paired_test
+from relcomp.models import load_model, save_model
+from relcomp.pipeline import component_relevance, evaluate, plan
+from relcomp.recovery import recover, recovery_data
+
+MEASURE = "nDCG@10"
+COLLECTIONS = ("scifact", "nfcorpus")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("reranker", "retriever"), default="reranker")
+    parser.add_argument("--train", choices=COLLECTIONS, default="scifact")
+    parser.add_argument("--params-removed", type=float, default=0.5)
+    parser.add_argument("--importance", default="relevance")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=128, help="recovery input length")
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--pseudo", type=int, default=None)
+    parser.add_argument("--queries", type=int, default=100, help="test queries (quick: 100)")
+    parser.add_argument("--depth", type=int, default=30)
+    parser.add_argument("--eval-max-length", type=int, default=256)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("runs/recovery"))
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    set_threads(args.threads)
+    started = time.perf_counter()
+
+    path = reranker_path() if args.model == "reranker" else "all-MiniLM-L6-v2"
+    teacher = load_model(path)
+    train_dir = beir_path(args.train)
+    work = args.work / f"{args.model}-{args.train}-{args.importance}-{args.params_removed:g}"
+    work.mkdir(parents=True, exist_ok=True)
+
+    relevance_file = work / "component_relevance.json"
+    if args.importance == "relevance":
+        if not relevance_file.is_file():
+            component_relevance(teacher, train_dir, split="train", calibration=64).save(
+                relevance_file
+            )
+        relevance: Any = relevance_file
+    else:
+        relevance = None
+    the_plan = plan(
+        teacher,
+        "prune-structured",
+        {"params_removed": args.params_removed},
+        relevance=relevance,
+        importance=args.importance,
+        data_dir=train_dir,
+        calibration_split="train",
+    )
+    the_plan.save(work / "plan.json")
+    pruned = prune_physically(teacher, the_plan)
+
+    set_up = time.perf_counter()
+    data = recovery_data(
+        teacher,
+        train_dir,
+        candidates=args.candidates,
+        pseudo=args.pseudo,
+        max_length=args.max_length,
+    )
+    data_seconds = time.perf_counter() - set_up
+    recovered, log = recover(
+        pruned,
+        teacher,
+        data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        device=args.device,
+        checkpoint_dir=work,
+    )
+    log.save(work / "recovery_log.json")
+    save_model(recovered, work / "recovered")
+    set_threads(args.threads)
+
+    systems = {"reference": teacher, "pruned": pruned, "recovered": recovered}
+    results: dict[str, Any] = {}
+    rows = []
+    for collection in COLLECTIONS:
+        reports = {
+            name: evaluate(
+                model,
+                beir_path(collection),
+                split="test",
+                queries=args.queries,
+                depth=args.depth,
+                max_length=args.eval_max_length,
+            )
+            for name, model in systems.items()
+        }
+        reference = reports["reference"]
+        results[collection] = {}
+        for name, report in reports.items():
+            test = paired_test(reference.per_query, report.per_query, [MEASURE])
+            results[collection][name] = {
+                MEASURE: report.measures[MEASURE],
+                "RR@10": report.measures.get("RR@10"),
+                "loss_points": 100 * (reference.measures[MEASURE] - report.measures[MEASURE]),
+                "p_value": test["p_values"][MEASURE] if name != "reference" else None,
+                "n_queries": report.n_queries,
+            }
+            rows.append(
+                [
+                    collection + (" (trained on)" if collection == args.train else ""),
+                    name,
+                    f"{report.measures[MEASURE]:.4f}",
+                    f"{results[collection][name]['loss_points']:+.2f}"
+                    if name != "reference"
+                    else "–",
+                    f"{test['p_values'][MEASURE]:.3f}" if name != "reference" else "–",
+                ]
+            )
+    payload = {
+        "_meta": {
+            "protocol": "quick" if args.queries == 100 and args.depth == 30 else "custom",
+            "queries": args.queries,
+            "depth": args.depth,
+            "eval_max_length": args.eval_max_length,
+            "model": str(path),
+            "train_collection": args.train,
+            "plan": {
+                "method": "prune-structured",
+                "importance": args.importance,
+                "params_removed": args.params_removed,
+                "parameters": {
+                    "reference": parameter_count(teacher),
+                    "pruned": parameter_count(pruned),
+                },
+            },
+            "recovery": {
+                "steps": log.steps,
+                "batch_size": log.batch_size,
+                "lr": log.lr,
+                "max_length": log.max_length,
+                "pairs_seen": log.pairs_seen,
+                "seconds": log.seconds,
+                "data_seconds": round(data_seconds, 1),
+                "device": log.device,
+                "data": dict(log.data),
+                "heldout_loss": [dict(c) for c in log.checkpoints],
+            },
+            "machine": machine(),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "command": " ".join(sys.argv),
+        },
+        "results": results,
+    }
+    write_json(args.output, payload)
+    print_table(rows, ["collection", "system", MEASURE, "points lost", "p"])
+    print(json.dumps(payload["_meta"]["recovery"], indent=1, default=str)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

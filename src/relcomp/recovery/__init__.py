@@ -1,0 +1,37 @@
+"""Recovery: distil a structurally compressed model back toward its uncompressed teacher.
+
+Relevance chooses what to remove; recovery gives back what removal cost. The student
+(a physically pruned copy, say) learns to score the teacher's way on unlabeled,
+in-domain groups — a collection's train/dev queries and pseudo-queries drawn from its
+corpus, never test — and comes back as an ordinary relcomp model, ready to quantize,
+export and gate.
+
+* :func:`recovery_data` — groups of (query, BM25 candidates) with the teacher's
+  scores (cross-encoders) or embeddings (bi-encoders), cached like evaluations;
+* :func:`recover` — the training loop, checkpointed and resumable, returning the
+  student and a :class:`~relcomp.artifacts.RecoveryLog`;
+* :data:`LOSSES` — ``listwise-kl``, ``margin-mse`` and ``embedding``.
+"""
+
+from __future__ import annotations
+
+from relcomp.artifacts import RecoveryLog
+from relcomp.recovery.data import PSEUDO_QUERY_PREFIX, RecoveryData, pseudo_queries, recovery_data
+from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse
+from relcomp.recovery.train import CHECKPOINT_FILE, RecoverySettings, check_teacher, recover
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "LOSSES",
+    "PSEUDO_QUERY_PREFIX",
+    "RecoveryData",
+    "RecoveryLog",
+    "RecoverySettings",
+    "check_teacher",
+    "embedding_loss",
+    "listwise_kl",
+    "margin_mse",
+    "pseudo_queries",
+    "recover",
+    "recovery_data",
+]

@@ -1,0 +1,376 @@
+"""What recovery trains on: unlabeled, in-domain (query, candidates) groups and the teacher's view of them.
+
+A group is one query with the documents a first stage (BM25) returns for it. The
+queries are a collection's train and dev queries (never ``test``, never a query the
+caller excludes, such as the gate's) and *pseudo-queries* drawn from the corpus: a
+document's title, or one of its sentences, with that document and its BM25
+neighbours as candidates. Pseudo-queries let a collection with no train queries
+(a user's own corpus with a few judged test queries) be recovered all the same.
+
+No relevance judgement is read: the teacher supplies the targets. For a
+cross-encoder they are its scores of every (query, candidate) pair, computed through
+:func:`relcomp.evaluation.rerank`, so they land in the same chunked score cache as an
+evaluation and an interrupted computation resumes. For a bi-encoder they are its
+query and document embeddings (the corpus' through the cached
+:func:`relcomp.evaluation.encode_corpus`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from relcomp.errors import RelcompError
+from relcomp.evaluation import (
+    BeirDataset,
+    available_splits,
+    bm25_retrieve,
+    encode_corpus,
+    load_beir,
+    rerank,
+)
+from relcomp.models import BiEncoder, RankingModel
+
+__all__ = ["PSEUDO_QUERY_PREFIX", "RecoveryData", "pseudo_queries", "recovery_data"]
+
+logger = logging.getLogger(__name__)
+
+#: Pseudo-query ids start with this; the rest says how they were drawn, so that a
+#: cached first-stage run or teacher score never mixes two drawings.
+PSEUDO_QUERY_PREFIX = "relcomp-pseudo"
+_PSEUDO_VERSION = 1
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"\w+")
+#: A title or sentence shorter than this (in words) says too little to retrieve with.
+_MIN_WORDS = 4
+_MAX_WORDS = 40
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RecoveryData:
+    """Groups of (query, candidate documents) with the teacher's targets.
+
+    Attributes:
+        queries: one text per group.
+        documents: the candidates' texts per group, the teacher's order (best first).
+        sources: where each query came from: a split name or ``"pseudo"``.
+        teacher_scores: cross-encoder teachers: ``(groups, max candidates)`` scores,
+            ``nan`` where a group has fewer candidates; ``None`` for bi-encoders.
+        teacher_query_embeddings: bi-encoder teachers: ``(groups, dim)``.
+        teacher_document_embeddings: bi-encoder teachers: one ``(candidates, dim)``
+            array per group.
+        identity: what the data was made from (collection, splits, counts, teacher),
+            recorded in the :class:`~relcomp.artifacts.RecoveryLog` and in checkpoints.
+    """
+
+    queries: tuple[str, ...]
+    documents: tuple[tuple[str, ...], ...]
+    sources: tuple[str, ...]
+    teacher_scores: np.ndarray | None = None
+    teacher_query_embeddings: np.ndarray | None = None
+    teacher_document_embeddings: tuple[np.ndarray, ...] | None = None
+    identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.queries:
+            raise RelcompError("recovery data has no groups")
+        if not len(self.queries) == len(self.documents) == len(self.sources):
+            raise RelcompError("recovery data: queries, documents and sources differ in length")
+        if self.teacher_scores is None and self.teacher_query_embeddings is None:
+            raise RelcompError("recovery data needs the teacher's scores or embeddings")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __repr__(self) -> str:
+        return (
+            f"RecoveryData(groups={len(self)}, pairs={self.pairs}, "
+            f"sources={dict(sorted(self.source_counts.items()))})"
+        )
+
+    @property
+    def pairs(self) -> int:
+        """(query, document) pairs over all groups."""
+        return sum(len(group) for group in self.documents)
+
+    @property
+    def source_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for source in self.sources:
+            counts[source] = counts.get(source, 0) + 1
+        return counts
+
+    @property
+    def digest(self) -> str:
+        """A hash of the groups and the teacher's targets: a checkpoint resumes only on the same data."""
+        hasher = hashlib.sha256()
+        for query, documents in zip(self.queries, self.documents, strict=True):
+            hasher.update(query.encode())
+            for document in documents:
+                hasher.update(b"\x1f" + document.encode())
+            hasher.update(b"\x1e")
+        for array in (self.teacher_scores, self.teacher_query_embeddings):
+            if array is not None:
+                hasher.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        for array in self.teacher_document_embeddings or ():
+            hasher.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return hasher.hexdigest()[:16]
+
+    def split(self, heldout: int, seed: int = 13) -> tuple[RecoveryData, RecoveryData]:
+        """``(training, held out)``: ``heldout`` seeded groups kept apart to measure the loss on."""
+        if not 0 < heldout < len(self):
+            raise RelcompError(
+                f"cannot hold out {heldout} of {len(self)} recovery groups; need 0 < held out < groups"
+            )
+        chosen = np.random.default_rng(seed).permutation(len(self))
+        held, kept = sorted(chosen[:heldout].tolist()), sorted(chosen[heldout:].tolist())
+        return self.subset(kept), self.subset(held)
+
+    def subset(self, rows: Sequence[int]) -> RecoveryData:
+        """The groups at ``rows``, in that order."""
+        rows = list(rows)
+        documents = self.teacher_document_embeddings
+        return RecoveryData(
+            queries=tuple(self.queries[i] for i in rows),
+            documents=tuple(self.documents[i] for i in rows),
+            sources=tuple(self.sources[i] for i in rows),
+            teacher_scores=None if self.teacher_scores is None else self.teacher_scores[rows],
+            teacher_query_embeddings=(
+                None
+                if self.teacher_query_embeddings is None
+                else self.teacher_query_embeddings[rows]
+            ),
+            teacher_document_embeddings=(
+                None if documents is None else tuple(documents[i] for i in rows)
+            ),
+            identity=self.identity,
+        )
+
+
+def pseudo_queries(dataset: BeirDataset, n: int, seed: int = 13) -> dict[str, tuple[str, str]]:
+    """``n`` pseudo-queries drawn from the corpus: ``{id: (text, source document id)}``.
+
+    Each comes from a different, seeded document: its title when the title has at
+    least four words, else one of its sentences of 4–40 words (seeded). A document
+    with neither is passed over. Ids name the drawing (version, seed), so caches keep
+    drawings apart.
+
+    Example:
+        >>> from relcomp.data import demo_path
+        >>> from relcomp.evaluation import load_beir
+        >>> drawn = pseudo_queries(load_beir(demo_path(), "train"), 3)
+        >>> len(drawn), all(len(text.split()) >= 4 for text, _ in drawn.values())
+        (3, True)
+    """
+    if n < 0:
+        raise ValueError(f"the number of pseudo-queries must be ≥ 0, got {n}")
+    rng = np.random.default_rng(seed)
+    doc_ids = dataset.sorted_doc_ids
+    drawn: dict[str, tuple[str, str]] = {}
+    for row in rng.permutation(len(doc_ids)).tolist():
+        if len(drawn) == n:
+            break
+        doc_id = doc_ids[row]
+        title, text = dataset.corpus[doc_id]
+        if len(_WORD.findall(title)) >= _MIN_WORDS:
+            query = title.strip()
+        else:
+            sentences = [
+                s.strip()
+                for s in _SENTENCE.split(text)
+                if _MIN_WORDS <= len(_WORD.findall(s)) <= _MAX_WORDS
+            ]
+            if not sentences:
+                continue
+            query = sentences[int(rng.integers(len(sentences)))]
+        drawn[f"{PSEUDO_QUERY_PREFIX}-v{_PSEUDO_VERSION}-s{seed}:{doc_id}"] = (query, doc_id)
+    if len(drawn) < n:
+        logger.warning(
+            "%s: only %d of the %d pseudo-queries asked for could be drawn (documents with a "
+            "title or sentence of %d–%d words)",
+            dataset.name,
+            len(drawn),
+            n,
+            _MIN_WORDS,
+            _MAX_WORDS,
+        )
+    return drawn
+
+
+def recovery_data(
+    teacher: RankingModel,
+    data_dir: str | os.PathLike[str],
+    *,
+    candidates: int = 8,
+    pseudo: int | None = None,
+    splits: Sequence[str] | None = None,
+    exclude: Iterable[str] = (),
+    seed: int = 13,
+    max_length: int | None = None,
+    batch_size: int = 32,
+    show_progress_bar: bool | None = None,
+) -> RecoveryData:
+    """Recovery groups from a BEIR folder, with ``teacher``'s targets.
+
+    Args:
+        teacher: the uncompressed model (a cross-encoder or a bi-encoder).
+        data_dir: a BEIR folder.
+        candidates: BM25 candidates per query (the group's size).
+        pseudo: pseudo-queries drawn from the corpus; by default as many as there are
+            split queries, and 1,000 when the collection has no train or dev split.
+        splits: the splits whose queries are used; by default every split but ``test``.
+        exclude: query ids never to use (the quality gate's queries, say).
+        seed: seeds the pseudo-query drawing.
+        max_length: the teacher's input length while scoring (its own when ``None``).
+        batch_size: pairs or texts per forward pass of the teacher.
+        show_progress_bar: tqdm bars; ``None`` follows the logger level.
+
+    Raises:
+        RelcompError: ``splits`` names ``test`` or a split the folder lacks; no query
+            and no pseudo-query could be made.
+
+    Example:
+        >>> from relcomp.data import demo_path
+        >>> from relcomp.models import load_model
+        >>> teacher = load_model("all-MiniLM-L6-v2", max_length=64)
+        >>> data = recovery_data(teacher, demo_path(), candidates=4, pseudo=8,
+        ...                      splits=["train"])  # doctest: +SKIP
+        >>> data.source_counts["pseudo"], data.teacher_query_embeddings.shape[1]  # doctest: +SKIP
+        (8, 384)
+    """
+    if candidates < 2:
+        raise RelcompError(f"recovery needs at least 2 candidates per query, got {candidates}")
+    available = available_splits(data_dir)
+    chosen = [s for s in available if s != "test"] if splits is None else list(splits)
+    for split in chosen:
+        if split == "test":
+            raise RelcompError("recovery never trains on the test split; use train or dev")
+        if split not in available:
+            raise RelcompError(f"{data_dir}: no split {split!r} (splits: {available})")
+    excluded = set(exclude)
+    base = load_beir(data_dir, chosen[0] if chosen else available[0])
+    query_source: dict[str, str] = {}
+    for split in chosen:
+        for query_id in load_beir(data_dir, split).split_queries:
+            if query_id not in excluded and query_id not in query_source:
+                query_source[query_id] = split
+    if pseudo is None:
+        pseudo = len(query_source) if query_source else 1000
+    drawn = pseudo_queries(base, pseudo, seed=seed)
+    texts = {**{q: base.queries[q] for q in query_source}, **{q: t for q, (t, _) in drawn.items()}}
+    if not texts:
+        raise RelcompError(
+            f"{data_dir}: nothing to recover on: no train or dev queries and no pseudo-query "
+            "could be drawn from the corpus"
+        )
+    # A collection seen through every query, the pseudo-queries' texts included.
+    dataset = dataclasses.replace(
+        base, split="recovery", queries=texts, qrels={query_id: {} for query_id in texts}
+    )
+    options: dict[str, Any] = {"show_progress_bar": show_progress_bar}
+    first_stage = bm25_retrieve(dataset, list(texts), depth=candidates, **options)
+    for query_id, (_, source_doc) in drawn.items():
+        # The document a pseudo-query came from is its natural positive: keep it.
+        found = first_stage[query_id]
+        if source_doc not in found:
+            kept = dict(list(found.items())[: candidates - 1])
+            kept[source_doc] = min(found.values(), default=0.0) - 1.0
+            first_stage[query_id] = kept
+    usable = [q for q in texts if len(first_stage[q]) >= 2]
+    if len(usable) < len(texts):
+        logger.info(
+            "%d of %d recovery queries have fewer than 2 BM25 candidates and are left out",
+            len(texts) - len(usable),
+            len(texts),
+        )
+    if not usable:
+        raise RelcompError(f"{data_dir}: no recovery query has two BM25 candidates")
+    groups = {q: first_stage[q] for q in usable}
+    identity: dict[str, Any] = {
+        "collection": str(base.path),
+        "splits": chosen,
+        "excluded_queries": len(excluded),
+        "split_queries": sum(1 for q in usable if q in query_source),
+        "pseudo_queries": sum(1 for q in usable if q in drawn),
+        "candidates": candidates,
+        "first_stage": "bm25",
+        "seed": seed,
+        "teacher": teacher.cache_key,
+    }
+    previous_length = teacher.max_length
+    if max_length is not None:
+        teacher.max_length = min(max_length, previous_length)
+    try:
+        if isinstance(teacher, BiEncoder):
+            return _bi_encoder_targets(
+                teacher, dataset, groups, query_source, identity, batch_size, show_progress_bar
+            )
+        scored = rerank(
+            teacher,
+            dataset,
+            groups,
+            depth=candidates,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+        )
+    finally:
+        teacher.max_length = previous_length
+    width = max(len(scores) for scores in scored.values())
+    targets = np.full((len(usable), width), np.nan, dtype=np.float32)
+    documents = []
+    for row, query_id in enumerate(usable):
+        ranked = sorted(scored[query_id].items(), key=lambda item: (-item[1], item[0]))
+        targets[row, : len(ranked)] = [score for _, score in ranked]
+        documents.append(tuple(dataset.document_text(doc_id) for doc_id, _ in ranked))
+    if not np.isfinite(targets[~np.isnan(targets)]).all():
+        raise RelcompError(f"the teacher {teacher.name} gave non-finite scores on recovery pairs")
+    return RecoveryData(
+        queries=tuple(texts[q] for q in usable),
+        documents=tuple(documents),
+        sources=tuple(query_source.get(q, "pseudo") for q in usable),
+        teacher_scores=targets,
+        identity=identity,
+    )
+
+
+def _bi_encoder_targets(
+    teacher: BiEncoder,
+    dataset: BeirDataset,
+    groups: Mapping[str, Mapping[str, float]],
+    query_source: Mapping[str, str],
+    identity: dict[str, Any],
+    batch_size: int,
+    show_progress_bar: bool | None,
+) -> RecoveryData:
+    corpus = encode_corpus(
+        teacher, dataset, batch_size=batch_size, show_progress_bar=show_progress_bar
+    )
+    row_of = {doc_id: row for row, doc_id in enumerate(dataset.sorted_doc_ids)}
+    query_ids = list(groups)
+    queries = teacher.encode_queries(
+        [dataset.query_text(q) for q in query_ids],
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+    )
+    ordered = [sorted(groups[q].items(), key=lambda item: (-item[1], item[0])) for q in query_ids]
+    if not (np.isfinite(corpus).all() and np.isfinite(queries).all()):
+        raise RelcompError(f"the teacher {teacher.name} gave non-finite embeddings")
+    return RecoveryData(
+        queries=tuple(dataset.query_text(q) for q in query_ids),
+        documents=tuple(
+            tuple(dataset.document_text(doc_id) for doc_id, _ in ranked) for ranked in ordered
+        ),
+        sources=tuple(query_source.get(q, "pseudo") for q in query_ids),
+        teacher_query_embeddings=queries,
+        teacher_document_embeddings=tuple(
+            corpus[[row_of[doc_id] for doc_id, _ in ranked]] for ranked in ordered
+        ),
+        identity=identity,
+    )

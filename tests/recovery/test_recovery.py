@@ -1,0 +1,289 @@
+"""Recovery on tiny models: it learns, it resumes exactly, it refuses bad input before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from relcomp.artifacts import CompressionPlan, RecoveryLog
+from relcomp.compression import prune_physically
+from relcomp.errors import RelcompError
+from relcomp.models import load_model, save_model
+from relcomp.recovery import (
+    CHECKPOINT_FILE,
+    LOSSES,
+    RecoveryData,
+    listwise_kl,
+    margin_mse,
+    pseudo_queries,
+    recover,
+    recovery_data,
+)
+from tests.fixtures import DOCUMENTS, QUERIES
+
+TRAIN_QUERIES = (
+    "a document on how many people live in the city",
+    "a document on what is a small animal",
+    "a document on why water falls from the sky",
+    "a document on who wrote a book about a whale",
+    "a document on what causes a cough",
+    "a document on how the immune system works",
+    "a document on what a dog does",
+    "a document on where the museum of art is",
+)
+
+
+def write_collection(root: Path, *, train: bool = True) -> Path:
+    """A BEIR folder over the tiny fixtures' documents: test queries, and train queries."""
+    root.mkdir(parents=True, exist_ok=True)
+    corpus = [
+        {
+            "_id": f"d{i}",
+            "title": f"The document number {i} about {text.split()[0]} things",
+            "text": text,
+        }
+        for i, text in enumerate(DOCUMENTS)
+    ]
+    queries = [{"_id": f"t{i}", "text": q} for i, q in enumerate(QUERIES)]
+    queries += [{"_id": f"r{i}", "text": q} for i, q in enumerate(TRAIN_QUERIES)]
+    # every title says "document", and so does every train query: BM25 finds candidates
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels").mkdir(exist_ok=True)
+    header = "query-id\tcorpus-id\tscore\n"
+    (root / "qrels" / "test.tsv").write_text(
+        header + "".join(f"t{i}\td{i}\t1\n" for i in range(len(QUERIES)))
+    )
+    if train:
+        (root / "qrels" / "train.tsv").write_text(
+            header + "".join(f"r{i}\td{i % len(DOCUMENTS)}\t1\n" for i in range(len(TRAIN_QUERIES)))
+        )
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> Path:
+    return write_collection(tmp_path / "collection")
+
+
+def pruned_student(teacher: Any) -> Any:
+    plan = CompressionPlan(
+        teacher.name,
+        {"re:.*layer\\.0\\..*": "prune_heads(0,1)", "_default": "prune_neurons(ratio=0.5)"},
+    )
+    return prune_physically(teacher, plan)
+
+
+# -- losses --------------------------------------------------------------------------
+def test_listwise_kl_is_zero_at_the_teacher_and_positive_elsewhere() -> None:
+    teacher = torch.tensor([[2.0, 1.0, -1.0], [0.5, 0.0, 0.2]])
+    assert float(listwise_kl(teacher, teacher)) == pytest.approx(0.0, abs=1e-7)
+    assert float(listwise_kl(teacher.flip(-1), teacher)) > 0.1
+
+
+def test_listwise_kl_ignores_masked_candidates() -> None:
+    teacher = torch.tensor([[2.0, 1.0, 0.0]])
+    student = torch.tensor([[2.0, 1.0, 99.0]])  # the third candidate does not exist
+    mask = torch.tensor([[True, True, False]])
+    assert float(listwise_kl(student, teacher, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(listwise_kl(student, teacher)) > 1.0
+
+
+def test_margin_mse_compares_margins_below_the_teachers_top() -> None:
+    teacher = torch.tensor([[3.0, 1.0, 0.0]])
+    assert float(margin_mse(teacher + 7.0, teacher)) == pytest.approx(0.0, abs=1e-6)
+    # margins (0, 2, 3) against the student's (0, 1, 1): ((1)^2 + (2)^2) / 3
+    assert float(margin_mse(torch.tensor([[3.0, 2.0, 2.0]]), teacher)) == pytest.approx(5 / 3)
+
+
+def test_unknown_loss_names_the_valid_ones() -> None:
+    with pytest.raises(RelcompError, match="listwise-kl"):
+        LOSSES.get("listwise-kld")
+
+
+# -- data ------------------------------------------------------------------------------
+def test_pseudo_queries_are_seeded_titles_or_sentences(collection: Path) -> None:
+    from relcomp.evaluation import load_beir
+
+    dataset = load_beir(collection, "test")
+    first, again = pseudo_queries(dataset, 4, seed=3), pseudo_queries(dataset, 4, seed=3)
+    assert first == again and len(first) == 4
+    for text, doc_id in first.values():
+        title, body = dataset.corpus[doc_id]
+        assert text == title or text in body
+    assert pseudo_queries(dataset, 4, seed=4) != first
+
+
+def test_recovery_data_never_uses_test_or_excluded_queries(
+    tiny_model: Any, collection: Path
+) -> None:
+    teacher = tiny_model("minilm")
+    data = recovery_data(teacher, collection, candidates=3, pseudo=3, exclude=["r0", "r1"])
+    assert data.source_counts == {"train": 6, "pseudo": 3}
+    assert not set(QUERIES) & set(data.queries)
+    assert TRAIN_QUERIES[0] not in data.queries and TRAIN_QUERIES[2] in data.queries
+    # the teacher's scores, best first, are the teacher's own scores of those pairs
+    row = data.queries.index(TRAIN_QUERIES[2])
+    documents = data.documents[row]
+    expected = teacher.score([TRAIN_QUERIES[2]] * len(documents), list(documents))
+    np.testing.assert_allclose(data.teacher_scores[row, : len(documents)], expected, atol=1e-5)
+    assert list(expected) == sorted(expected, reverse=True)
+    with pytest.raises(RelcompError, match="test split"):
+        recovery_data(teacher, collection, splits=["test"])
+
+
+def test_a_collection_with_only_a_test_split_recovers_on_pseudo_queries(
+    tiny_model: Any, tmp_path: Path
+) -> None:
+    folder = write_collection(tmp_path / "only-test", train=False)
+    data = recovery_data(tiny_model("minilm"), folder, candidates=3, pseudo=5)
+    assert data.source_counts == {"pseudo": 5}
+
+
+# -- training --------------------------------------------------------------------------
+def run(student: Any, teacher: Any, data: RecoveryData, **options: Any) -> tuple[Any, RecoveryLog]:
+    settings: dict[str, Any] = {
+        "steps": 30,
+        "batch_size": 2,
+        "lr": 3e-3,
+        "max_length": 32,
+        "heldout": 2,
+    }
+    settings.update(options)
+    return recover(student, teacher, data, show_progress_bar=False, **settings)
+
+
+def test_recovery_lowers_the_heldout_distillation_loss(tiny_model: Any, collection: Path) -> None:
+    teacher = tiny_model("minilm")
+    student = pruned_student(teacher)
+    before = [p.detach().clone() for p in student.model.parameters()]
+    data = recovery_data(teacher, collection, candidates=4, pseudo=4)
+    # A random tiny teacher's scores are close together: a low temperature makes its
+    # preferences something to learn.
+    recovered, log = run(student, teacher, data, lr=1e-3, temperature=0.1, checkpoint_every=10)
+    first, last = log.checkpoints[0]["heldout_loss"], log.checkpoints[-1]["heldout_loss"]
+    assert last < 0.75 * first, log.checkpoints
+    assert [c["step"] for c in log.checkpoints] == [0, 10, 20, 30]
+    assert log.pairs_seen > 0 and len(log.losses) == 30
+    # the student given is untouched; the recovered one has its own identity
+    assert all(torch.equal(a, b) for a, b in zip(before, student.model.parameters(), strict=True))
+    assert recovered.variant.startswith(student.variant + "|recovered-")
+    assert recovered.cache_key != student.cache_key
+    assert RecoveryLog.from_json(log.to_json()) == log
+
+
+def test_bi_encoder_recovery_moves_embeddings_toward_the_teacher(
+    tiny_model: Any, collection: Path
+) -> None:
+    teacher = tiny_model("minilm", "bi-encoder")
+    student = pruned_student(teacher)
+    data = recovery_data(teacher, collection, candidates=3, pseudo=4)
+    _, log = run(student, teacher, data, steps=20, checkpoint_every=20)
+    assert log.loss == "embedding"
+    assert log.checkpoints[-1]["heldout_loss"] < 0.8 * log.checkpoints[0]["heldout_loss"]
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(
+    tiny_model: Any, collection: Path, tmp_path: Path
+) -> None:
+    teacher = tiny_model("minilm")
+    data = recovery_data(teacher, collection, candidates=3, pseudo=3)
+    whole, whole_log = run(pruned_student(teacher), teacher, data, steps=8, checkpoint_every=4)
+
+    class Interrupted(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def interrupt_at_step_8(model: Any) -> dict[str, float]:
+        calls["n"] += 1  # called at steps 0, 4 and 8; the step-4 checkpoint is saved after it
+        if calls["n"] == 3:
+            raise Interrupted
+        return {}
+
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(Interrupted):
+        run(pruned_student(teacher), teacher, data, steps=8, checkpoint_every=4,
+            checkpoint_dir=folder, gate=interrupt_at_step_8)  # fmt: skip
+    saved = torch.load(folder / CHECKPOINT_FILE, weights_only=False)
+    assert saved["state"]["step"] == 4
+    resumed, resumed_log = run(
+        pruned_student(teacher), teacher, data, steps=8, checkpoint_every=4, checkpoint_dir=folder
+    )
+    assert resumed_log.losses == whole_log.losses
+    for (name, a), (_, b) in zip(
+        whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert resumed.variant == whole.variant
+    # another run's settings never resume from this checkpoint
+    with pytest.raises(RelcompError, match="another recovery run"):
+        run(
+            pruned_student(teacher),
+            teacher,
+            data,
+            steps=9,
+            checkpoint_every=4,
+            checkpoint_dir=folder,
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"steps": 0}, "steps must be a whole number"),
+        ({"batch_size": 0}, "batch size"),
+        ({"lr": float("nan")}, "learning rate"),
+        ({"max_length": 4}, "max length"),
+        ({"loss": "embedding"}, "cross-encoder recovers with"),
+        ({"heldout": 1000}, "cannot hold out"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(
+    tiny_model: Any, collection: Path, options: dict[str, Any], message: str
+) -> None:
+    teacher = tiny_model("minilm")
+    data = recovery_data(teacher, collection, candidates=3, pseudo=2)
+    with pytest.raises(RelcompError, match=message):
+        run(pruned_student(teacher), teacher, data, **options)
+
+
+def test_a_teacher_of_another_kind_family_or_data_is_refused(
+    tiny_model: Any, collection: Path
+) -> None:
+    teacher = tiny_model("minilm")
+    data = recovery_data(teacher, collection, candidates=3, pseudo=2)
+    student = pruned_student(teacher)
+    with pytest.raises(RelcompError, match="bi-encoder"):
+        run(student, tiny_model("minilm", "bi-encoder"), data)
+    with pytest.raises(RelcompError, match="roberta"):
+        run(student, tiny_model("roberta"), data)
+    other = tiny_model("minilm", seed=5)
+    with pytest.raises(RelcompError, match="another teacher"):
+        run(student, other, data)
+
+
+def test_a_pruned_and_recovered_model_saves_and_loads_back(
+    tiny_model: Any, collection: Path, tmp_path: Path
+) -> None:
+    teacher = tiny_model("minilm")
+    student = pruned_student(teacher)
+    widths = [layer.intermediate.dense.out_features for layer in student.model.bert.encoder.layer]
+    assert len(set(widths)) >= 1
+    data = recovery_data(teacher, collection, candidates=3, pseudo=2)
+    recovered, _ = run(student, teacher, data, steps=3)
+    folder = save_model(recovered, tmp_path / "recovered")
+    loaded = load_model(folder)
+    pairs = (list(QUERIES), list(DOCUMENTS[: len(QUERIES)]))
+    np.testing.assert_allclose(loaded.score(*pairs), recovered.score(*pairs), atol=1e-5)
+    assert loaded.model.config.pruned_heads
