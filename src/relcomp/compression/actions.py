@@ -12,7 +12,7 @@ Grammar::
     argument  := literal | field "=" literal
     literal   := int | float | True | False | "[" int ("," int)* "]"
 
-Only ``prune_heads`` takes positional arguments (the head indices). The canonical
+Only ``prune_heads`` and ``drop_layers`` take positional arguments (indices). The canonical
 form, which ``str()`` returns and plans store, writes each action's main argument
 always and its optional flags only when they differ from their defaults:
 
@@ -39,6 +39,10 @@ action                         target      meaning
                                            (TEAL); ``rank=16`` sends them through a
                                            rank-16 SVD of the weight instead (R-Sparse)
 ``low_rank(rank=64)``          Linear      truncated-SVD factorisation ``W ≈ U·V``
+``drop_layers(4,5)``           layers      remove whole transformer layers (indices as the
+                                           model counts its layers now), given on the
+                                           encoder's layer list (``encoder.layer``) or
+                                           ``_default``
 =============================  ==========  =================================================
 
 Example:
@@ -52,7 +56,7 @@ Example:
     >>> parse_action("int3")
     Traceback (most recent call last):
     ...
-    relcomp.compression.actions.PlanError: unknown compression action 'int3'; did you mean 'int8'? Valid names: fp16, fp32, int4, int8, low_rank, prune_heads, prune_neurons, prune_weights, sparsify
+    relcomp.compression.actions.PlanError: unknown compression action 'int3'; did you mean 'int8'? Valid names: drop_layers, fp16, fp32, int4, int8, low_rank, prune_heads, prune_neurons, prune_weights, sparsify
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ __all__ = [
     "FP32",
     "Action",
     "Category",
+    "DropLayers",
     "Int4",
     "Int8",
     "LowRank",
@@ -91,9 +96,9 @@ class PlanError(RelcompError, ValueError):
 
 
 #: What kind of module an action applies to.
-Target = Literal["linear", "attention", "ffn"]
+Target = Literal["linear", "attention", "ffn", "layers"]
 #: Actions of one category exclude each other on a module (two precisions, two head sets…).
-Category = Literal["precision", "heads", "neurons", "weights", "sparsity", "low_rank"]
+Category = Literal["precision", "heads", "neurons", "layers", "weights", "sparsity", "low_rank"]
 
 #: The registry every action name goes through (case-insensitive; ``-`` and ``_`` alike).
 ACTIONS: Registry[type[Action]] = Registry("compression action")
@@ -133,8 +138,8 @@ class Action:
 
     @property
     def structural(self) -> bool:
-        """Whether the action removes parts of the model (heads, neurons)."""
-        return self.category in ("heads", "neurons")
+        """Whether the action removes parts of the model (heads, neurons, layers)."""
+        return self.category in ("heads", "neurons", "layers")
 
     @classmethod
     def parse(cls, text: str | Action) -> Action:
@@ -287,6 +292,31 @@ class PruneHeads(Action):
 
 
 @dataclasses.dataclass(frozen=True)
+class DropLayers(Action):
+    """Remove whole transformer layers; the residual stream passes them by.
+
+    Given on the encoder's layer list (``bert.encoder.layer``, its encoder, or
+    ``_default``); indices count the layers the model has now, from 0.
+
+    Example:
+        >>> str(DropLayers((5, 4)))
+        'drop_layers(4,5)'
+    """
+
+    name: ClassVar[str] = "drop_layers"
+    target: ClassVar[Target] = "layers"
+    category: ClassVar[Category] = "layers"
+    positional: ClassVar[str | None] = "layers"
+    layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list | tuple):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        _check_indices(self.name, "layers", self.layers, "layer")
+        object.__setattr__(self, "layers", tuple(sorted(self.layers)))
+
+
+@dataclasses.dataclass(frozen=True)
 class PruneNeurons(Action):
     """Remove FFN neurons: a share chosen by weight magnitude, or explicit indices."""
 
@@ -366,7 +396,18 @@ class LowRank(Action):
         _check_int(self.name, "rank", self.rank, 1)
 
 
-for _action in (FP32, FP16, Int8, Int4, PruneHeads, PruneNeurons, PruneWeights, Sparsify, LowRank):
+for _action in (
+    FP32,
+    FP16,
+    Int8,
+    Int4,
+    PruneHeads,
+    PruneNeurons,
+    DropLayers,
+    PruneWeights,
+    Sparsify,
+    LowRank,
+):
     ACTIONS.register(_action.name)(_action)
 
 #: Categories that cannot share a module: a low-rank factor has no unstructured mask.

@@ -26,6 +26,7 @@ from relcomp.artifacts import COMPRESSION_BUDGETS, CompressionPlan
 from relcomp.compression.actions import (
     INCOMPATIBLE,
     Action,
+    DropLayers,
     LowRank,
     PlanError,
     PruneHeads,
@@ -40,6 +41,7 @@ __all__ = [
     "LinearKeep",
     "ModelStructure",
     "check_budget",
+    "dropped_layers",
     "head_counts",
     "neuron_counts",
     "resolve_plan",
@@ -50,6 +52,7 @@ __all__ = [
 CATEGORY_ORDER: tuple[str, ...] = (
     "heads",
     "neurons",
+    "layers",
     "weights",
     "low_rank",
     "precision",
@@ -85,6 +88,8 @@ class ModelStructure:
     original_heads: int
     pruned_heads: Mapping[str, tuple[int, ...]]
     neurons: Mapping[str, int]
+    #: the encoder's list of layers (``bert.encoder.layer``), what ``drop_layers`` acts on
+    layer_list: str
     #: ``{alias or canonical name: canonical name}`` per target kind
     aliases: Mapping[str, Mapping[str, str]]
 
@@ -111,6 +116,7 @@ class ModelStructure:
                 attention_aliases.setdefault(alias, layer.attention)
             for alias in (layer.ffn_in, layer.layer, _parent(layer.ffn_in)):
                 ffn_aliases.setdefault(alias, layer.ffn_in)
+        layer_list = f"{model.adapter.prefix(module)}{model.adapter.layers}"
         return cls(
             modules=modules,
             linears=linears,
@@ -119,10 +125,12 @@ class ModelStructure:
             original_heads=original,
             pruned_heads=pruned,
             neurons=neurons,
+            layer_list=layer_list,
             aliases={
                 "linear": {name: name for name in linears},
                 "attention": attention_aliases,
                 "ffn": ffn_aliases,
+                "layers": {layer_list: layer_list, _parent(layer_list): layer_list},
             },
         )
 
@@ -133,6 +141,8 @@ class ModelStructure:
             return list(self.linears)
         if target == "attention":
             return [layer.attention for layer in self.layers]
+        if target == "layers":
+            return [self.layer_list]
         return [layer.ffn_in for layer in self.layers]
 
     def canonical(self, name: str, target: Target) -> str | None:
@@ -343,6 +353,8 @@ def _expand(pattern: str, action: Action, structure: ModelStructure) -> tuple[in
 def _target_text(target: Target, structure: ModelStructure) -> str:
     if target == "linear":
         return "Linear modules"
+    if target == "layers":
+        return f"the encoder's layer list ({structure.layer_list!r})"
     example = structure.layers[0] if structure.layers else None
     if target == "attention":
         where = f" (e.g. {example.attention!r} or its layer {example.layer!r})" if example else ""
@@ -398,6 +410,15 @@ def _check_fits(module: str, action: Action, structure: ModelStructure) -> None:
             raise PlanError(
                 f"{action} on {module!r} would remove every head of the layer; keep at least one"
             )
+    elif isinstance(action, DropLayers):
+        too_large = [i for i in action.layers if i >= len(structure.layers)]
+        if too_large:
+            raise PlanError(
+                f"{action}: layer(s) {too_large} do not exist; the model has layers "
+                f"0..{len(structure.layers) - 1}"
+            )
+        if len(action.layers) >= len(structure.layers):
+            raise PlanError(f"{action} would remove every layer; keep at least one")
     elif isinstance(action, PruneNeurons):
         count = structure.neurons[structure.layer_of(module).layer]
         if action.indices is not None:
@@ -486,7 +507,24 @@ def removed_counts(
                 )
                 counts[layer.ffn_in][0] += gone
                 counts[layer.ffn_out][1] += gone
+    for layer in dropped_layers(resolved, structure):  # every weight of the layer goes
+        for name in layer.linears().values():
+            linear = structure.linears[name]
+            counts[name] = [linear.out_features, linear.in_features]
     return {name: (rows, columns) for name, (rows, columns) in counts.items()}
+
+
+def dropped_layers(
+    resolved: Mapping[str, list[Action]], structure: ModelStructure
+) -> list[LayerModules]:
+    """The layers a resolved plan's ``drop_layers`` removes, in model order."""
+    indices = {
+        index
+        for action in resolved.get(structure.layer_list, [])
+        if isinstance(action, DropLayers)
+        for index in action.layers
+    }
+    return [layer for layer in structure.layers if layer.index in indices]
 
 
 def neurons_to_prune(

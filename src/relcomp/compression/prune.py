@@ -22,6 +22,7 @@ its widths.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Any
 
@@ -31,7 +32,7 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import PlanError, PruneHeads
-from relcomp.compression.plan import ModelStructure, _resolve, structural_masks
+from relcomp.compression.plan import ModelStructure, _resolve, dropped_layers, structural_masks
 from relcomp.compression.realise import active_compression
 from relcomp.models.base import RankingModel
 from relcomp.models.pruned import (
@@ -46,6 +47,7 @@ __all__ = [
     "apply_pruned_ffn_widths",
     "load_pruned_model",
     "parameter_count",
+    "plan_after_pruning",
     "prune_physically",
     "repair_pruned_heads",
 ]
@@ -68,9 +70,9 @@ def parameter_count(model: RankingModel | nn.Module) -> int:
 
 
 def prune_physically(model: RankingModel, plan: CompressionPlan) -> RankingModel:
-    """A pruned deep copy of ``model``: the plan's heads and FFN neurons removed for real.
+    """A pruned deep copy of ``model``: the plan's heads, FFN neurons and layers removed for real.
 
-    Only ``prune_heads`` and ``prune_neurons`` are carried out; the rest of the plan
+    Only ``prune_heads``, ``prune_neurons`` and ``drop_layers`` are carried out; the rest of the plan
     (``plan.split_structural()[1]``) applies unchanged to the returned model with
     :func:`~relcomp.compression.compress_`, as module names survive pruning. The new
     model's ``variant`` names the pruning, so caches keep it apart from the original.
@@ -126,21 +128,93 @@ def prune_physically(model: RankingModel, plan: CompressionPlan) -> RankingModel
             )
         widths.append(int(_get(torch_model, layer.ffn_in).out_features))
     _record_ffn_widths(torch_model.config, widths)
+    dropped = [layer.index for layer in dropped_layers(resolved, structure)]
+    if dropped:
+        _drop_layers(torch_model, structure.layer_list, dropped)
     for parameter in torch_model.parameters():  # new Linears come back trainable
         parameter.requires_grad_(trainable)
     torch_model.eval()
     pruned.variant = f"{model.variant}|pruned-{structural.fingerprint()}"
     after = parameter_count(pruned)
     logger.info(
-        "pruned %s physically: %d heads, %d FFN neurons; %d → %d parameters (%.1f %% fewer)",
+        "pruned %s physically: %d heads, %d FFN neurons, %d layers; %d → %d parameters "
+        "(%.1f %% fewer)",
         model.name,
         sum(len(h) for h in heads.values()),
         sum(structure.neurons.values()) - sum(widths),
+        len(dropped),
         before,
         after,
         100 * (1 - after / before),
     )
     return pruned
+
+
+def plan_after_pruning(
+    plan: CompressionPlan, model: RankingModel, structural: CompressionPlan
+) -> CompressionPlan:
+    """``plan`` (non-structural) for the model ``prune_physically(model, structural)`` gives.
+
+    Head and neuron pruning keep module names, so the plan is returned as it is. When
+    ``structural`` drops layers, the layers after them are renumbered: the plan is
+    resolved on ``model`` and written back module by module under the new names, and
+    what it said about the dropped layers goes with them.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> rest = CompressionPlan("m", {"encoder.layer.5.output.dense": "int4"})
+        >>> moved = plan_after_pruning(rest, model, CompressionPlan("m", {"_default": "drop_layers(1)"}))
+        >>> moved.entries
+        (('encoder.layer.4.output.dense', 'int4(block_size=32)'),)
+    """
+    structure = ModelStructure.of(model)
+    dropped = {layer.index for layer in dropped_layers(_resolve(structural, structure), structure)}
+    if not dropped:
+        return plan
+    kept = [index for index in range(len(structure.layers)) if index not in dropped]
+    new_index = {old: new for new, old in enumerate(kept)}
+    prefix = f"{structure.layer_list}."
+    entries = []
+    for module, actions in _resolve(plan, structure).items():
+        if module.startswith(prefix):
+            index, _, rest = module[len(prefix) :].partition(".")
+            if int(index) in dropped:
+                continue
+            module = f"{prefix}{new_index[int(index)]}" + (f".{rest}" if rest else "")
+        entries.extend((module, str(action)) for action in actions)
+    return dataclasses.replace(plan, entries=tuple(entries))
+
+
+def _drop_layers(model: nn.Module, layer_list: str, dropped: list[int]) -> None:
+    """Remove whole layers and renumber what the config says per layer.
+
+    The config keeps its per-layer records (``pruned_heads``, per-layer FFN widths) for
+    the layers that stay, under their new indices, so a saved model loads back with
+    stock ``from_pretrained`` (or :func:`load_pruned_model` for per-layer widths).
+    """
+    config: Any = model.config
+    layers: Any = model.get_submodule(layer_list)
+    kept = [index for index in range(len(layers)) if index not in set(dropped)]
+    _replace(model, layer_list, nn.ModuleList([layers[index] for index in kept]))
+    new_index = {old: new for new, old in enumerate(kept)}
+    for new, layer in enumerate(model.get_submodule(layer_list)):
+        for module in layer.modules():  # attention modules that know their index
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    count_field = "n_layers" if hasattr(config, "n_layers") else "num_hidden_layers"
+    setattr(config, count_field, len(kept))
+    if config.pruned_heads:
+        config.pruned_heads = {
+            new_index[int(k)]: list(v)
+            for k, v in config.pruned_heads.items()
+            if int(k) in new_index
+        }
+    widths = getattr(config, FFN_WIDTH_KEY, None)
+    if widths:
+        setattr(config, FFN_WIDTH_KEY, [widths[index] for index in kept])
+        if len(set(getattr(config, FFN_WIDTH_KEY))) == 1:  # the rest share one width now
+            _record_ffn_widths(config, list(getattr(config, FFN_WIDTH_KEY)))
 
 
 def _get(model: nn.Module, name: str) -> nn.Linear:

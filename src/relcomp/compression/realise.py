@@ -7,6 +7,8 @@ pruning, low rank, precision, activation sparsity):
 
 * ``prune_heads`` / ``prune_neurons``: zero the rows (and biases) and columns that
   physical pruning would remove, so outputs match the pruned model;
+* ``drop_layers``: a forward hook gives each dropped layer's input back as its
+  output, so the residual stream passes the layer by, as in the smaller model;
 * ``prune_weights``: zero the lowest-scoring weights of each row (``|W|``, or Wanda's
   ``|W|·‖X‖`` when activation statistics are given);
 * ``low_rank``: a truncated SVD, computed once, stored as two factors;
@@ -45,6 +47,7 @@ from relcomp.compression.actions import (
     FP16,
     FP32,
     Action,
+    DropLayers,
     Int4,
     Int8,
     LowRank,
@@ -60,6 +63,7 @@ from relcomp.compression.plan import (
     LinearKeep,
     ModelStructure,
     _resolve,
+    dropped_layers,
     structural_masks,
 )
 from relcomp.compression.quantize import (
@@ -164,6 +168,8 @@ class Realisation:
         self.edits: dict[str, LinearEdit] = {}
         #: per-input-channel scales of ``int8(activations=True, channelwise=True)``
         self.channel_scales: dict[str, torch.Tensor] = {}
+        #: layers the residual stream passes by (``drop_layers``), by module name
+        self.skipped_layers: list[str] = []
 
     def linear(self, name: str) -> LinearEdit:
         """The working copy of a Linear, made on first use."""
@@ -208,6 +214,22 @@ def _prune_neurons(realisation: Realisation, module: str, action: Action) -> Non
     layer = realisation.structure.layer_of(module)
     for name in (layer.ffn_in, layer.ffn_out):
         _zero_pruned(realisation.linear(name))
+
+
+@handler(DropLayers)
+def _drop_layers(realisation: Realisation, module: str, action: Action) -> None:
+    for layer in dropped_layers({module: [action]}, realisation.structure):
+        realisation.skipped_layers.append(layer.layer)
+
+
+def _skip_layer(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> Any:
+    """A dropped layer's output is its input: what the model gives once the layer is gone."""
+    hidden = args[0] if args else next(iter(kwargs.values()))
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    return hidden
 
 
 # -- handlers: weights -----------------------------------------------------------------------
@@ -576,6 +598,9 @@ def _install(
             if edit.input_transforms:
                 transforms = [fn for _, fn in sorted(edit.input_transforms, key=lambda t: t[0])]
                 hooks.append(module.register_forward_pre_hook(_input_hook(transforms)))
+    for name in realisation.skipped_layers:
+        layer = realisation.structure.modules[name]
+        hooks.append(layer.register_forward_hook(_skip_layer, with_kwargs=True))
     return swaps, hooks
 
 

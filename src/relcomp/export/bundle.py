@@ -55,6 +55,7 @@ from relcomp.compression import (
     compress_,
     factorise_physically,
     parameter_count,
+    plan_after_pruning,
     prune_physically,
     resolve_plan,
 )
@@ -238,10 +239,12 @@ def _structural_notes(model: RankingModel, pruned: RankingModel) -> list[str]:
     before = [model.named_linears()[layer.ffn_in].out_features for layer in model.layer_modules()]
     linears = pruned.named_linears()
     widths = [linears[layer.ffn_in].out_features for layer in pruned.layer_modules()]
-    removed = sum(before) - sum(widths)
+    dropped = len(before) - len(widths)
     note = (
-        f"structured pruning realised in torch before export: {sum(heads.values())} heads and "
-        f"{removed} FFN neurons removed"
+        f"structured pruning realised in torch before export: {sum(heads.values())} heads"
+        + (f", {dropped} whole layers" if dropped else "")
+        + " and FFN neurons removed ("
+        + f"{sum(before)} → {sum(widths)} neurons)"
     )
     if len(set(widths)) > 1:
         note += f"; per-layer FFN widths {widths} (config.pruned_intermediate_sizes)"
@@ -395,6 +398,8 @@ def export_bundle(
     if structural is not None and structural.entries:
         working = prune_physically(model, structural)
         notes.extend(_structural_notes(model, working))
+        if rest is not None:  # dropped layers renumber the ones after them
+            rest = plan_after_pruning(rest, model, structural)
     resolved = resolve_plan(rest, working) if rest is not None and rest.entries else {}
     working, resolved, factor_notes = _factorise(working, resolved)
     notes.extend(factor_notes)
