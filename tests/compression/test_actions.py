@@ -113,7 +113,10 @@ def test_registry_lists_every_action():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("int3", r"unknown compression action 'int3'; did you mean 'int8'\? Valid names: drop_layers, fp16, "),
+        (
+            "int3",
+            r"unknown compression action 'int3'; did you mean 'int8'\? Valid names: drop_layers, fp16, ",
+        ),
         ("quantize(bits=4)", r"unknown compression action 'quantize'.*Valid names"),
         ("int4(block_size=30)", r"int4: block_size must be a power of two, got 30"),
         ("int4(block_size=8)", r"int4: block_size must be at least 16"),

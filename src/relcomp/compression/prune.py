@@ -198,7 +198,8 @@ def _drop_layers(model: nn.Module, layer_list: str, dropped: list[int]) -> None:
     kept = [index for index in range(len(layers)) if index not in set(dropped)]
     _replace(model, layer_list, nn.ModuleList([layers[index] for index in kept]))
     new_index = {old: new for new, old in enumerate(kept)}
-    for new, layer in enumerate(model.get_submodule(layer_list)):
+    remaining: Any = model.get_submodule(layer_list)
+    for new, layer in enumerate(remaining):
         for module in layer.modules():  # attention modules that know their index
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new
