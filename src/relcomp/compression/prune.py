@@ -175,7 +175,7 @@ def plan_after_pruning(
     kept = [index for index in range(len(structure.layers)) if index not in dropped]
     new_index = {old: new for new, old in enumerate(kept)}
     prefix = f"{structure.layer_list}."
-    entries = []
+    entries: list[tuple[str, str]] = []
     for module, actions in _resolve(plan, structure).items():
         if module.startswith(prefix):
             index, _, rest = module[len(prefix) :].partition(".")
