@@ -64,10 +64,7 @@ def format_table(
     for row in rows:
         label = row[0] if row and isinstance(row[0], str) else ""
         cells.append(
-            [
-                _cell(cell, column, label, digits)
-                for cell, column in zip(row, header, strict=True)
-            ]
+            [_cell(cell, column, label, digits) for cell, column in zip(row, header, strict=True)]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = [
