@@ -164,3 +164,23 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
         cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
         met, judged = (sum(int(c[4].split(" of ")[i]) for c in cells) for i in (0, 1))
         assert f"{met} of {judged} for {name}" in line
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves() -> None:
+    for page in [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.relative_to(ROOT)}: {target}"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+                assert anchor in {_anchor(h) for h in headings}, (
+                    f"{page.relative_to(ROOT)}: {target}"
+                )
