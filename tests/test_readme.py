@@ -17,7 +17,7 @@ import pytest
 
 import relcomp.data
 import relcomp.models
-from relcomp import pipeline
+from relcomp import flow, pipeline
 from relcomp.cli import main
 from tests.fixtures import DOCUMENTS, QUERIES
 
@@ -94,12 +94,17 @@ def test_every_readme_command_runs_on_the_tiny_models(
     tiny_model_path, toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     # demo: the embedded retriever and the shipped collection, replaced by tiny ones
-    monkeypatch.setattr(
-        relcomp.models, "DEFAULT_RETRIEVER", str(tiny_model_path("minilm", "bi-encoder"))
-    )
-    monkeypatch.setattr(relcomp.data, "demo_path", lambda: toy)
-    # a random tiny model has no quality to keep: no gate may stop it
-    monkeypatch.setattr(pipeline, "DEMO_MAX_NDCG_LOSS", 100.0, raising=False)
+    # wherever the flow reads them; a random tiny model has no quality to keep, so no
+    # gate may stop it
+    retriever = str(tiny_model_path("minilm", "bi-encoder"))
+    for module in (relcomp.models, relcomp.data, pipeline, flow):
+        for name, value in (
+            ("DEFAULT_RETRIEVER", retriever),
+            ("demo_path", lambda: toy),
+            ("DEMO_MAX_NDCG_LOSS", 100.0),
+        ):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, value)
     paths = {REAL_MODEL: str(tiny_model_path("bert")), REAL_DATA: str(toy)}
     monkeypatch.chdir(tmp_path)
     ran = []
