@@ -82,3 +82,28 @@ def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
 
 def dumps(payload: Any) -> str:
     return json.dumps(payload, indent=2)
+
+
+def add_markdown_option(parser: Any) -> None:
+    """``--markdown FILE.json…``: print the results table as markdown and run nothing."""
+    parser.add_argument(
+        "--markdown",
+        nargs="+",
+        metavar="FILE.json",
+        help="print the table of these result files as markdown (docs/benchmarks/) and run nothing",
+    )
+
+
+def read_results(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    return [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are written as they are given (format numbers first)."""
+    table = [list(header), ["---"] * len(header), *([str(c) for c in row] for row in rows)]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in table)
+
+
+def model_label(name: str) -> str:
+    """``../shared/assets/models/minilm-l6-reranker`` → ``minilm-l6-reranker``."""
+    return str(name).rstrip("/").rsplit("/", 1)[-1]

@@ -21,9 +21,12 @@ from typing import Any
 
 from _common import (
     MAX_LENGTH,
+    add_markdown_option,
     beir_path,
     machine,
+    markdown_table,
     print_table,
+    read_results,
     reranker_path,
     result_key,
     set_threads,
@@ -43,14 +46,20 @@ CLIPS: tuple[float | None, ...] = (None, 32.0, 16.0, 8.0, 4.0)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
     parser.add_argument("--models", nargs="+", default=[str(reranker_path()), DEFAULT_RETRIEVER])
     parser.add_argument("--datasets", nargs="+", default=["nfcorpus", "scifact"])
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     set_threads(args.threads)
     payload: dict[str, Any] = {
         "_meta": {
@@ -111,6 +120,34 @@ def main() -> None:
     payload["_meta"]["wall_s"] = round(time.time() - started, 1)
     write_json(args.output, payload)
     print_table(rows, ["model", "data", "activations", "Kendall tau vs fp32", "score error"])
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """Kendall's tau / score error against fp32, a column per activation setting."""
+    rows: list[list[str]] = []
+    settings: list[str] = []
+    for payload in payloads:
+        splits = {d: s.split()[0] for d, s in payload["_meta"]["calibration"].items()}
+        for model, datasets in payload.items():
+            if model == "_meta":
+                continue
+            for dataset, found in datasets.items():
+                settings += [s for s in found if s not in settings]
+                rows.append(
+                    [
+                        model,
+                        f"{dataset} {splits.get(dataset, '')}".strip(),
+                        *(
+                            f"{found[s]['kendall_tau']:.3f} / {found[s]['score_error']:.3f}"
+                            if s in found
+                            else "–"
+                            for s in settings
+                        ),
+                    ]
+                )
+    width = 2 + len(settings)
+    rows = [row + ["–"] * (width - len(row)) for row in rows]
+    return markdown_table(["model", "data", *settings], rows)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,17 @@ from typing import Any
 
 import torch
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import (
+    add_markdown_option,
+    beir_path,
+    machine,
+    markdown_table,
+    print_table,
+    read_results,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.attribution import BiLRP, TokenLRP, get_method
 from relcomp.evaluation import load_beir, sample_queries
 from relcomp.models import load_model
@@ -55,7 +65,7 @@ def timed(function: Callable[[], Any]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
@@ -78,7 +88,13 @@ def main() -> None:
         action="store_true",
         help="time BiLRP batched against per dimension only (JSON: bilrp and _meta)",
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     set_threads(2)
     if args.bilrp_only:
         payload = {
@@ -203,6 +219,47 @@ def bilrp_cost(repeats: int) -> dict[str, float]:
     )
     print(f"BiLRP batched is {result['speedup']:.1f}x faster than per dimension (target >= 20)")
     return result
+
+
+_SYSTEMS = {
+    "forward_s": "forward (inference)",
+    "attnlrp_s": "AttnLRP (relcomp)",
+    "gradient_x_input_s": "gradient × input, frozen weights",
+    "lxt_attnlrp_s": "AttnLRP (LXT 2.1, efficient mode, the peer)",
+    "lig_s": "captum LIG, 50 steps",
+}
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """Seconds per batch and the ratio to one forward pass; for a ``--bilrp-only`` file,
+    BiLRP against the per-dimension reference."""
+    tables = []
+    for payload in payloads:
+        if "bilrp" in payload:
+            found = payload["bilrp"]
+            query, document = found["tokens"]
+            tables.append(
+                markdown_table(
+                    ["query / document tokens", "BiLRP.attribute (s)", "per dimension (s)", "×"],
+                    [
+                        [
+                            f"{query} / {document}",
+                            f"{found['batched_s']:.2f}",
+                            f"{found['per_dimension_s']:.1f}",
+                            f"{found['speedup']:.1f}",
+                        ]
+                    ],
+                )
+            )
+            continue
+        forward = payload["forward_s"]
+        rows = [
+            [label, f"{payload[key]:.2f}", f"{payload[key] / forward:.2f}"]
+            for key, label in _SYSTEMS.items()
+            if key in payload
+        ]
+        tables.append(markdown_table(["system", "seconds", "× one forward"], rows))
+    return "\n\n".join(tables)
 
 
 if __name__ == "__main__":

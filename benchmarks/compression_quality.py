@@ -204,7 +204,7 @@ def main() -> None:
         "--markdown",
         nargs="+",
         metavar="JSON",
-        help="print the README table of these result files and exit (runs nothing)",
+        help="print the table of these result files as markdown (docs/benchmarks/) and exit (runs nothing)",
     )
     parser.add_argument(
         "--summary",

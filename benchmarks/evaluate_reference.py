@@ -17,7 +17,17 @@ import argparse
 import time
 from typing import Any
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import (
+    add_markdown_option,
+    beir_path,
+    machine,
+    markdown_table,
+    print_table,
+    read_results,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.models import load_model
 from relcomp.pipeline import evaluate
 
@@ -46,13 +56,19 @@ SOURCE = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
     parser.add_argument("--protocol", choices=("quick", "full"), default="full")
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     parser.add_argument("--rerank-depth", type=int, default=None)
     parser.add_argument("--rerank-max-length", type=int, default=None)
     parser.add_argument("--skip-reranker", action="store_true")
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     set_threads(2)
     quick = args.protocol == "quick"
     queries = 100 if quick else None
@@ -159,6 +175,51 @@ def throughput(model: Any, data: Any, pairs: int = 256, repeats: int = 5) -> dic
         "pairs_per_s": len(texts) / median,
         "repeats": repeats,
     }
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """The reference table of result files: a line per (collection, system), nDCG@10
+    beside the published or independently measured figure."""
+    rows = []
+    for payload in payloads:
+        meta = payload["_meta"]
+        for dataset, systems in payload.items():
+            if dataset == "_meta":
+                continue
+            for system, found in systems.items():
+                reference = meta["reference"][dataset][system]
+                rows.append(
+                    [
+                        dataset,
+                        _system_label(system, found),
+                        f"{found['nDCG@10']:.4f}",
+                        f"{reference:.3f} ({_SHORT_SOURCE[system]})",
+                        f"{found['nDCG@10'] - reference:+.3f}",
+                        f"{found['RR@10']:.4f}",
+                        f"{found['R@100']:.4f}",
+                        str(found["n_queries"]),
+                    ]
+                )
+    header = ["collection", "system", "nDCG@10", "reference", "Δ", "RR@10", "R@100", "queries"]
+    return markdown_table(header, rows)
+
+
+_SHORT_SOURCE = {
+    "bm25": "BEIR",
+    "all-MiniLM-L6-v2": "MTEB",
+    "all-MiniLM-L6-v2 rerank": "MODELS.md, top-30",
+    "minilm-l6-reranker": "MODELS.md, top-30, 256",
+}
+
+
+def _system_label(system: str, found: dict[str, Any]) -> str:
+    depth, length = found["depth"], found["max_length"]
+    return {
+        "bm25": "BM25",
+        "all-MiniLM-L6-v2": "all-MiniLM-L6-v2, exhaustive",
+        "all-MiniLM-L6-v2 rerank": f"all-MiniLM-L6-v2 re-ranking BM25 top-{depth}",
+        "minilm-l6-reranker": f"minilm-l6-reranker re-ranking BM25 top-{depth}, {length} tokens",
+    }.get(system, system)
 
 
 if __name__ == "__main__":

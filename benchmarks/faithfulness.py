@@ -29,10 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    add_markdown_option,
     beir_path,
     display_name,
     machine,
+    markdown_table,
+    model_label,
     print_table,
+    read_results,
     reranker_path,
     set_threads,
     write_json,
@@ -101,7 +105,7 @@ def main() -> None:
     parser.add_argument(
         "--rank-drop-pairs", type=int, default=50, help="pairs for the rank-drop figure"
     )
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -110,7 +114,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (1: two models side by side)"
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     set_threads(args.threads)
     model = load_model(args.model or reranker_path(), max_length=args.max_length)
     half = args.pairs // 2
@@ -182,6 +192,49 @@ def main() -> None:
     )
     results["_meta"] = {**meta, "complete": True}
     print(f"wrote {write_json(args.output, results)}")
+
+
+#: Method names as the tables print them.
+_LABELS = {
+    "AttnLRP": "AttnLRP",
+    "AttnLRP (LXT)": "AttnLRP (LXT 2.1, the peer)",
+    "CP-LRP": "CP-LRP",
+    "IntegratedGradients": "Integrated Gradients (LIG, 50 steps)",
+    "Saliency": "Saliency (L2)",
+    "Attention": "Attention (last layer)",
+    "Random": "Random",
+    "InputXGradient": "InputXGradient",
+}
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """A line per method, most ΔA^F first: AOPC, ΔA^F, rank drop and attribution time."""
+    rows = []
+    for payload in payloads:
+        found = [v for k, v in payload.items() if k != "_meta"]
+        for result in sorted(found, key=lambda r: -r["delta_af"]):
+            drop = result.get("rank_drop", {}).get("mean_rank_change", {})
+            rows.append(
+                [
+                    model_label(payload["_meta"]["model"]),
+                    _LABELS.get(result["method"], result["method"]),
+                    f"{result['aopc_comprehensiveness']:.3f}",
+                    f"{result['aopc_sufficiency']:.3f}",
+                    f"{result['delta_af']:.3f}",
+                    " / ".join(f"{drop[k]:.2f}" for k in sorted(drop, key=int)) or "–",
+                    f"{result['attribution_s']:.0f} s",
+                ]
+            )
+    header = [
+        "model",
+        "method",
+        "AOPC comp. ↑",
+        "AOPC suff. ↓",
+        "ΔA^F ↑",
+        "rank drop k = 1 / 3 / 5 / 10 ↑",
+        "attribution time",
+    ]
+    return markdown_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,12 @@ from typing import Any
 
 from _common import (
     MAX_LENGTH,
+    add_markdown_option,
     beir_path,
     machine,
+    markdown_table,
     print_table,
+    read_results,
     reranker_path,
     result_key,
     set_threads,
@@ -104,7 +107,7 @@ def run_model(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
     parser.add_argument("--models", nargs="+", default=[str(reranker_path()), DEFAULT_RETRIEVER])
     parser.add_argument("--ranks", nargs="+", type=int, default=list(RANKS))
     parser.add_argument("--fidelity-dataset", default="nfcorpus")
@@ -114,7 +117,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--latency-pairs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     if args.latency_pairs < 1:
         parser.error(f"--latency-pairs: at least 1, got {args.latency_pairs}")
     if any(rank < 1 for rank in args.ranks):
@@ -173,6 +182,47 @@ def main() -> None:
             "score error",
         ],
     )
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """A line per (model, rank): size, throughput in torch and ONNX Runtime against fp32,
+    ONNX Runtime's latency, and fidelity to fp32."""
+    rows = []
+    for payload in payloads:
+        for model, systems in payload.items():
+            if model == "_meta":
+                continue
+            fp32 = next(s for s in systems if s["rank"] is None)
+            for s in systems:
+                rows.append(
+                    [
+                        model,
+                        s["system"],
+                        f"{s['parameters'] / 1e6:.2f}",
+                        f"{s['size_mb']:.1f}",
+                        f"{s['torch_pairs_per_s']:.1f}",
+                        f"{s['torch_pairs_per_s'] / fp32['torch_pairs_per_s']:.2f}×",
+                        f"{s['ORT_pairs_per_s']:.1f}",
+                        f"{s['ORT_pairs_per_s'] / fp32['ORT_pairs_per_s']:.2f}×",
+                        f"{s['ORT_p50_ms']:.1f}",
+                        f"{s['kendall_tau']:.3f}",
+                        f"{s['score_error']:.3f}",
+                    ]
+                )
+    header = [
+        "model",
+        "system",
+        "params (M)",
+        "MB",
+        "torch pairs/s",
+        "vs fp32",
+        "ORT pairs/s",
+        "vs fp32",
+        "ORT p50 ms (batch 1)",
+        "Kendall tau",
+        "score error",
+    ]
+    return markdown_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,14 @@ from typing import Any
 import torch
 
 from _common import (
+    add_markdown_option,
     beir_path,
     display_name,
     machine,
+    markdown_table,
+    model_label,
     print_table,
+    read_results,
     reranker_path,
     set_threads,
     write_json,
@@ -131,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: assets/models/minilm-l6-reranker")
     parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
     parser.add_argument("--details", default=None, help="also write every run_patching payload")
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS)
     parser.add_argument("--residual-positions", type=int, default=8, help="0: every position")
@@ -151,7 +155,13 @@ def main() -> None:
         help="re-time forward / AtP / RelP on a quiet machine and update --output's timings "
         "(the correlations and activation patching's time stay as they were)",
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     set_threads(2)
 
     model = load_model(args.model or reranker_path(), max_length=args.max_length)
@@ -267,6 +277,45 @@ def main() -> None:
     if args.details:
         print(f"wrote {write_json(args.details, details)}")
     print(f"wrote {write_json(args.output, payload_out)}")
+
+
+_COMPONENTS = {
+    "head": "heads",
+    "attention": "attention outputs",
+    "mlp": "MLP outputs",
+    "residual": "residual stream",
+}
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """Pearson r against exact activation patching, AtP / RelP (the higher in bold), then
+    the cost of each in clean-forward equivalents."""
+    rows, costs = [], []
+    for payload in payloads:
+        meta = payload["_meta"]
+        model = model_label(meta["model"])
+        for corruption in meta["protocol"]["corruptions"]:
+            cells = []
+            for component in _COMPONENTS:
+                found = payload[corruption][component]
+                atp, relp = found["atp_pearson"], found["relp_pearson"]
+                cells.append(
+                    f"**{atp:.3f}** / {relp:.3f}" if atp > relp else f"{atp:.3f} / **{relp:.3f}**"
+                )
+            rows.append([model, corruption, str(meta["protocol"]["pairs"]), *cells])
+        timings = meta["timings"]
+        costs.append(
+            [
+                model,
+                f"{timings['atp_forward_equivalents']:.2f}",
+                f"{timings['relp_forward_equivalents']:.2f}",
+                str(timings["pairs"]),
+                str(timings["repeats"]),
+            ]
+        )
+    header = ["model", "corruption", "pairs", *_COMPONENTS.values()]
+    cost_header = ["model", "AtP", "RelP", "pairs", "repeats"]
+    return markdown_table(header, rows) + "\n\n" + markdown_table(cost_header, costs)
 
 
 if __name__ == "__main__":

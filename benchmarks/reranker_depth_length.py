@@ -13,7 +13,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import (
+    add_markdown_option,
+    beir_path,
+    machine,
+    markdown_table,
+    print_table,
+    read_results,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.evaluation import bm25_retrieve, load_beir, quality_report, rerank
 from relcomp.evaluation._common import ranked
 from relcomp.models import load_model
@@ -21,9 +31,15 @@ from relcomp.models import load_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     set_threads(2)
     model = load_model(reranker_path(), max_length=512)
     results: dict[str, Any] = {}
@@ -44,6 +60,27 @@ def main() -> None:
             rows.append((name, depth, 512, report.measures["nDCG@10"], report.measures["RR@10"]))
     print_table(rows, ("dataset", "depth", "max length", "nDCG@10", "RR@10"))
     print(f"wrote {write_json(args.output, {**results, '_meta': {'machine': machine()}})}")
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """nDCG@10 and RR@10 of the same 512-token scores, re-ranking BM25's top-30 and top-100."""
+    rows = []
+    for payload in payloads:
+        for dataset, settings in payload.items():
+            if dataset == "_meta":
+                continue
+            for setting, measures in settings.items():
+                depth, length = setting.removeprefix("depth ").split(", ")
+                rows.append(
+                    [
+                        dataset,
+                        depth,
+                        length.removesuffix(" tokens"),
+                        f"{measures['nDCG@10']:.4f}",
+                        f"{measures['RR@10']:.4f}",
+                    ]
+                )
+    return markdown_table(["collection", "depth", "max length", "nDCG@10", "RR@10"], rows)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,14 @@ import numpy as np
 
 from _common import (
     MAX_LENGTH,
+    add_markdown_option,
     beir_path,
     display_name,
     machine,
+    markdown_table,
+    model_label,
     print_table,
+    read_results,
     reranker_path,
     set_threads,
     write_json,
@@ -400,7 +404,7 @@ def make_achieved(model: RankingModel, plan: CompressionPlan) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="the results JSON")
+    parser.add_argument("--output", help="the results JSON")
     parser.add_argument("--protocol", choices=("quick", "full"), default="quick")
     parser.add_argument(
         "--models",
@@ -421,7 +425,13 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", default=None, help="where bundles go (default: a folder beside --output)"
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(read_results(args.markdown)))
+        return
+    if not args.output:
+        parser.error("--output is required (or --markdown FILE.json)")
     set_threads(args.threads)
     logger.setLevel(logging.INFO)
     protocol = PROTOCOLS["smoke" if args.smoke else args.protocol]
@@ -480,6 +490,43 @@ def main() -> None:
     print(f"\nwrote {output} ({time.time() - started:.0f} s)")
     if not os.environ.get("SPEED_SIZE_KEEP_BUNDLES"):
         shutil.rmtree(work, ignore_errors=True)
+
+
+def markdown(payloads: list[dict[str, Any]]) -> str:
+    """A line per system: size, throughput, latency and nDCG@10 per collection; then,
+    per plan, each target with its figure."""
+    tables = []
+    for payload in payloads:
+        datasets = payload["_meta"]["datasets"]
+        for model, systems in payload.items():
+            if model == "_meta":
+                continue
+            rows = [
+                [
+                    s["system"],
+                    f"{s['size_mb']:.1f}",
+                    f"{s['pairs_per_s']:.1f}",
+                    f"{s['p50_ms']:.1f}",
+                    f"{s['p95_ms']:.1f}",
+                    *(f"{s['ndcg@10'][d]:.4f}" for d in datasets),
+                ]
+                for s in systems
+            ]
+            header = ["system", "MB", "pairs/s", "p50 ms", "p95 ms"]
+            header += [f"nDCG@10 {d}" for d in datasets]
+            tables.append(f"{model_label(model)}:\n\n" + markdown_table(header, rows))
+            targets = payload["_meta"].get("targets", {}).get(model)
+            if targets:
+                checks = [
+                    [plan, check, "met" if found["met"] else "**missed**", found["figure"]]
+                    for plan, verdict in targets["plans"].items()
+                    for check, found in verdict["checks"].items()
+                ]
+                tables.append(
+                    f"{model_label(model)}, targets (the benchmark's pick: {targets['best']}):\n\n"
+                    + markdown_table(["plan", "target", "verdict", "figure"], checks)
+                )
+    return "\n\n".join(tables)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,186 @@
+"""The docs' benchmark tables and the README's headlines come from ``benchmarks/results``.
+
+Every table of ``docs/benchmarks/*.md`` is regenerated here with its script's
+``--markdown`` (or ``--summary`` / ``--depths``) function from the result files, and
+must appear on its page verbatim: a figure typed by hand, or a result file rerun
+without regenerating its page, fails. The README's headline figures are recomputed
+from the same files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+PAGES = ROOT / "docs" / "benchmarks"
+
+#: page → (script, its table function, result files) for every table the page shows.
+TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
+    "evaluate_reference.md": [
+        ("evaluate_reference", "markdown", ["evaluate_reference.json"]),
+        ("evaluate_reference", "markdown", ["evaluate_reference_depth30_nfcorpus.json"]),
+    ],
+    "reranker_depth_length.md": [
+        ("reranker_depth_length", "markdown", ["reranker_depth_length.json"]),
+    ],
+    "faithfulness.md": [
+        ("faithfulness", "markdown", ["faithfulness_reranker.json"]),
+        ("faithfulness", "markdown", ["faithfulness_minilm.json"]),
+    ],
+    "relp_vs_patching.md": [
+        (
+            "relp_vs_patching",
+            "markdown",
+            ["relp_vs_patching_reranker_64.json", "relp_vs_patching_retriever_64.json"],
+        ),
+        ("relp_vs_patching", "markdown", ["relp_vs_patching_retriever_query64.json"]),
+        (
+            "relp_vs_patching",
+            "markdown",
+            ["relp_vs_patching_reranker.json", "relp_vs_patching_retriever.json"],
+        ),
+    ],
+    "attribution_cost.md": [
+        ("attribution_cost", "markdown", ["attribution_cost.json"]),
+        ("attribution_cost", "markdown", ["bilrp_cost.json"]),
+    ],
+    "compression_quality.md": [
+        (
+            "compression_quality",
+            function,
+            ["compression_quality_reranker_quick.json", "compression_quality_minilm_quick.json"],
+        )
+        for function in ("markdown", "summary")
+    ]
+    + [
+        ("compression_quality", function, [f"compression_quality_{model}_full.json"])
+        for model in ("minilm", "reranker")
+        for function in ("markdown", "summary")
+    ]
+    + [("compression_quality", "depth_markdown", ["compression_quality_reranker_full.json"])],
+    "activation_quantization.md": [
+        ("activation_quantization", "markdown", ["activation_quantization.json"]),
+    ],
+    "speed_size.md": [
+        ("speed_size", "markdown", ["speed_size_reranker.json"]),
+        ("speed_size", "markdown", ["speed_size_retriever.json"]),
+    ],
+    "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
+}
+
+
+@pytest.fixture(scope="module")
+def scripts() -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def results(*names: str) -> list[dict[str, Any]]:
+    return [json.loads((RESULTS / name).read_text(encoding="utf-8")) for name in names]
+
+
+def test_every_benchmark_script_has_a_page_and_a_markdown_table(scripts) -> None:
+    names = {p.stem for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")}
+    assert {page.removesuffix(".md") for page in TABLES} == names
+    assert {p.name for p in PAGES.glob("*.md")} == set(TABLES)
+    for name in names:
+        assert callable(scripts(name).markdown), name
+
+
+def test_every_result_file_is_tabled_on_a_page() -> None:
+    tabled = {name for tables in TABLES.values() for *_, files in tables for name in files}
+    assert {p.name for p in RESULTS.glob("*.json")} == tabled
+
+
+@pytest.mark.parametrize(
+    ("page", "script", "function", "files"),
+    [(page, *table) for page, tables in TABLES.items() for table in tables],
+)
+def test_each_page_table_is_generated_from_its_result_files(
+    scripts, page: str, script: str, function: str, files: list[str]
+) -> None:
+    table = getattr(scripts(script), function)(results(*files)).strip()
+    text = (PAGES / page).read_text(encoding="utf-8")
+    assert table in text, f"docs/benchmarks/{page}: regenerate with {script}.py's {function}"
+    for name in files:  # and the page says which file and command made it
+        assert f"benchmarks/results/{name}" in text
+
+
+def test_no_page_or_readme_shows_a_machine_path_or_a_run_diary() -> None:
+    diary = re.compile(
+        r"\bsessions? \d|\b(last|this|next) session\b|\bstill running\b|\bin progress\b"
+        r"|\bnot yet run\b|/work/runs/|--merge ",
+        re.IGNORECASE,
+    )
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        found = diary.search(path.read_text(encoding="utf-8"))
+        assert found is None, f"{path.relative_to(ROOT)}: {found.group(0)!r}"
+
+
+def test_the_readme_headlines_match_the_result_files(scripts) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    headlines = dict(
+        re.findall(r"^\| \[([^\]]+)\]\(docs/benchmarks/\w+\.md\) \| (.*) \|$", readme, re.M)
+    )
+    assert len(headlines) == len(TABLES)
+
+    [speed] = results("speed_size_reranker.json")
+    systems = {s["system"]: s for s in speed["../shared/assets/models/minilm-l6-reranker"]}
+    torch_fp32 = systems["torch fp32"]
+    pruned = systems["relcomp pruned 50% + int8"]
+    loss = 100 * (torch_fp32["ndcg@10"]["scifact"] - pruned["ndcg@10"]["scifact"])
+    ratio = pruned["pairs_per_s"] / torch_fp32["pairs_per_s"]
+    peer = systems["ORT int8 (optimum avx2)"]["pairs_per_s"] / torch_fp32["pairs_per_s"]
+    line = headlines["Speed and size"]
+    assert f"{ratio:.2f}× torch at −{loss:.0f} nDCG@10 points" in line
+    assert f"int8 peer is {peer:.1f}× torch" in line
+
+    [attribution] = results("attribution_cost.json")
+    line = headlines["Attribution cost"]
+    assert f"{attribution['attnlrp_over_forward']:.2f}× one forward" in line
+    assert f"LIG-50 is {attribution['lig_over_attnlrp']:.1f}× AttnLRP" in line
+
+    [faithfulness] = results("faithfulness_reranker.json")
+    line = headlines["Faithfulness"]
+    assert f"ΔA^F {faithfulness['attnlrp']['delta_af']:.3f}" in line
+    assert f"LIG's {faithfulness['ig']['delta_af']:.3f}" in line
+
+    quality = scripts("compression_quality")
+    line = headlines["Compression quality"]
+    for model, name in (("minilm", "all-MiniLM-L6-v2"), ("reranker", "the reranker")):
+        rows = quality.summary(results(f"compression_quality_{model}_full.json")).splitlines()[2:]
+        cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+        met, judged = (sum(int(c[4].split(" of ")[i]) for c in cells) for i in (0, 1))
+        assert f"{met} of {judged} for {name}" in line
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves() -> None:
+    for page in [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.relative_to(ROOT)}: {target}"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+                assert anchor in {_anchor(h) for h in headings}, (
+                    f"{page.relative_to(ROOT)}: {target}"
+                )
