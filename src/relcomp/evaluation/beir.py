@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from functools import cached_property
@@ -23,11 +24,14 @@ from typing import Any
 from relcomp._io import file_digest
 from relcomp.errors import DataFormatError
 
-__all__ = ["BeirDataset", "available_splits", "load_beir"]
+__all__ = ["BeirDataset", "available_splits", "check_split_name", "load_beir"]
 
 logger = logging.getLogger(__name__)
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+# A split is a name (test, dev, train, test-small…), never a path: "../x" or "./test"
+# would read a qrels file outside the collection, or the test split under another name.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 
 
 # eq=False: datasets compare and hash by identity; comparing whole corpora is never wanted.
@@ -112,6 +116,30 @@ def available_splits(path: str | os.PathLike[str]) -> list[str]:
     return sorted(p.stem for p in qrels_dir.glob("*.tsv") if p.is_file())
 
 
+def check_split_name(path: str | os.PathLike[str], split: str) -> str:
+    """``split`` as a name of the collection's ``qrels/<split>.tsv``; a path is refused.
+
+    Returns the name. Raises :class:`~relcomp.errors.DataFormatError` for anything
+    that is not a plain name (a separator, ``.`` or ``..``, a leading dot), whether or
+    not it would find a file.
+
+    Example:
+        >>> check_split_name("/data/scifact", "dev")
+        'dev'
+        >>> check_split_name("/data/scifact", "../x")
+        Traceback (most recent call last):
+        ...
+        relcomp.errors.DataFormatError: /data/scifact: split '../x' is not a split name (a name such as test, dev or train, never a path)
+    """
+    if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
+        raise DataFormatError(
+            path,
+            None,
+            f"split {split!r} is not a split name (a name such as test, dev or train, never a path)",
+        )
+    return split
+
+
 def load_beir(
     path: str | os.PathLike[str],
     split: str = "test",
@@ -153,6 +181,7 @@ def load_beir(
             None,
             "no such BEIR folder (expected corpus.jsonl, queries.jsonl and qrels/<split>.tsv)",
         )
+    check_split_name(root, split)
     corpus_path = root / "corpus.jsonl"
     queries_path = root / "queries.jsonl"
     qrels_path = root / "qrels" / f"{split}.tsv"

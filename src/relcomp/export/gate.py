@@ -49,7 +49,8 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return self.loss_points <= self.max_ndcg_loss + 1e-9
+        # a NaN loss compares False, but say so: a gate never passes on a non-finite number
+        return math.isfinite(self.loss_points) and self.loss_points <= self.max_ndcg_loss + 1e-9
 
     def summary(self) -> dict[str, Any]:
         """The figures as plain JSON values (what the bundle records)."""

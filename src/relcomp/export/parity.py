@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from relcomp.artifacts import ParityReport
+from relcomp.checks import require_finite, require_finite_tree
 from relcomp.models.base import Scorer
 
 __all__ = ["ParityGroups", "check_parity", "parity_groups"]
@@ -87,6 +88,8 @@ def check_parity(
         )
         for model in (reference, candidate)
     )
+    for model, scores in ((reference, ref), (candidate, cand)):
+        require_finite(scores, f"parity: scores of {getattr(model, 'name', type(model).__name__)}")
     difference = np.abs(ref - cand)
     per_query: dict[str, dict[str, float]] = {}
     taus: list[float] = []
@@ -114,7 +117,7 @@ def check_parity(
                 taus.append(tau)
                 entry["tau"] = tau
         per_query[query_id] = entry
-    return ParityReport(
+    report = ParityReport(
         reference=str(getattr(reference, "name", type(reference).__name__)),
         candidate=str(getattr(candidate, "name", type(candidate).__name__)),
         n_queries=len(query_ids),
@@ -129,6 +132,9 @@ def check_parity(
         per_query=per_query,
         source=dict(source or {}),
     )
+    # a parity check never passes on a non-finite figure
+    require_finite_tree(report.to_dict(), "parity")
+    return report
 
 
 def parity_groups(
