@@ -185,7 +185,7 @@ def check_output_location(path: str | os.PathLike[str], *, folder: bool = True) 
         >>> import tempfile, pathlib
         >>> file = pathlib.Path(tempfile.mkdtemp()) / "taken"
         >>> _ = file.write_text("x")
-        >>> check_output_location(file / "out")
+        >>> check_output_location(file / "out")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         relcomp.errors.OutputLocationError: ...taken/out: cannot write there: ...taken is a file, not a folder

@@ -24,7 +24,7 @@ from typing import Any
 from relcomp._io import file_digest
 from relcomp.errors import DataFormatError
 
-__all__ = ["BeirDataset", "available_splits", "check_split_name", "load_beir"]
+__all__ = ["BeirDataset", "available_splits", "check_split", "check_split_name", "load_beir"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,24 @@ def check_split_name(path: str | os.PathLike[str], split: str) -> str:
     return split
 
 
+def check_split(path: str | os.PathLike[str], split: str) -> str:
+    """``split`` is a name (:func:`check_split_name`) with a ``qrels/<split>.tsv`` in ``path``.
+
+    Example:
+        >>> check_split("/nonexistent", "dev")
+        Traceback (most recent call last):
+        ...
+        relcomp.errors.DataFormatError: /nonexistent/qrels/dev.tsv: no split 'dev'; available splits: none (no qrels/*.tsv files)
+    """
+    check_split_name(path, split)
+    qrels_path = Path(path) / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        splits = available_splits(path)
+        listed = ", ".join(splits) if splits else "none (no qrels/*.tsv files)"
+        raise DataFormatError(qrels_path, None, f"no split {split!r}; available splits: {listed}")
+    return split
+
+
 def load_beir(
     path: str | os.PathLike[str],
     split: str = "test",
@@ -188,10 +206,7 @@ def load_beir(
     for required in (corpus_path, queries_path):
         if not required.is_file():
             raise DataFormatError(required, None, "file not found")
-    if not qrels_path.is_file():
-        splits = available_splits(root)
-        listed = ", ".join(splits) if splits else "none (no qrels/*.tsv files)"
-        raise DataFormatError(qrels_path, None, f"no split {split!r}; available splits: {listed}")
+    check_split(root, split)
 
     started = time.perf_counter()
     files = {p.name: _stamp(p) for p in (corpus_path, queries_path, qrels_path)}

@@ -18,7 +18,7 @@ import numpy as np
 
 from relcomp.artifacts import ParityReport
 from relcomp.checks import require_finite, require_finite_tree
-from relcomp.models.base import Scorer
+from relcomp.models.base import Scorer, truncation_since
 
 __all__ = ["ParityGroups", "check_parity", "parity_groups"]
 
@@ -79,6 +79,7 @@ def check_parity(
             raise ValueError(f"parity group {query_id!r} must hold a non-empty list of documents")
         queries.extend([query] * len(docs))
         documents.extend(docs)
+    before = [dict(getattr(model, "truncation", None) or {}) for model in (reference, candidate)]
     ref, cand = (
         np.asarray(
             model.score(
@@ -130,7 +131,15 @@ def check_parity(
         tie_rate_reference=tie_rate(runs[0], k),
         tie_rate_candidate=tie_rate(runs[1], k),
         per_query=per_query,
-        source=dict(source or {}),
+        source={
+            **(source or {}),
+            "truncation": {
+                side: truncation_since(model, tally, f"parity, {side}")
+                for side, model, tally in zip(
+                    ("reference", "candidate"), (reference, candidate), before, strict=True
+                )
+            },
+        },
     )
     # a parity check never passes on a non-finite figure
     require_finite_tree(report.to_dict(), "parity")

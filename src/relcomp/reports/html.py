@@ -549,7 +549,12 @@ def write_explanation_report(
         kicker="relcomp · token relevance",
         meta=_explanation_meta(explanations, interactions, model),
     )
-    return _write(page_html, page.figures, Path(output_dir) / "explanation.html")
+    page_path = _write(page_html, page.figures, Path(output_dir) / "explanation.html")
+    # an earlier explanation's figures that this page does not show would mislead
+    for stale in (Path(output_dir) / "figures").glob("explanation_*.png"):
+        if stale.name not in page.figures:
+            stale.unlink()
+    return page_path
 
 
 # -- compression report ------------------------------------------------------------------
