@@ -131,19 +131,25 @@ def check_parity(
         tie_rate_reference=tie_rate(runs[0], k),
         tie_rate_candidate=tie_rate(runs[1], k),
         per_query=per_query,
-        source={
-            **(source or {}),
-            "truncation": {
-                side: truncation_since(model, tally, f"parity, {side}")
-                for side, model, tally in zip(
-                    ("reference", "candidate"), (reference, candidate), before, strict=True
-                )
-            },
-        },
+        source={**(source or {}), **_truncation(reference, candidate, before)},
     )
     # a parity check never passes on a non-finite figure
     require_finite_tree(report.to_dict(), "parity")
     return report
+
+
+def _truncation(
+    reference: Scorer, candidate: Scorer, before: Sequence[Mapping[str, int]]
+) -> dict[str, Any]:
+    """``{"truncation": {side: counts}}`` for the models that count truncated inputs (not BM25)."""
+    counted = {
+        side: truncation_since(model, tally, f"parity, {side}")
+        for side, model, tally in zip(
+            ("reference", "candidate"), (reference, candidate), before, strict=True
+        )
+        if hasattr(model, "truncation")
+    }
+    return {"truncation": counted} if counted else {}
 
 
 def parity_groups(
