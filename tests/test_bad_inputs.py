@@ -365,3 +365,18 @@ def test_explain_removes_figures_of_an_earlier_explanation(models, tmp_path):
     assert main([*args, "-o", str(out), "--quiet"]) == 0
     assert not stale.exists()
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["explanation_tokens_1.png"]
+
+
+def test_a_dev_split_that_is_the_test_split_is_refused(models, beir, tmp_path, capsys) -> None:
+    (beir / "qrels" / "dev.tsv").unlink()
+    (beir / "qrels" / "dev.tsv").symlink_to("test.tsv")
+    before = _snapshot(tmp_path)
+    relevance = ["relevance", "-m", str(models["good"]), "-d", str(beir), "--split", "dev"]
+    assert main([*relevance, "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "must not come from the test split" in capsys.readouterr().err
+    compress = ["compress", "-m", str(models["good"]), "-d", str(beir), "--budget", "6bits"]
+    assert main([*compress, "--calibration-split", "dev", "-o", str(tmp_path / "out")]) == 2
+    assert "is the evaluated split" in capsys.readouterr().err
+    assert main([*compress, "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "no dev or train split to calibrate on" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before

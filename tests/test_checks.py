@@ -7,6 +7,7 @@ the gate's loss) and assert that the check stops it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -243,3 +244,27 @@ def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:  # pragma: no co
 def test_a_writable_output_leaves_no_probe(tmp_path: Path) -> None:
     assert check_output_location(tmp_path / "a" / "b") == tmp_path / "a" / "b"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a real model whose output overflows ------------------------------------------------------
+@functools.cache
+def _tiny_cross_encoder_path() -> Path:
+    import tempfile
+
+    from tests.fixtures import make_tiny_model_dir
+
+    return make_tiny_model_dir(Path(tempfile.mkdtemp()), "bert", "cross-encoder")
+
+
+@settings(max_examples=6, deadline=None)
+@given(NON_FINITE)
+def test_a_model_whose_scores_overflow_stops_scoring(value: float) -> None:
+    import torch
+
+    from relcomp.models import load_model
+
+    model = load_model(_tiny_cross_encoder_path())
+    with torch.no_grad():
+        model.model.classifier.bias.fill_(value)
+    with pytest.raises(NonFiniteError, match="scores: 2 of 2 values are not finite"):
+        model.score(["what is a cat", "what causes rain"], ["a cat", "rain falls"])

@@ -32,6 +32,7 @@ from relcomp.evaluation import (
     rerank,
     sample_queries,
 )
+from relcomp.evaluation.beir import same_split
 from relcomp.models import BiEncoder, RankingModel, load_model
 from relcomp.models.base import truncation_tally
 
@@ -271,13 +272,17 @@ def _calibration_dataset(
 
     splits = available_splits(data_dir)
     if split is None:
-        candidates = [name for name in ("dev", "train") if name in splits and name != evaluated]
+        candidates = [
+            name
+            for name in ("dev", "train")
+            if name in splits and not same_split(data_dir, name, evaluated)
+        ]
         if not candidates:
             raise ValueError(
                 f"{data_dir}: no dev or train split to calibrate on (splits: {splits})"
             )
         split = candidates[0]
-    if split == evaluated:
+    if same_split(data_dir, split, evaluated):
         raise ValueError(f"calibration split {split!r} is the evaluated split; use dev or train")
     return load_beir(data_dir, split)
 
@@ -464,7 +469,7 @@ def component_relevance(
     """
     from relcomp.attribution import ComponentLRP
 
-    if split == "test":
+    if same_split(data_dir, split, "test"):
         raise ValueError("calibration pairs must not come from the test split; use dev or train")
     dataset = load_beir(data_dir, split)
     if contrast:

@@ -24,7 +24,14 @@ from typing import Any
 from relcomp._io import file_digest
 from relcomp.errors import DataFormatError
 
-__all__ = ["BeirDataset", "available_splits", "check_split", "check_split_name", "load_beir"]
+__all__ = [
+    "BeirDataset",
+    "available_splits",
+    "check_split",
+    "check_split_name",
+    "load_beir",
+    "same_split",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +163,22 @@ def check_split(path: str | os.PathLike[str], split: str) -> str:
         listed = ", ".join(splits) if splits else "none (no qrels/*.tsv files)"
         raise DataFormatError(qrels_path, None, f"no split {split!r}; available splits: {listed}")
     return split
+
+
+def same_split(path: str | os.PathLike[str], split: str, other: str) -> bool:
+    """Whether two split names read the same qrels file (``dev.tsv`` may be a link to ``test.tsv``).
+
+    The guards that keep calibration and gates off the reported split compare this,
+    not the strings.
+
+    Example:
+        >>> same_split("/nonexistent", "test", "test"), same_split("/nonexistent", "dev", "test")
+        (True, False)
+    """
+    if split == other:
+        return True
+    qrels = Path(path) / "qrels"
+    return (qrels / f"{split}.tsv").resolve() == (qrels / f"{other}.tsv").resolve()
 
 
 def load_beir(
