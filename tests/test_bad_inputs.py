@@ -380,3 +380,12 @@ def test_a_dev_split_that_is_the_test_split_is_refused(models, beir, tmp_path, c
     assert main([*compress, "-o", str(tmp_path / "out"), "--quiet"]) == 2
     assert "no dev or train split to calibrate on" in capsys.readouterr().err
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "saliency"])
+def test_a_bi_encoder_explanation_says_it_was_truncated(tiny_model_path, method: str) -> None:
+    from relcomp.pipeline import explain
+
+    model = load_model(tiny_model_path("bert", "bi-encoder"), max_length=12)
+    assert explain(model, QUERIES[0], LONG_DOCUMENT, method=method).truncated is True
+    assert explain(model, QUERIES[0], "a cat", method=method).truncated is False

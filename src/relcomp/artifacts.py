@@ -149,6 +149,8 @@ class TokenRelevance(Artifact):
     belong to ("query" or "document"); for a cross-encoder it is "pair".
     ``conservation_error`` is ``score - sum(relevance)``: what biases, the LRP
     stabiliser and (for baselines) the method's approximation did not assign.
+    ``truncated``: the pair was cut to the model's maximum length, so the tokens
+    explained are not the whole text.
     """
 
     KIND: ClassVar[str] = "token_relevance"
