@@ -84,7 +84,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["small_vocab"] = _resaved(good, root / "small-vocab", vocab_size=100)
     made["three_labels"] = _resaved(good, root / "three-labels", num_labels=3)
     made["two_labels"] = _resaved(good, root / "two-labels", num_labels=2)
+    made["overflow"] = _overflowing(good, root / "overflow")
     return made
+
+
+def _overflowing(source: Path, target: Path) -> Path:
+    """Finite weights whose activations overflow float32: scores come out NaN or infinite."""
+    from safetensors.torch import load_file, save_file
+
+    _copy(source, target)
+    weights = load_file(target / "model.safetensors")
+    name = next(n for n in sorted(weights) if n.endswith("embeddings.LayerNorm.weight"))
+    weights[name].fill_(3e38)
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
 
 
 @pytest.fixture
@@ -133,6 +146,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate", ["-m", "~/relcomp-no-such-model", "-d", "{data}"], "no such model folder"),
     ("evaluate", ["-m", "runs/x/model", "-d", "{data}"], "no such model folder"),
     ("evaluate", ["-m", "{good}", "-d", "{data}", "--first-stage", "./nope"], "no such model folder"),
+    ("evaluate", ["-m", "{overflow}", "-d", "{data}", "-o", "{out}"], "values are not finite"),
     # explain
     ("explain", ["-m", "{nan}", "-q", "a cat", "-p", "a cat sleeps", "-o", "{out}"], "weight '{nan_tensor}'"),
     ("explain", ["-m", "{good}", "-q", "   ", "-p", "a cat sleeps", "-o", "{out}"], "the query is empty"),
@@ -142,6 +156,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("explain", ["-m", "{small_vocab}", "-q", "a cat", "-p", "b", "-o", "{out}"], "tokenizer has"),
     ("explain", ["-m", "{no_tokenizer}", "-q", "a cat", "-p", "b"], "no tokenizer files"),
     ("explain", ["-m", "{good}", "-q", "a", "-p", "b", "--method", "nope", "-o", "{out}"], "Valid names"),
+    ("explain", ["-m", "{overflow}", "-q", "a cat", "-p", "a cat sleeps", "-o", "{out}"], "not finite"),
     # relevance
     ("relevance", ["-m", "{good}", "-d", "{data}", "--split", "./test", "-o", "{out}"], "not a split name"),
     ("relevance", ["-m", "{good}", "-d", "{data}", "--split", "../x", "-o", "{out}"], "not a split name"),
@@ -149,11 +164,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("relevance", ["-m", "{nan}", "-d", "{data}", "--calibration", "2", "-o", "{out}"], "weight '{nan_tensor}'"),
     ("relevance", ["-m", "{good}", "-d", "{data}", "-o", "{file}"], "exists and is a file"),
     ("relevance", ["-m", "{good}", "-d", "{data}", "--split", "train", "-o", "{out}"], "no split 'train'"),
+    ("relevance", ["-m", "{overflow}", "-d", "{data}", "--calibration", "2", "-o", "{out}"], "not finite"),
     # patch
     ("patch", ["-m", "{nan}", "-d", "{data}", "-o", "{out}"], "weight '{nan_tensor}'"),
     ("patch", ["-m", "{good}", "-d", "{data}", "--split", "../x", "-o", "{out}"], "not a split name"),
     ("patch", ["-m", "{good}", "-d", "{data}", "-o", "{file}"], "exists and is a file"),
     ("patch", ["-m", "{three_labels}", "-d", "{data}", "-o", "{out}"], "head has 3 outputs"),
+    ("patch", ["-m", "{overflow}", "-d", "{data}", "--pairs", "2", "-o", "{out}"], "not finite"),
     # plan
     ("plan", ["-m", "{nan}", "--method", "mixed-precision", "--budget", "6bits", "--importance", "magnitude", "-o", "{out}/plan.json"], "weight '{nan_tensor}'"),
     ("plan", ["-m", "{good}", "--method", "mixed-precision", "--budget", "2bits", "--importance", "magnitude", "-o", "{out}/plan.json"], "impossible budget bits_per_weight=2"),
@@ -167,6 +184,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export", ["-m", "{good}", "-o", "{file}"], "exists and is a file"),
     ("export", ["-m", "{good}", "-d", "{data}", "--split", "../x", "-o", "{out}"], "not a split name"),
     ("export", ["-m", "{no_tokenizer}", "-o", "{out}"], "no tokenizer files"),
+    ("export", ["-m", "{overflow}", "-o", "{out}"], "not finite"),
     # compress
     ("compress", ["-m", "{nan}", "-d", "{data}", "--budget", "6bits", "-o", "{out}"], "weight '{nan_tensor}'"),
     ("compress", ["-m", "{good}", "-d", "{data}", "--budget", "6bits", "2bits", "-o", "{out}"], "impossible budget bits_per_weight=2"),
@@ -178,6 +196,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compress", ["-m", "{good}", "-d", "{data}", "--budget", "6bits", "--method", "nope", "-o", "{out}"], "Valid names"),
     ("compress", ["-m", "{good}", "-d", "{data}", "--budget", "oops", "-o", "{out}"], "--budget 'oops'"),
     ("compress", ["-m", "{three_labels}", "-d", "{data}", "--budget", "6bits", "-o", "{out}"], "head has 3 outputs"),
+    ("compress", ["-m", "{overflow}", "-d", "{data}", "--budget", "6bits", "-o", "{out}"], "not finite"),
     # report and demo
     ("report", ["{out}"], "no such run folder"),
     ("report", ["{file}"], "no such run folder"),

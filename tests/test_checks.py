@@ -268,3 +268,17 @@ def test_a_model_whose_scores_overflow_stops_scoring(value: float) -> None:
         model.model.classifier.bias.fill_(value)
     with pytest.raises(NonFiniteError, match="scores: 2 of 2 values are not finite"):
         model.score(["what is a cat", "what causes rain"], ["a cat", "rain falls"])
+
+
+def test_non_finite_activation_statistics_stop_calibration() -> None:
+    import torch
+
+    from relcomp.compression import calibration_features, collect_activation_statistics
+    from relcomp.models import load_model
+
+    model = load_model(_tiny_cross_encoder_path())
+    with torch.no_grad():  # damaged after loading, past the load-time check
+        model.model.bert.embeddings.LayerNorm.bias.fill_(math.inf)
+    features = calibration_features(model, ["what is a cat"], ["a cat is an animal"])
+    with pytest.raises(NonFiniteError, match="activation statistics of"):
+        collect_activation_statistics(model, features)

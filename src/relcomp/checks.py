@@ -21,7 +21,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "check_output_location",
     "check_texts",
     "check_weights_finite",
+    "cleared_on_failure",
     "looks_like_path",
     "require_finite",
     "require_finite_tree",
@@ -216,3 +217,40 @@ def check_output_location(path: str | os.PathLike[str], *, folder: bool = True) 
     if not folder and target.exists() and not os.access(target, os.W_OK):
         raise OutputLocationError(f"{path}: the output file is read-only")
     return target
+
+
+@contextlib.contextmanager
+def cleared_on_failure(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """If the block fails, remove the folders it made under ``path`` that hold no file.
+
+    A failed run then leaves no empty output folder behind. Files are never removed:
+    what a failed run finished (a compress run's completed steps) stays, by design.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "out"
+        >>> try:
+        ...     with cleared_on_failure(out):
+        ...         (out / "figures").mkdir(parents=True)
+        ...         raise ValueError("late failure")
+        ... except ValueError:
+        ...     pass
+        >>> out.exists()
+        False
+    """
+    if path is None:
+        yield
+        return
+    target = Path(path).expanduser()
+    missing = [target, *target.parents]
+    missing = [folder for folder in missing if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first; stop at the first that holds something
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                with contextlib.suppress(OSError):
+                    for empty in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):
+                        empty.rmdir()
+                    folder.rmdir()
+        raise
