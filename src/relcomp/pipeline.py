@@ -413,17 +413,18 @@ def plan(
     options: dict[str, Any] = {} if rank is None else {"rank": rank}
     if activations:
         options["activations"] = True
-    return make_plan(
-        scorer,
-        method,
-        parsed,
-        importance,
-        relevance=artifact,
-        calibration=pairs,
-        seed=seed,
-        within=within,
-        **options,
-    )
+    with truncation_tally(scorer, "plan calibration"):  # Taylor, Wanda and TEAL score pairs
+        return make_plan(
+            scorer,
+            method,
+            parsed,
+            importance,
+            relevance=artifact,
+            calibration=pairs,
+            seed=seed,
+            within=within,
+            **options,
+        )
 
 
 def explain(
