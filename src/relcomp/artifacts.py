@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from relcomp._io import atomic_write_json
+from relcomp.checks import require_finite
 from relcomp.errors import DataFormatError
 
 if TYPE_CHECKING:
@@ -149,6 +150,8 @@ class TokenRelevance(Artifact):
     belong to ("query" or "document"); for a cross-encoder it is "pair".
     ``conservation_error`` is ``score - sum(relevance)``: what biases, the LRP
     stabiliser and (for baselines) the method's approximation did not assign.
+    ``truncated``: the pair was cut to the model's maximum length, so the tokens
+    explained are not the whole text.
     """
 
     KIND: ClassVar[str] = "token_relevance"
@@ -165,6 +168,16 @@ class TokenRelevance(Artifact):
     word_segment: tuple[int, ...]
     conservation_error: float
     side: str = "pair"
+    truncated: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # a NaN relevance would be written as null and read as "no relevance at all"
+        what = f"token relevance ({self.method}) of {self.query[:40]!r}"
+        require_finite(self.score, f"{what}: the score")
+        require_finite(self.relevance, f"{what}: relevance")
+        require_finite(self.word_relevance, f"{what}: word relevance")
+        require_finite(self.conservation_error, f"{what}: conservation error")
 
     def top_words(self, segment: int, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` words of one segment (0 query, 1 document) with the highest relevance."""
@@ -241,6 +254,18 @@ class ComponentRelevance(Artifact):
     n_pairs: int
     components: Mapping[str, Mapping[str, Mapping[str, Any]]]
     source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # a plan made from NaN relevance would be arbitrary: refuse it where it is made or read
+        for kind, entries in self.components.items():
+            for name, entry in entries.items():
+                for statistic in ("mean_abs", "mean_signed"):
+                    if statistic in entry:
+                        require_finite(
+                            entry[statistic],
+                            f"{self.method} component relevance, {kind} {name} ({statistic})",
+                        )
 
     def by_kind(self, kind: str, statistic: str = "mean_abs") -> dict[str, np.ndarray]:
         """``{name: values}`` for every component of one kind, in model order."""

@@ -880,7 +880,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("-q/--quiet and -v/--verbose exclude each other")
     _configure_logging(args)
     try:
-        _COMMANDS[args.verb](args)
+        from relcomp.checks import cleared_on_failure
+        from relcomp.preflight import check_arguments
+
+        check_arguments(args)  # bad arguments fail here, before any work or any output
+        with cleared_on_failure(getattr(args, "output", None)):  # no empty folder left
+            _COMMANDS[args.verb](args)
     except (RelcompError, ValueError, OSError) as error:
         message = str(error).strip() or type(error).__name__
         print(f"relcomp {args.verb}: error: {message}", file=sys.stderr)

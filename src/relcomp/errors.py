@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["DataFormatError", "ModelLoadError", "RelcompError", "UnsupportedArchitectureError"]
+__all__ = [
+    "DataFormatError",
+    "ModelLoadError",
+    "NonFiniteError",
+    "OutputLocationError",
+    "RelcompError",
+    "UnsupportedArchitectureError",
+]
 
 
 class RelcompError(Exception):
@@ -26,3 +33,15 @@ class ModelLoadError(RelcompError, OSError):
 
 class UnsupportedArchitectureError(RelcompError, ValueError):
     """The model's architecture has no relcomp adapter."""
+
+
+class NonFiniteError(RelcompError, ValueError):
+    """A weight, score, relevance, statistic or parity figure is NaN or infinite.
+
+    A non-finite number never reaches an artifact, a gate or a plan: the step that
+    meets one stops with this error, and the message says what held it.
+    """
+
+
+class OutputLocationError(RelcompError, OSError):
+    """The output file or folder cannot be written (read-only, or a file where a folder goes)."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from relcomp.artifacts import ComponentRelevance, CompressionPlan, QualityReport, TokenRelevance
+from relcomp.checks import check_output_location, check_texts
 from relcomp.evaluation import (
     DEFAULT_MEASURES,
     bm25_retrieve,
@@ -31,7 +32,9 @@ from relcomp.evaluation import (
     rerank,
     sample_queries,
 )
+from relcomp.evaluation.beir import same_split
 from relcomp.models import BiEncoder, RankingModel, load_model
+from relcomp.models.base import truncation_tally
 
 __all__ = [
     "DEMO_BUDGET",
@@ -271,13 +274,17 @@ def _calibration_dataset(
 
     splits = available_splits(data_dir)
     if split is None:
-        candidates = [name for name in ("dev", "train") if name in splits and name != evaluated]
+        candidates = [
+            name
+            for name in ("dev", "train")
+            if name in splits and not same_split(data_dir, name, evaluated)
+        ]
         if not candidates:
             raise ValueError(
                 f"{data_dir}: no dev or train split to calibrate on (splits: {splits})"
             )
         split = candidates[0]
-    if split == evaluated:
+    if same_split(data_dir, split, evaluated):
         raise ValueError(f"calibration split {split!r} is the evaluated split; use dev or train")
     return load_beir(data_dir, split)
 
@@ -386,12 +393,13 @@ def plan(
             scale per channel after a LayerNorm (LRP-QViT's clipped channel-wise
             quantization), one per tensor elsewhere.
     """
-    from relcomp.compression.planners import make_plan
+    from relcomp.compression.planners import check_budget, make_plan
 
     scorer = load_scorer(model)
     if not isinstance(scorer, RankingModel):
         raise ValueError("a compression plan needs a neural model, not bm25")
     parsed = parse_budget_text(budget, method) if isinstance(budget, str) else dict(budget)
+    check_budget(scorer, method, parsed)  # before calibration pairs are scored
     artifact = None
     if relevance is not None:
         artifact = (
@@ -407,17 +415,18 @@ def plan(
     options: dict[str, Any] = {} if rank is None else {"rank": rank}
     if activations:
         options["activations"] = True
-    return make_plan(
-        scorer,
-        method,
-        parsed,
-        importance,
-        relevance=artifact,
-        calibration=pairs,
-        seed=seed,
-        within=within,
-        **options,
-    )
+    with truncation_tally(scorer, "plan calibration"):  # Taylor, Wanda and TEAL score pairs
+        return make_plan(
+            scorer,
+            method,
+            parsed,
+            importance,
+            relevance=artifact,
+            calibration=pairs,
+            seed=seed,
+            within=within,
+            **options,
+        )
 
 
 def explain(
@@ -431,10 +440,14 @@ def explain(
     """Token relevance of one (query, document) pair by ``method`` (AttnLRP by default)."""
     from relcomp.attribution import get_method
 
+    check_texts([query], "the query")
+    check_texts([document], "the passage")
+    explainer = get_method(method)  # an unknown method fails before the model loads
     scorer = load_scorer(model, max_length)
     if not isinstance(scorer, RankingModel):
         raise ValueError("explain needs a neural model, not bm25")
-    [explanation] = get_method(method)(scorer).attribute([query], [document])
+    with truncation_tally(scorer, "explain"):  # a truncated pair is a warning on the terminal
+        [explanation] = explainer(scorer).attribute([query], [document])
     return explanation
 
 
@@ -459,7 +472,7 @@ def component_relevance(
     """
     from relcomp.attribution import ComponentLRP
 
-    if split == "test":
+    if same_split(data_dir, split, "test"):
         raise ValueError("calibration pairs must not come from the test split; use dev or train")
     dataset = load_beir(data_dir, split)
     if contrast:
@@ -695,6 +708,7 @@ def compress(
         PosixPath('runs/minilm/report.html')
     """
     from relcomp._io import atomic_write_json
+    from relcomp.compression.planners import check_budget
     from relcomp.export import GateResult, QualityGateError, export_bundle, parity_groups
     from relcomp.flow import (
         RunFolder,
@@ -719,16 +733,19 @@ def compress(
     if embeddings not in ("fp32", "int8"):
         raise ValueError(f"embeddings must be 'fp32' or 'int8', got {embeddings!r}")
     budgets = _budgets(budget, method)
+    check_output_location(output_dir)
     evaluated = load_beir(data_dir, split)  # fails early on a bad folder or a missing split
     calibration_data = _calibration_dataset(data_dir, calibration_split, split)
     dataset_name = _dataset_name(data_dir)
-    run = RunFolder(output_dir, resume=resume)
     step = _FlowProgress()
 
     # 0. load the reference: the uncompressed torch model, fp32
     reference = load_scorer(model)
     if not isinstance(reference, RankingModel):
         raise ValueError("compress needs a neural model, not bm25")
+    for parsed in budgets:  # an impossible budget fails before relevance is computed
+        check_budget(reference, method, parsed)
+    run = RunFolder(output_dir, resume=resume)  # made only once the inputs are known to be good
     if max_length is not None:
         reference.max_length = max_length
     elif (limit := settings.max_length_for(reference.kind)) is not None:

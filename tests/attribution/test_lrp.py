@@ -293,7 +293,10 @@ def test_component_relevance_with_contrast_explains_the_margin(tiny_model, kind)
     lrp = ComponentLRP(model)
     margin = lrp.attribute(queries, documents, contrast=negatives, source={"split": "dev"})
     positive, negative = lrp.attribute(queries, documents), lrp.attribute(queries, negatives)
-    assert margin.source == {"split": "dev", "contrast": True}
+    texts_per_pair = 2 if kind == "cross-encoder" else 4  # a bi-encoder reads each side alone
+    truncation = {"inputs": texts_per_pair * len(PAIRS), "truncated": 0}
+    truncation["max_length"] = model.max_length
+    assert margin.source == {"split": "dev", "contrast": True, "truncation": truncation}
     for kind_ in ("head", "mlp", "neuron", "linear"):
         for name, signed in margin.by_kind(kind_, "mean_signed").items():
             expected = positive.by_kind(kind_, "mean_signed")[name]

@@ -163,6 +163,17 @@ def test_write_report_writes_the_page_and_its_figures(run_folder: Path) -> None:
     assert not [p for p in run_folder.rglob("*.tmp")]
 
 
+def test_write_report_removes_the_figures_of_an_earlier_report(run_folder: Path) -> None:
+    figures = run_folder / "figures"
+    figures.mkdir(exist_ok=True)
+    (figures / "pareto_bits.png").write_bytes(b"an earlier run's plot")
+    (figures / "explanation_tokens_1.png").write_bytes(b"relcomp explain's, not the report's")
+    write_report(run_folder)
+    assert not (figures / "pareto_bits.png").exists()
+    assert (figures / "explanation_tokens_1.png").exists()
+    assert (figures / "pareto_size.png").exists()
+
+
 def test_write_report_leaves_no_report_when_it_fails_midway(
     run_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

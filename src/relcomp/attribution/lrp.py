@@ -19,6 +19,7 @@ from relcomp.models.base import (
     RankingModel,
     check_pairs,
     progress_batches,
+    truncation_tally,
 )
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
@@ -287,6 +288,7 @@ class ComponentLRP(_LRPMethod):
             range(len(queries)), batch_size, f"{self.method} components", show_progress_bar
         )
         with (
+            truncation_tally(self.model, f"{self.method} component relevance") as truncation,
             LRPPatch(self.model, self.composite, first_token_head=True) as patch,
             ComponentTaps(self.model) as taps,
         ):
@@ -323,7 +325,11 @@ class ComponentLRP(_LRPMethod):
             method=self.method,
             n_pairs=n,
             components=components,
-            source={**(source or {}), **({"contrast": True} if contrast is not None else {})},
+            source={
+                **(source or {}),
+                **({"contrast": True} if contrast is not None else {}),
+                "truncation": truncation,
+            },
         )
 
     def _per_pair(self, values: np.ndarray, pairs: int) -> np.ndarray:

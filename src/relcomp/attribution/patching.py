@@ -68,7 +68,8 @@ from relcomp.attribution.rules import (
     Identity,
     LayerNormRule,
 )
-from relcomp.models.base import RankingModel, batched, progress_enabled
+from relcomp.checks import require_finite
+from relcomp.models.base import RankingModel, batched, progress_enabled, truncation_since
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
 
@@ -1068,6 +1069,7 @@ def run_patching(
 
         model = load_model(model, max_length=max_length)
     dataset = load_beir(data_dir, split)
+    tally_before = dict(model.truncation)
     patching_pairs, skipped = build_pairs(model, dataset, pairs, corruption, seed)
     if not patching_pairs:
         raise ValueError(
@@ -1110,6 +1112,10 @@ def run_patching(
         estimates[key], extra_timings[f"{key}_s"] = _timed(
             lambda method=method: method.attribute(patching_pairs, show_progress_bar)
         )
+    require_finite(
+        [metric for result in exact for metric in (result.clean, result.corrupted)],
+        f"{model.name}: the clean and corrupted {runs.metric_name} of the patched pairs",
+    )
     methods = {"activation_patching": exact, **estimates}
     n_components = sum(
         int(np.isfinite(np.asarray(r.effects[kind])).sum())
@@ -1128,6 +1134,7 @@ def run_patching(
         "relp_composite": relp_method.composite.name,
         "relp_rules": _rules(relp_method.composite),
         "residual_positions": residual_positions,
+        "truncation": truncation_since(model, tally_before, "patching"),
         "correlations": correlations(exact, estimates),
         "correlations_normalized": correlations(exact, estimates, normalized=True),
         "components": _component_table(model, methods),

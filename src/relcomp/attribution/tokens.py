@@ -103,6 +103,7 @@ def token_relevance_from_encoding(
         word_segment=tuple(word_segments),
         conservation_error=error,
         side=side,
+        truncated=bool(getattr(encoding, "overflowing", None)),
     )
 
 
@@ -126,6 +127,7 @@ def merge_sides(query_side: TokenRelevance, document_side: TokenRelevance) -> To
         word_segment=query_side.word_segment + document_side.word_segment,
         conservation_error=error,
         side="both",
+        truncated=query_side.truncated or document_side.truncated,
     )
 
 

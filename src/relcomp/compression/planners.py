@@ -81,6 +81,7 @@ __all__ = [
     "PLANNERS",
     "PRECISION_LADDER",
     "calibration_statistics",
+    "check_budget",
     "make_plan",
     "mixed_precision_plan",
     "parse_budget",
@@ -157,6 +158,42 @@ def _one_budget(
     if not math.isfinite(value):
         raise PlanError(f"impossible budget {keys[0]}={value}")
     return keys[0], value
+
+
+def check_budget(
+    model: RankingModel, method: str, budget: Mapping[str, float] | str
+) -> dict[str, float]:
+    """Fail now on a budget no plan of ``method`` can meet; cheap, needs no data.
+
+    Run before relevance or calibration, so an impossible budget costs nothing: the
+    plan is drafted with the data-free ``magnitude`` importance (the floors a budget
+    must clear, such as int4 everywhere, do not depend on the importance), and an
+    activation-sparsity budget is checked for its range.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> check_budget(model, "mixed-precision", "bits_per_weight=2")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        relcomp.compression.actions.PlanError: impossible budget bits_per_weight=2: ...
+    """
+    from relcomp.registry import UnknownNameError
+
+    try:
+        planner = PLANNERS.get(method)
+    except UnknownNameError as error:
+        raise PlanError(str(error)) from None
+    parsed = parse_budget(budget)
+    if planner in (sparsify_plan, r_sparse_plan):
+        _, target = _one_budget(method, parsed, ("sparsity",))
+        if not 0.0 < target <= MAX_RATIO:
+            raise PlanError(
+                f"impossible budget sparsity={target:g}: it must be in (0, {MAX_RATIO}]"
+            )
+        return parsed
+    make_plan(model, method, parsed, importance="magnitude")
+    return parsed
 
 
 def make_plan(

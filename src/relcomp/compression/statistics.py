@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from relcomp.checks import require_finite
 from relcomp.models.base import RankingModel, batched, progress_enabled
 from relcomp.models.bi_encoder import BiEncoder
 
@@ -250,6 +251,11 @@ def collect_activation_statistics(
     finally:
         collector.remove()
     logger.info("activation statistics of %d Linear inputs over %d batches", len(names), batches)
+    for name, statistics in collector.statistics.items():  # a NaN scale breaks quantization
+        require_finite(
+            [statistics.absmax, *statistics.channel_square_sum.tolist()],
+            f"{model.name}: activation statistics of {name}'s input",
+        )
     return collector.statistics
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from functools import cached_property
@@ -23,11 +24,21 @@ from typing import Any
 from relcomp._io import file_digest
 from relcomp.errors import DataFormatError
 
-__all__ = ["BeirDataset", "available_splits", "load_beir"]
+__all__ = [
+    "BeirDataset",
+    "available_splits",
+    "check_split",
+    "check_split_name",
+    "load_beir",
+    "same_split",
+]
 
 logger = logging.getLogger(__name__)
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+# A split is a name (test, dev, train, test-small…), never a path: "../x" or "./test"
+# would read a qrels file outside the collection, or the test split under another name.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 
 
 # eq=False: datasets compare and hash by identity; comparing whole corpora is never wanted.
@@ -112,6 +123,64 @@ def available_splits(path: str | os.PathLike[str]) -> list[str]:
     return sorted(p.stem for p in qrels_dir.glob("*.tsv") if p.is_file())
 
 
+def check_split_name(path: str | os.PathLike[str], split: str) -> str:
+    """``split`` as a name of the collection's ``qrels/<split>.tsv``; a path is refused.
+
+    Returns the name. Raises :class:`~relcomp.errors.DataFormatError` for anything
+    that is not a plain name (a separator, ``.`` or ``..``, a leading dot), whether or
+    not it would find a file.
+
+    Example:
+        >>> check_split_name("/data/scifact", "dev")
+        'dev'
+        >>> check_split_name("/data/scifact", "../x")
+        Traceback (most recent call last):
+        ...
+        relcomp.errors.DataFormatError: /data/scifact: split '../x' is not a split name (a name such as test, dev or train, never a path)
+    """
+    if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
+        raise DataFormatError(
+            path,
+            None,
+            f"split {split!r} is not a split name (a name such as test, dev or train, never a path)",
+        )
+    return split
+
+
+def check_split(path: str | os.PathLike[str], split: str) -> str:
+    """``split`` is a name (:func:`check_split_name`) with a ``qrels/<split>.tsv`` in ``path``.
+
+    Example:
+        >>> check_split("/nonexistent", "dev")
+        Traceback (most recent call last):
+        ...
+        relcomp.errors.DataFormatError: /nonexistent/qrels/dev.tsv: no split 'dev'; available splits: none (no qrels/*.tsv files)
+    """
+    check_split_name(path, split)
+    qrels_path = Path(path) / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        splits = available_splits(path)
+        listed = ", ".join(splits) if splits else "none (no qrels/*.tsv files)"
+        raise DataFormatError(qrels_path, None, f"no split {split!r}; available splits: {listed}")
+    return split
+
+
+def same_split(path: str | os.PathLike[str], split: str, other: str) -> bool:
+    """Whether two split names read the same qrels file (``dev.tsv`` may be a link to ``test.tsv``).
+
+    The guards that keep calibration and gates off the reported split compare this,
+    not the strings.
+
+    Example:
+        >>> same_split("/nonexistent", "test", "test"), same_split("/nonexistent", "dev", "test")
+        (True, False)
+    """
+    if split == other:
+        return True
+    qrels = Path(path) / "qrels"
+    return (qrels / f"{split}.tsv").resolve() == (qrels / f"{other}.tsv").resolve()
+
+
 def load_beir(
     path: str | os.PathLike[str],
     split: str = "test",
@@ -153,16 +222,14 @@ def load_beir(
             None,
             "no such BEIR folder (expected corpus.jsonl, queries.jsonl and qrels/<split>.tsv)",
         )
+    check_split_name(root, split)
     corpus_path = root / "corpus.jsonl"
     queries_path = root / "queries.jsonl"
     qrels_path = root / "qrels" / f"{split}.tsv"
     for required in (corpus_path, queries_path):
         if not required.is_file():
             raise DataFormatError(required, None, "file not found")
-    if not qrels_path.is_file():
-        splits = available_splits(root)
-        listed = ", ".join(splits) if splits else "none (no qrels/*.tsv files)"
-        raise DataFormatError(qrels_path, None, f"no split {split!r}; available splits: {listed}")
+    check_split(root, split)
 
     started = time.perf_counter()
     files = {p.name: _stamp(p) for p in (corpus_path, queries_path, qrels_path)}

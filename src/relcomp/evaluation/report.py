@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from relcomp.artifacts import QualityReport
+from relcomp.checks import require_finite
 from relcomp.evaluation._common import Run
 from relcomp.evaluation.beir import BeirDataset
 from relcomp.evaluation.metrics import DEFAULT_MEASURES, evaluate_run, tie_rate
@@ -89,6 +90,8 @@ def quality_report(
     """
     ids = None if query_ids is None else list(query_ids)
     measures = list(measures)
+    for query_id, scores in run.items():  # a NaN would rank anywhere and report a perfect nDCG
+        require_finite(list(scores.values()), f"{model}: scores of query {query_id!r}")
     means, per_query = evaluate_run(dataset.qrels, run, measures, query_ids=ids)
     evaluated = list(per_query)
     by_depth = {}

@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from relcomp.checks import require_finite
 from relcomp.errors import RelcompError
 from relcomp.evaluation._common import Run, progress_enabled, ranked
 from relcomp.evaluation.beir import BeirDataset
@@ -128,6 +129,7 @@ def rerank(
         )  # fmt: skip
     else:
         scores = _scores(model, queries, documents, batch_size, show_progress_bar)
+    require_finite(scores, f"{getattr(model, 'name', 'the model')}: re-ranking scores")
     for (qid, doc_id), score in zip(pairs, scores.tolist(), strict=True):
         reranked[qid][doc_id] = score
     return reranked

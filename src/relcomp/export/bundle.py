@@ -42,6 +42,7 @@ import onnx
 
 from relcomp._io import atomic_directory, atomic_write_json
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, CompressionPlan, ExportBundle
+from relcomp.checks import check_output_location
 from relcomp.compression import (
     FP16,
     Action,
@@ -129,6 +130,7 @@ def _check_inputs(
         )
     if max_ndcg_loss is not None and data_dir is None:
         raise ValueError("the quality gate (max_ndcg_loss) needs a BEIR folder (data_dir / -d)")
+    check_output_location(out_dir)  # read-only or under a file: refused before the export
     if out_dir.exists():
         if not out_dir.is_dir():
             raise RelcompError(f"{out_dir}: exists and is not a folder")

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from relcomp.artifacts import ParityReport
-from relcomp.models.base import Scorer
+from relcomp.checks import require_finite, require_finite_tree
+from relcomp.models.base import Scorer, truncation_since
 
 __all__ = ["ParityGroups", "check_parity", "parity_groups"]
 
@@ -78,6 +79,7 @@ def check_parity(
             raise ValueError(f"parity group {query_id!r} must hold a non-empty list of documents")
         queries.extend([query] * len(docs))
         documents.extend(docs)
+    before = [dict(getattr(model, "truncation", None) or {}) for model in (reference, candidate)]
     ref, cand = (
         np.asarray(
             model.score(
@@ -87,6 +89,8 @@ def check_parity(
         )
         for model in (reference, candidate)
     )
+    for model, scores in ((reference, ref), (candidate, cand)):
+        require_finite(scores, f"parity: scores of {getattr(model, 'name', type(model).__name__)}")
     difference = np.abs(ref - cand)
     per_query: dict[str, dict[str, float]] = {}
     taus: list[float] = []
@@ -114,7 +118,7 @@ def check_parity(
                 taus.append(tau)
                 entry["tau"] = tau
         per_query[query_id] = entry
-    return ParityReport(
+    report = ParityReport(
         reference=str(getattr(reference, "name", type(reference).__name__)),
         candidate=str(getattr(candidate, "name", type(candidate).__name__)),
         n_queries=len(query_ids),
@@ -127,8 +131,25 @@ def check_parity(
         tie_rate_reference=tie_rate(runs[0], k),
         tie_rate_candidate=tie_rate(runs[1], k),
         per_query=per_query,
-        source=dict(source or {}),
+        source={**(source or {}), **_truncation(reference, candidate, before)},
     )
+    # a parity check never passes on a non-finite figure
+    require_finite_tree(report.to_dict(), "parity")
+    return report
+
+
+def _truncation(
+    reference: Scorer, candidate: Scorer, before: Sequence[Mapping[str, int]]
+) -> dict[str, Any]:
+    """``{"truncation": {side: counts}}`` for the models that count truncated inputs (not BM25)."""
+    counted = {
+        side: truncation_since(model, tally, f"parity, {side}")
+        for side, model, tally in zip(
+            ("reference", "candidate"), (reference, candidate), before, strict=True
+        )
+        if hasattr(model, "truncation")
+    }
+    return {"truncation": counted} if counted else {}
 
 
 def parity_groups(

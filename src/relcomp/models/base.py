@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections import Counter
@@ -16,7 +17,16 @@ from torch import nn
 from relcomp._io import file_digest
 from relcomp.models.adapters import ArchitectureAdapter, LayerModules
 
-__all__ = ["ModelKind", "RankingModel", "Scorer", "batched", "progress_batches", "progress_enabled"]
+__all__ = [
+    "ModelKind",
+    "RankingModel",
+    "Scorer",
+    "batched",
+    "progress_batches",
+    "progress_enabled",
+    "truncation_since",
+    "truncation_tally",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +182,50 @@ class RankingModel:
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def truncation_tally(model: Any, what: str = "") -> Iterator[dict[str, int]]:
+    """Count the inputs ``model`` truncates inside a ``with`` block, and say so when it ends.
+
+    Yields a dict that holds, once the block ends, ``inputs``, ``truncated`` and
+    ``max_length`` (what a verb writes into its output file). A truncated input is
+    logged as a warning (the terminal), none at debug level.
+
+    Example:
+        >>> class Fake:
+        ...     name, max_length, truncation = "m", 8, Counter()
+        >>> fake = Fake()
+        >>> with truncation_tally(fake) as tally:
+        ...     fake.truncation.update(inputs=3, truncated=1)
+        >>> tally
+        {'inputs': 3, 'truncated': 1, 'max_length': 8}
+    """
+    before = dict(getattr(model, "truncation", None) or {})
+    tally: dict[str, int] = {}
+    try:
+        yield tally
+    finally:
+        tally.update(truncation_since(model, before, what))
+
+
+def truncation_since(model: Any, before: Mapping[str, int], what: str = "") -> dict[str, int]:
+    """``inputs``, ``truncated`` and ``max_length`` since the tally ``before``; logged (see :func:`truncation_tally`)."""
+    after = dict(getattr(model, "truncation", None) or {})
+    total = after.get("inputs", 0) - before.get("inputs", 0)
+    cut = after.get("truncated", 0) - before.get("truncated", 0)
+    max_length = int(getattr(model, "max_length", 0) or 0)
+    logger.log(
+        logging.WARNING if cut else logging.DEBUG,
+        "%s%s: %d of %d inputs (%.1f%%) truncated to %d tokens",
+        getattr(model, "name", "model"),
+        f" ({what})" if what else "",
+        cut,
+        total,
+        100 * cut / total if total else 0.0,
+        max_length,
+    )
+    return {"inputs": total, "truncated": cut, "max_length": max_length}
 
 
 def check_pairs(queries: Sequence[str], documents: Sequence[str]) -> None:

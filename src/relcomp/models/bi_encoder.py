@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from relcomp.checks import require_finite
 from relcomp.models.base import (
     ModelKind,
     RankingModel,
@@ -105,6 +106,7 @@ class BiEncoder(RankingModel):
         for start, chunk in progress_batches(ordered, batch_size, "Encoding", show_progress_bar):
             vectors = self.embed(self.tokenize(chunk)).float().cpu().numpy()
             output[order[start : start + len(chunk)]] = vectors
+        require_finite(output, f"{self.name}: embeddings")
         return output
 
     def encode_queries(self, queries: Sequence[str], **kwargs: Any) -> np.ndarray:

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from relcomp.checks import require_finite
+from relcomp.errors import UnsupportedArchitectureError
 from relcomp.models.base import (
     ModelKind,
     RankingModel,
@@ -15,7 +17,16 @@ from relcomp.models.base import (
     progress_batches,
 )
 
-__all__ = ["CrossEncoder"]
+__all__ = ["CrossEncoder", "relevance_head_problem"]
+
+
+def relevance_head_problem(path: object, labels: int) -> str:
+    """Why a classification head of ``labels`` outputs cannot score relevance."""
+    return (
+        f"{path}: the classification head has {labels} outputs; a reranker needs one "
+        "relevance logit (or two classes, 'not relevant' and 'relevant'), so relcomp "
+        "will not guess which output is relevance"
+    )
 
 
 class CrossEncoder(RankingModel):
@@ -51,6 +62,8 @@ class CrossEncoder(RankingModel):
     def forward_scores(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """One score per pair, as a differentiable tensor of shape ``(batch,)``."""
         logits = self.model(**self._to_device(dict(features))).logits
+        if logits.shape[-1] not in (1, 2):
+            raise UnsupportedArchitectureError(relevance_head_problem(self.path, logits.shape[-1]))
         return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1]
 
     @torch.inference_mode()
@@ -76,4 +89,5 @@ class CrossEncoder(RankingModel):
         ):
             batch = self.tokenize([queries[i] for i in index], [documents[i] for i in index])
             scores[np.asarray(index)] = self.forward_scores(batch).float().cpu().numpy()
+        require_finite(scores, f"{self.name}: scores")
         return scores

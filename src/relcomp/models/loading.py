@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from relcomp.checks import check_weights_finite, looks_like_path
 from relcomp.errors import ModelLoadError, UnsupportedArchitectureError
 from relcomp.models.adapters import adapter_for
 from relcomp.models.base import ModelKind, RankingModel
 from relcomp.models.bi_encoder import BiEncoder
-from relcomp.models.cross_encoder import CrossEncoder
+from relcomp.models.cross_encoder import CrossEncoder, relevance_head_problem
 from relcomp.models.onnx_backend import is_bundle, load_bundle
 from relcomp.models.pruned import load_pruned_model
 
@@ -55,7 +56,7 @@ def default_retriever_path() -> Path:
 
 
 def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1
+    return looks_like_path(name)
 
 
 def resolve_model_path(
@@ -220,6 +221,13 @@ def load_model(
         raise ModelLoadError(f"{path}: cannot read config.json: {error}") from None
     adapter = adapter_for(config.model_type)
     name = os.fspath(model_name_or_path)
+    if kind == "cross-encoder" and int(getattr(config, "num_labels", 1)) not in (1, 2):
+        raise UnsupportedArchitectureError(relevance_head_problem(path, config.num_labels))
+    if not any((path / file).is_file() for file in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{path}: no tokenizer files (expected tokenizer.json, or "
+            f"{', '.join(_TOKENIZER_FILES[1:])}); copy the tokenizer saved with the model"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, use_fast=True, trust_remote_code=trust_remote_code
@@ -241,8 +249,12 @@ def load_model(
                 model = load_pruned_model(AutoModel, path, **load_kwargs)
     except UnsupportedArchitectureError:
         raise
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError, TypeError, KeyError) as error:
         raise ModelLoadError(f"{path}: cannot load the model: {error}") from None
+    check_weights_finite(model.state_dict().items(), path)
+    _check_vocabulary(tokenizer, model, path)
+    if kind == "cross-encoder" and config.num_labels == 2:
+        logger.info("%s: a two-class head; its score is the logit of label 1 (relevant)", path)
     if kind == "cross-encoder":
         limit = max_length or _default_max_length(tokenizer, config)
         return CrossEncoder(name, path, model, tokenizer, adapter, limit, device=device)
@@ -250,6 +262,28 @@ def load_model(
     limit = max_length or settings.pop("max_length", None) or _default_max_length(tokenizer, config)
     settings.pop("max_length", None)
     return BiEncoder(name, path, model, tokenizer, adapter, int(limit), device=device, **settings)
+
+
+#: Files one of which a model folder's tokenizer is read from.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
+
+
+def _check_vocabulary(tokenizer: Any, model: Any, path: Path) -> None:
+    """The tokenizer's ids must all have a row in the embedding matrix (else ``IndexError`` later)."""
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ModelLoadError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding "
+            f"matrix has {rows} rows; the tokenizer does not belong to these weights"
+        )
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
@@ -36,6 +37,7 @@ from torch import nn
 
 from relcomp._io import file_digest
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, ExportBundle
+from relcomp.checks import check_weights_finite
 from relcomp.errors import ModelLoadError, RelcompError
 from relcomp.models.adapters import LayerModules, adapter_for
 from relcomp.models.base import ModelKind, RankingModel
@@ -137,6 +139,21 @@ class OnnxRuntimeModule(nn.Module):
             feeds[name] = _as_int64(value)
         [output] = self.session.run([self.output_name], feeds)
         return SimpleNamespace(**{self.output_name: torch.from_numpy(np.asarray(output))})
+
+
+def onnx_initializers(onnx_path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, array)`` of every floating-point initializer (weight) of an ONNX file."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(os.fspath(onnx_path)).graph
+    except Exception as error:  # onnx raises its own exception types (DecodeError…)
+        raise ModelLoadError(f"{onnx_path}: cannot read the ONNX file: {error}") from None
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    for tensor in graph.initializer:
+        if tensor.data_type in floats:
+            yield tensor.name, numpy_helper.to_array(tensor)
 
 
 def _as_int64(value: Any) -> np.ndarray:
@@ -252,6 +269,7 @@ def load_bundle(
             f"{folder}: cannot read the bundle's config or tokenizer: {error}"
         ) from None
     adapter = adapter_for(config.model_type)
+    check_weights_finite(onnx_initializers(onnx_path), onnx_path)
     module = OnnxRuntimeModule(
         onnx_path, config, _OUTPUT_OF_KIND[bundle.model_kind], intra_op_num_threads
     )

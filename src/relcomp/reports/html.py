@@ -43,7 +43,7 @@ import math
 import os
 import platform
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -516,6 +516,19 @@ def _write(page_html: str, figures: Mapping[str, bytes], html_path: Path) -> Pat
     return atomic_write_text(html_path, page_html)
 
 
+#: Figures of :func:`write_explanation_report` start with this; the run report's do not.
+_EXPLANATION = "explanation_"
+
+
+def _remove_stale_figures(
+    folder: Path, written: Mapping[str, bytes], owned: Callable[[str], bool]
+) -> None:
+    """Delete the PNGs of an earlier page of this kind that the page just written does not show."""
+    for stale in (folder / "figures").glob("*.png"):
+        if owned(stale.name) and stale.name not in written:
+            stale.unlink()
+
+
 def write_explanation_report(
     output_dir: str | os.PathLike[str],
     explanations: Sequence[TokenRelevance],
@@ -549,7 +562,11 @@ def write_explanation_report(
         kicker="relcomp · token relevance",
         meta=_explanation_meta(explanations, interactions, model),
     )
-    return _write(page_html, page.figures, Path(output_dir) / "explanation.html")
+    page_path = _write(page_html, page.figures, Path(output_dir) / "explanation.html")
+    _remove_stale_figures(
+        page_path.parent, page.figures, lambda name: name.startswith(_EXPLANATION)
+    )
+    return page_path
 
 
 # -- compression report ------------------------------------------------------------------
@@ -1278,5 +1295,6 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     page = _build_compression(run)
     page_html = _render_compression(run, page)
     path = _write(page_html, page.figures, run.folder / "report.html")
+    _remove_stale_figures(run.folder, page.figures, lambda name: not name.startswith(_EXPLANATION))
     logger.info("wrote %s and %d figures", path, len(page.figures))
     return path
