@@ -62,6 +62,7 @@ from relcomp.compression import (
 )
 from relcomp.errors import RelcompError
 from relcomp.export.convert import Exporter, export_onnx
+from relcomp.export.first_token import first_token_last_layer
 from relcomp.export.gate import quality_gate
 from relcomp.export.graph import onnx_size
 from relcomp.export.parity import ParityGroups, check_parity
@@ -336,6 +337,7 @@ def export_bundle(
     reduce_range: bool = False,
     int8_weight_type: str = "uint8",
     embeddings: str = "fp32",
+    first_token: bool = False,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
 ) -> ExportBundle:
@@ -368,6 +370,10 @@ def export_bundle(
             ``int8`` (u8×s8: faster with VNNI, may saturate without).
         embeddings: ``fp32`` (as the plan, which covers Linears only) or ``int8``: the
             word-embedding table quantized too (noted in the bundle).
+        first_token: a cross-encoder's last layer runs its queries, attention output
+            and feed-forward block at the first token only (the only one its head
+            reads; :func:`~relcomp.export.first_token.first_token_last_layer`); the
+            same scores for less work. Ignored, with a note, where it does not apply.
         batch_size: pairs per forward pass for parity and the gate.
         show_progress_bar: for parity and the gate.
 
@@ -431,9 +437,17 @@ def export_bundle(
     ):
         scratch = Path(scratch_dir)
         exported = scratch / "model.onnx"
-        with _torch_side(working, torch_entries):
+        cut = first_token_last_layer(working) if first_token else contextlib.nullcontext(False)
+        with _torch_side(working, torch_entries), cut as applied:
             used, export_notes = export_onnx(working, exported, exporter=exporter)
         notes.extend(export_notes)
+        if first_token:
+            notes.append(
+                "last layer at the first token only (queries, attention output, feed-forward)"
+                if applied
+                else "first-token last layer asked for but not applicable (bi-encoder or "
+                f"{working.adapter.family} attention): exported in full"
+            )
         fp32_size = onnx_size(exported)
         graph = onnx.load(os.fspath(exported))
         inputs = [node.name for node in graph.graph.input]

@@ -1,0 +1,181 @@
+"""The lossless speed levers of an exported cross-encoder, each measured against the same base.
+
+On the reranker pruned by relevance (``prune-structured``, ``--params-removed``),
+exported to ONNX Runtime, one process, 2 threads, the systems interleaved
+(../shared/BENCHMARKS.md), on the same real scifact test pairs:
+
+* **first token** — the last layer's queries, attention output and feed-forward block
+  at the first token only (``export_bundle(first_token=True)``), against the full
+  last layer; on the unpruned fp32 model and on the pruned int8 one;
+* **int4 compute** — ``MatMulNBits`` with int8 compute (``accuracy_level=4``) against
+  float compute (the default);
+* **static int8** — calibrated activation scales (``int8(activations=True)``,
+  ``QLinearMatMul``) against dynamic int8 (``MatMulInteger``).
+
+Parity is each system's largest score difference from the torch model it was
+exported from, and Kendall's τ of the timing pairs' scores, so a lever that is fast
+but not lossless shows it.
+
+    python benchmarks/speed_levers.py --output benchmarks/results/speed_levers.json
+    python benchmarks/speed_levers.py --markdown benchmarks/results/speed_levers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import kendalltau
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from relcomp.artifacts import CompressionPlan
+from relcomp.compression import prune_physically
+from relcomp.evaluation import load_beir
+from relcomp.export import export_bundle
+from relcomp.models import load_model
+from relcomp.pipeline import calibration_pairs, component_relevance, plan
+from speed_size import set_system_threads, time_systems, timing_pairs
+
+HEADER = [
+    "system",
+    "lever",
+    "pairs/s (batch 32)",
+    "vs base",
+    "p50 ms (batch 1)",
+    "max |Δscore|",
+    "Kendall τ",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params-removed", type=float, default=0.5)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--markdown", type=Path, help="print a result file's table as markdown")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    if args.output is None:
+        parser.error("--output is required to run the benchmark")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    set_threads(args.threads)
+    started = time.perf_counter()
+    model = load_model(reranker_path(), max_length=args.max_length)
+    scifact = beir_path("scifact")
+    relevance = component_relevance(model, scifact, split="train", calibration=64)
+    structural = plan(
+        model, "prune-structured", {"params_removed": args.params_removed}, relevance=relevance
+    )
+    pruned = prune_physically(model, structural)
+    calibration = calibration_pairs(load_beir(scifact, "train"), 64)
+
+    def with_default(action: str) -> CompressionPlan:
+        return CompressionPlan(model.name, {"_default": action})
+
+    variants: list[tuple[str, str, Any, dict[str, Any]]] = [
+        ("fp32", "base", model, {}),
+        ("fp32", "first token", model, {"first_token": True}),
+        ("pruned + int8", "base", pruned, {"plan": with_default("int8")}),
+        (
+            "pruned + int8",
+            "first token",
+            pruned,
+            {"plan": with_default("int8"), "first_token": True},
+        ),
+        (
+            "pruned + int8",
+            "static int8",
+            pruned,
+            {"plan": with_default("int8(activations=True)"), "calibration_pairs": calibration},
+        ),
+        ("pruned + int4", "base", pruned, {"plan": with_default("int4")}),
+        (
+            "pruned + int4",
+            "int8 compute (accuracy_level=4)",
+            pruned,
+            {"plan": with_default("int4"), "int4_accuracy_level": 4},
+        ),
+    ]
+    queries, documents = timing_pairs("scifact", 32, 30)
+    systems: dict[str, Any] = {}
+    parity: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="relcomp-levers-") as scratch:
+        for number, (system, lever, source, options) in enumerate(variants):
+            name = f"{system} | {lever}"
+            bundle = export_bundle(source, Path(scratch) / str(number), **options)
+            systems[name] = load_model(Path(scratch) / str(number), max_length=args.max_length)
+            set_system_threads(systems[name], args.threads)
+            reference = source.score(queries, documents)
+            scores = systems[name].score(queries, documents)
+            parity[name] = {
+                "max_abs_diff": float(np.abs(scores - reference).max()),
+                "kendall_tau": float(kendalltau(scores, reference).statistic),
+                "notes": list(bundle.notes),
+            }
+        timing = time_systems(systems, queries, documents, args.repeats, 16)
+    rows = []
+    for system, lever, _, _ in variants:
+        name = f"{system} | {lever}"
+        base = timing[f"{system} | base"]["pairs_per_s"]
+        rows.append(
+            {
+                "system": system,
+                "lever": lever,
+                "pairs_per_s": timing[name]["pairs_per_s"],
+                "vs_base": timing[name]["pairs_per_s"] / base,
+                "p50_ms": timing[name]["p50_ms"],
+                **{k: v for k, v in parity[name].items()},
+            }
+        )
+    payload = {
+        "_meta": {
+            "model": str(reranker_path()),
+            "params_removed": args.params_removed,
+            "max_length": args.max_length,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "pairs": len(queries),
+            "machine": machine(),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "command": " ".join(sys.argv),
+        },
+        "rows": rows,
+    }
+    write_json(args.output, payload)
+    print_table([_cells(row) for row in rows], HEADER)
+    return 0
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [
+        row["system"],
+        row["lever"],
+        f"{row['pairs_per_s']:.1f}",
+        f"{row['vs_base']:.2f}×",
+        f"{row['p50_ms']:.1f}",
+        f"{row['max_abs_diff']:.2g}",
+        f"{row['kendall_tau']:.4f}",
+    ]
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in payload["rows"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
