@@ -69,8 +69,8 @@ def _written(folder: Path) -> dict[str, list[str]]:
 
 def test_compress_writes_json_files_with_the_recorded_keys(
     tiny_model_path,
-    toy: Path,
-    tmp_path: Path,  # noqa: F811
+    toy: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     runs = {
         "one budget": _written(

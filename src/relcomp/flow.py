@@ -226,6 +226,47 @@ class RunFolder:
         }
         self._write_manifest()
 
+    def step(
+        self,
+        step: str,
+        settings: Mapping[str, Any],
+        make: Callable[[], Sequence[str]],
+        *,
+        what: str | None = None,
+    ) -> bool:
+        """Run ``step`` unless it already ran under ``settings``; the one way a step resumes.
+
+        ``make`` writes the step's files (each atomically) and returns their names,
+        relative to the folder; they are recorded under ``settings``. Before it runs,
+        the files of the step's last run are deleted, so none outlives the settings
+        it was made under.
+
+        Args:
+            step: the step's name in the manifest.
+            settings: everything that changes the step's files (later steps include
+                this step's :meth:`digest` in theirs).
+            make: writes the files; called only when the step must run.
+            what: how the log names the files when they are reused (their names by default).
+
+        Returns:
+            Whether ``make`` ran (``False``: the files of the last run are reused).
+
+        Example:
+            >>> import tempfile
+            >>> run = RunFolder(tempfile.mkdtemp())
+            >>> def make():
+            ...     _ = (run.path / "a.txt").write_text("a")
+            ...     return ["a.txt"]
+            >>> run.step("a", {"n": 1}, make), run.step("a", {"n": 1}, make)
+            (True, False)
+        """
+        if self.done(step, settings):
+            logger.info("  reusing %s", what or ", ".join(self.files(step)))
+            return False
+        self.forget(step)
+        self.record(step, settings, make())
+        return True
+
     def artifact(
         self,
         step: str,
@@ -246,13 +287,15 @@ class RunFolder:
             >>> run.done("eval", {})
             True
         """
-        if self.done(step, settings):
-            logger.info("  reusing %s", name)
-            return kind.load(self.path / name)
-        made = make()
-        made.save(self.path / name)
-        self.record(step, settings, [name])
-        return made
+        made: list[A] = []
+
+        def save() -> list[str]:
+            made.append(make())
+            made[0].save(self.path / name)
+            return [name]
+
+        self.step(step, settings, save)
+        return made[0] if made else kind.load(self.path / name)
 
     def files(self, step: str) -> list[str]:
         """The files ``step`` wrote on its last recorded run."""
@@ -271,9 +314,7 @@ class RunFolder:
         for step in steps:
             entry = self.manifest.pop(step, None)
             if delete and isinstance(entry, dict):
-                for name in entry.get("files", {}):
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.path / name).unlink()
+                remove_bundle(self.path, list(entry.get("files", {})))
         self._write_manifest()
         _remove_empty_folders(self.path)
 
@@ -330,7 +371,11 @@ def install_bundle(staging: Path, run: RunFolder, keep: Sequence[str] = ()) -> l
 
 
 def remove_bundle(folder: Path, files: Sequence[str]) -> None:
-    """Delete the bundle's ``files`` from ``folder``, the marker first, then empty folders."""
+    """Delete the bundle's ``files`` from ``folder``, the marker first, then empty folders.
+
+    The marker goes first so that a folder holding it always holds the whole bundle,
+    even when the deletion is interrupted.
+    """
     ordered = sorted(files, key=lambda name: name != EXPORT_BUNDLE_FILE)
     for name in ordered:
         with contextlib.suppress(FileNotFoundError):
