@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from relcomp._io import atomic_write_json
-from relcomp.errors import DataFormatError
+from relcomp.budgets import COMPRESSION_BUDGETS, check_budget_values
+from relcomp.errors import DataFormatError, PlanError
 
 if TYPE_CHECKING:
     from relcomp.compression.actions import Action
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from relcomp.models.base import RankingModel
 
 __all__ = [
+    "COMPRESSION_BUDGETS",
     "EXPORT_BUNDLE_FILE",
     "Artifact",
     "ComponentRelevance",
@@ -375,15 +377,6 @@ class ExportBundle(Artifact):
         return self.size_bytes / 1e6
 
 
-#: Budgets a plan can be asked to meet, and what each means.
-COMPRESSION_BUDGETS: dict[str, str] = {
-    "size_mb": "stored weights in MB (10^6 bytes), scales and biases included",
-    "bits_per_weight": "mean bits per stored Linear weight, scales included",
-    "params_removed": "share of the Linear layers' weights removed by pruning or factorisation",
-    "sparsity": "share of Linear input activations zeroed (sparsify), weighted by weights",
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class CompressionPlan(Artifact):
     """What to do to each module of one model: an ordered ``{pattern: action}`` map.
@@ -428,7 +421,7 @@ class CompressionPlan(Artifact):
     relevance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from relcomp.compression.actions import PlanError, parse_action
+        from relcomp.compression.actions import parse_action
 
         entries: Any = self.entries
         if isinstance(entries, Mapping):
@@ -449,7 +442,7 @@ class CompressionPlan(Artifact):
                 raise PlanError(f"entry {pattern!r}: {error}") from None
             normalised.append((pattern, canonical))
         object.__setattr__(self, "entries", tuple(normalised))
-        _check_budget_values(self.budget)
+        check_budget_values(self.budget)
 
     def actions(self) -> list[tuple[str, Action]]:
         """The entries with their actions parsed, in plan order."""
@@ -509,8 +502,6 @@ class CompressionPlan(Artifact):
 def _check_pattern(pattern: Any) -> None:
     import re
 
-    from relcomp.compression.actions import PlanError
-
     if not isinstance(pattern, str) or not pattern.strip():
         raise PlanError(
             f"a plan pattern must be a module name, 're:<regex>' or '_default', got {pattern!r}"
@@ -520,29 +511,3 @@ def _check_pattern(pattern: Any) -> None:
             re.compile(pattern[3:])
         except re.error as error:
             raise PlanError(f"pattern {pattern!r} is not a valid regex: {error}") from None
-
-
-def _check_budget_values(budget: Mapping[str, Any]) -> None:
-    from relcomp.compression.actions import PlanError
-
-    unknown = sorted(set(budget) - set(COMPRESSION_BUDGETS))
-    if unknown:
-        raise PlanError(
-            f"unknown budget {unknown}; valid budgets: {', '.join(sorted(COMPRESSION_BUDGETS))}"
-        )
-    for key, value in budget.items():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise PlanError(f"budget {key} must be a number, got {value!r}")
-        if key == "size_mb" and value <= 0:
-            raise PlanError(f"impossible budget: size_mb={value} (a model takes some space)")
-        if key == "bits_per_weight" and value < 4:
-            raise PlanError(
-                f"impossible budget: bits_per_weight={value}; no supported precision stores "
-                "fewer than 4 bits per weight (int4)"
-            )
-        if key in ("params_removed", "sparsity") and not 0 <= value < 1:
-            raise PlanError(f"impossible budget: {key}={value} must be in [0, 1)")

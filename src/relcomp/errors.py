@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["DataFormatError", "ModelLoadError", "RelcompError", "UnsupportedArchitectureError"]
+__all__ = [
+    "DataFormatError",
+    "ModelLoadError",
+    "PlanError",
+    "RelcompError",
+    "UnsupportedArchitectureError",
+]
 
 
 class RelcompError(Exception):
@@ -22,6 +28,10 @@ class DataFormatError(RelcompError, ValueError):
 
 class ModelLoadError(RelcompError, OSError):
     """A model could not be loaded (missing folder, offline hub, bad files)."""
+
+
+class PlanError(RelcompError, ValueError):
+    """A compression plan that cannot be carried out; the message names the problem."""
 
 
 class UnsupportedArchitectureError(RelcompError, ValueError):

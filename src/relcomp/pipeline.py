@@ -21,6 +21,7 @@ import numpy as np
 
 from relcomp._io import atomic_write_json
 from relcomp.artifacts import ComponentRelevance, CompressionPlan, QualityReport, TokenRelevance
+from relcomp.budgets import budget_label, budget_text, parse_budget_text, parse_budgets
 from relcomp.evaluation import (
     DEFAULT_MEASURES,
     bm25_retrieve,
@@ -323,45 +324,6 @@ def rerank_with_corpus_embeddings(
         scores = model.similarity(np.broadcast_to(vector, rows.shape), rows)
         run[query_id] = dict(zip(doc_ids, scores.tolist(), strict=True))
     return run
-
-
-_BUDGET_UNITS = (("mb", "size_mb"), ("bits", "bits_per_weight"), ("bit", "bits_per_weight"))
-# a bare ratio is the activation sparsity for these planners, params_removed for the others
-_RATIO_BUDGET = {"sparsify": "sparsity", "r-sparse": "sparsity"}
-
-
-def parse_budget_text(text: str, method: str) -> dict[str, float]:
-    """``--budget``: ``name=value``, ``40MB``, ``6bits``, or a bare ratio (``0.3``).
-
-    A bare ratio is the share of parameters removed for pruning and the activation
-    sparsity for ``sparsify``.
-
-    Example:
-        >>> parse_budget_text("40MB", "mixed-precision"), parse_budget_text("0.3", "sparsify")
-        ({'size_mb': 40.0}, {'sparsity': 0.3})
-    """
-    from relcomp.compression.planners import parse_budget
-
-    cleaned = text.strip().lower().replace(" ", "")
-    if "=" in cleaned:
-        return parse_budget(text)
-    for suffix, name in _BUDGET_UNITS:
-        if cleaned.endswith(suffix):
-            return parse_budget({name: _number(cleaned[: -len(suffix)], text)})
-    key = _RATIO_BUDGET.get(method, "params_removed")
-    return parse_budget(
-        {key: _number(cleaned.rstrip("%"), text) / (100 if cleaned.endswith("%") else 1)}
-    )
-
-
-def _number(value: str, text: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(
-            f"--budget {text!r}: write name=value (bits_per_weight=6, size_mb=40, "
-            "params_removed=0.3, sparsity=0.5), 40MB, 6bits or a ratio such as 0.3"
-        ) from None
 
 
 def plan(
@@ -688,7 +650,7 @@ def compress(
     """
     protocol_settings = resolve_protocol(protocol)
     options = CompressOptions(
-        model, data_dir, tuple(_budgets(budget, method)), output_dir, method=method,
+        model, data_dir, tuple(parse_budgets(budget, method)), output_dir, method=method,
         importance=importance, embeddings=embeddings, max_ndcg_loss=max_ndcg_loss,
         protocol=protocol_settings, split=split, calibration_split=calibration_split,
         calibration=calibration, queries=queries, depth=depth, max_length=max_length,
@@ -878,7 +840,7 @@ class CompressFlow:
             self.reference.kind,
             self.reference.max_length,
             self.dataset_name,
-            " | ".join(_budget_text(b) for b in options.budgets),
+            " | ".join(budget_text(b) for b in options.budgets),
             protocol.name,
         )
 
@@ -1041,7 +1003,7 @@ class CompressFlow:
             candidates.append(
                 {
                     "name": _candidate_label(budget, options.embeddings),
-                    "budget": f"{the_plan.method}: {_budget_text(budget)}",
+                    "budget": f"{the_plan.method}: {budget_text(budget)}",
                     "budget_values": budget,
                     "achieved": dict(the_plan.achieved),
                     "size_mb": model_size_bytes(model) / 1e6,
@@ -1109,7 +1071,7 @@ class CompressFlow:
     def plan(self, budget: Mapping[str, float]) -> CompressionPlan:
         """A plan under ``budget`` → ``plan.json``."""
         self.budget = dict(budget)
-        self.progress("plan", f"{self.options.method} under {_budget_text(budget)}")
+        self.progress("plan", f"{self.options.method} under {budget_text(budget)}")
         the_plan = self.run.artifact(
             "plan",
             self._plan_settings(budget),
@@ -1397,7 +1359,7 @@ class CompressFlow:
             speed=speed,
             protocol=options.protocol.name,
             gate=gate,
-            budget=f"{options.method}: {_budget_text(self.budget)}",
+            budget=f"{options.method}: {budget_text(self.budget)}",
             provenance={
                 "data_dir": str(self.evaluated.path),
                 "calibration_split": self.calibration_split,
@@ -1460,48 +1422,9 @@ def _plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if key != "show_progress_bar"}
 
 
-def _budget_label(budget: Mapping[str, float]) -> str:
-    """A budget as a reader says it: ``6 bits/weight``, ``40 MB``, ``30% params removed``.
-
-    Example:
-        >>> _budget_label({"bits_per_weight": 6.0}), _budget_label({"params_removed": 0.3})
-        ('6 bits/weight', '30% params removed')
-    """
-    forms = {
-        "bits_per_weight": "{:g} bits/weight",
-        "size_mb": "{:g} MB",
-        "params_removed": "{:.0%} params removed",
-        "sparsity": "{:.0%} activation sparsity",
-    }
-    return ", ".join(
-        forms[key].format(value) if key in forms else f"{key}={value:g}"
-        for key, value in budget.items()
-    )
-
-
-def _budgets(
-    budget: str | Mapping[str, float] | Sequence[str | Mapping[str, float]], method: str
-) -> list[dict[str, float]]:
-    """One budget or several, each parsed (:func:`parse_budget_text`); duplicates refused."""
-    items = [budget] if isinstance(budget, str | Mapping) else list(budget)
-    if not items:
-        raise ValueError("--budget needs at least one budget")
-    parsed = [parse_budget_text(b, method) if isinstance(b, str) else dict(b) for b in items]
-    seen: list[dict[str, float]] = []
-    for item, text in zip(parsed, items, strict=True):
-        if item in seen:
-            raise ValueError(f"--budget {text!r} is given twice")
-        seen.append(item)
-    return parsed
-
-
-def _budget_text(budget: Mapping[str, float]) -> str:
-    return ", ".join(f"{key}={value:g}" for key, value in budget.items())
-
-
 def _candidate_label(budget: Mapping[str, float], embeddings: str) -> str:
     """``6 bits/weight`` (+ ``, int8 embeddings``): the plan's method is in plan.json."""
-    label = _budget_label(budget)
+    label = budget_label(budget)
     return label + (", int8 embeddings" if embeddings == "int8" else "")
 
 

@@ -63,7 +63,7 @@ import math
 import re
 from typing import Any, ClassVar, Literal
 
-from relcomp.errors import RelcompError
+from relcomp.errors import PlanError
 from relcomp.registry import Registry, UnknownNameError
 
 __all__ = [
@@ -84,10 +84,6 @@ __all__ = [
     "Target",
     "parse_action",
 ]
-
-
-class PlanError(RelcompError, ValueError):
-    """A compression plan that cannot be carried out; the message names the problem."""
 
 
 #: What kind of module an action applies to.

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from relcomp.artifacts import COMPRESSION_BUDGETS, CompressionPlan
+from relcomp.artifacts import CompressionPlan
+from relcomp.budgets import check_budget_values
 from relcomp.compression.actions import (
     INCOMPATIBLE,
     Action,
@@ -213,14 +214,10 @@ def check_budget(model: RankingModel | ModelStructure, budget: Mapping[str, floa
         >>> check_budget(load_model("all-MiniLM-L6-v2"), {"size_mb": 5})
         Traceback (most recent call last):
         ...
-        relcomp.compression.actions.PlanError: impossible budget size_mb=5: ...
+        relcomp.errors.PlanError: impossible budget size_mb=5: ...
     """
     structure = model if isinstance(model, ModelStructure) else ModelStructure.of(model)
-    unknown = sorted(set(budget) - set(COMPRESSION_BUDGETS))
-    if unknown:
-        raise PlanError(
-            f"unknown budget {unknown}; valid budgets: {', '.join(sorted(COMPRESSION_BUDGETS))}"
-        )
+    check_budget_values(budget)
     if "size_mb" in budget:
         fixed = structure.fixed_parameters()
         floor = sum(fixed.values())
