@@ -545,6 +545,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from relcomp.artifacts import CompressionPlan
+    from relcomp.compression.actions import plan_needs_data
     from relcomp.data import DEMO_NAME, demo_path
     from relcomp.evaluation import load_beir
     from relcomp.export import QualityGateError, export_bundle, gate_split, parity_groups
@@ -569,7 +570,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.data is None:
         source = {**source, "dataset": DEMO_NAME}
     pairs = None
-    if plan is not None and any("activations=True" in action for _, action in plan.entries):
+    if plan is not None and plan_needs_data(plan.entries):
         pairs = calibration_pairs(load_beir(data, split), args.calibration)
     try:
         bundle = export_bundle(

@@ -17,24 +17,25 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from relcomp._io import atomic_write_json
 from relcomp.artifacts import ComponentRelevance, CompressionPlan, QualityReport, TokenRelevance
 from relcomp.budgets import budget_label, budget_text, parse_budget_text, parse_budgets
 from relcomp.evaluation import (
+    BM25,
     DEFAULT_MEASURES,
     bm25_retrieve,
     candidate_pairs,
     dense_retrieve,
-    encode_corpus,
+    evaluate_scorer,
     load_beir,
+    load_first_stage,
     parse_measures,
-    quality_report,
     rerank,
+    retrieve,
     sample_queries,
 )
-from relcomp.export import GateResult, QualityGateError
+from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss
+from relcomp.evaluation.metrics import NDCG_AT_10
 from relcomp.flow import (
     Protocol,
     RunFolder,
@@ -68,8 +69,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-BM25 = "bm25"
 
 
 def load_scorer(model: str | RankingModel, max_length: int | None = None) -> RankingModel | str:
@@ -163,71 +162,16 @@ def evaluate(
             "achieved": dict(plan.achieved),
         }
         return dataclasses.replace(report, settings={**report.settings, "plan": plan_settings})
-    options: dict[str, Any] = {"show_progress_bar": show_progress_bar, "use_cache": use_cache}
-    # The model counts truncated inputs over its life; this report gives this evaluation's.
-    tally_before = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
-    if (
-        first_stage is None
-        and isinstance(scorer, RankingModel)
-        and not isinstance(scorer, BiEncoder)
-    ):
-        first_stage = BM25
-    candidates: Mapping[str, Mapping[str, float]] | None = None  # what a re-ranker re-scored
-    if scorer == BM25:
-        run = bm25_retrieve(dataset, query_ids, depth=depth, **options)
-        name, stage_name = BM25, None
-    elif first_stage is None:
-        assert isinstance(scorer, BiEncoder)
-        run = dense_retrieve(
-            scorer, dataset, query_ids, depth=depth, batch_size=batch_size, **options
-        )
-        name, stage_name = scorer.name, None
-    else:
-        assert isinstance(scorer, RankingModel)
-        stage = load_scorer(first_stage)
-        if stage == BM25:
-            candidates = bm25_retrieve(dataset, query_ids, depth=depth, **options)
-        elif isinstance(stage, BiEncoder):
-            candidates = dense_retrieve(
-                stage, dataset, query_ids, depth=depth, batch_size=batch_size, **options
-            )
-        else:
-            raise ValueError(
-                f"--first-stage must be 'bm25' or a bi-encoder, got a {type(stage).__name__}"
-            )
-        if isinstance(scorer, BiEncoder):
-            run = rerank_with_corpus_embeddings(
-                scorer, dataset, candidates, depth, batch_size, **options
-            )
-        else:
-            run = rerank(
-                scorer,
-                dataset,
-                candidates,
-                depth=depth,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                use_cache=use_cache,
-            )
-        name, stage_name = scorer.name, stage if isinstance(stage, str) else stage.name
-    truncation = (
-        {key: count - tally_before.get(key, 0) for key, count in scorer.truncation.items()}
-        if isinstance(scorer, RankingModel)
-        else {}
-    )
-    if isinstance(scorer, RankingModel) and truncation.get("truncated"):
-        logger.warning("%s: %s", scorer.name, scorer.truncation_summary(truncation))
-    return quality_report(
-        name,
+    return evaluate_scorer(
+        scorer,
         dataset,
-        run,
-        measures=measures,
-        query_ids=query_ids,
-        first_stage=stage_name,
+        query_ids,
+        first_stage=first_stage,
         depth=depth,
-        max_length=scorer.max_length if isinstance(scorer, RankingModel) else None,
-        truncation=truncation,
-        candidates=candidates,
+        batch_size=batch_size,
+        measures=measures,
+        use_cache=use_cache,
+        show_progress_bar=show_progress_bar,
         settings={
             "queries": queries,
             "batch_size": batch_size,
@@ -253,15 +197,12 @@ def apply_plan(
     ``split`` (``dev``, else ``train``), never from the evaluated split.
     """
     from relcomp.compression import calibration_features, collect_activation_statistics, compress_
+    from relcomp.compression.actions import plan_needs_data
 
     if not isinstance(plan, CompressionPlan):
         plan = CompressionPlan.load(plan)
     statistics = None
-    needs_data = any(
-        action.startswith(("prune_weights", "sparsify")) or "activations=True" in action
-        for _, action in plan.entries
-    )
-    if needs_data:
+    if plan_needs_data(plan.entries):
         if data_dir is None:
             raise ValueError(
                 "this plan needs calibration data (a BEIR folder) for its activation statistics"
@@ -294,36 +235,6 @@ def _calibration_dataset(
     if split == evaluated:
         raise ValueError(f"calibration split {split!r} is the evaluated split; use dev or train")
     return load_beir(data_dir, split)
-
-
-def rerank_with_corpus_embeddings(
-    model: BiEncoder,
-    dataset: Any,
-    candidates: Mapping[str, Mapping[str, float]],
-    depth: int,
-    batch_size: int = 32,
-    **options: Any,
-) -> dict[str, dict[str, float]]:
-    """Re-rank candidates with a bi-encoder from its (cached) corpus embeddings.
-
-    Scores equal ``model.score(query, document)``; the corpus is encoded once per
-    model and collection and read from the cache afterwards.
-    """
-    documents = encode_corpus(model, dataset, batch_size=batch_size, **options)
-    row_of = {doc_id: row for row, doc_id in enumerate(dataset.sorted_doc_ids)}
-    query_ids = list(candidates)
-    queries = model.encode_queries(
-        [dataset.query_text(q) for q in query_ids],
-        batch_size=batch_size,
-        show_progress_bar=options.get("show_progress_bar"),
-    )
-    run = {}
-    for query_id, vector in zip(query_ids, queries, strict=True):
-        doc_ids = [doc_id for _, doc_id in candidate_pairs({query_id: candidates[query_id]}, depth)]
-        rows = documents[[row_of[doc_id] for doc_id in doc_ids]]
-        scores = model.similarity(np.broadcast_to(vector, rows.shape), rows)
-        run[query_id] = dict(zip(doc_ids, scores.tolist(), strict=True))
-    return run
 
 
 def plan(
@@ -762,10 +673,8 @@ class CompressOptions:
     show_progress_bar: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.max_ndcg_loss is not None and not self.max_ndcg_loss >= 0:
-            raise ValueError(
-                f"--max-ndcg-loss must be a number of points ≥ 0, got {self.max_ndcg_loss}"
-            )
+        if self.max_ndcg_loss is not None:
+            check_max_ndcg_loss(self.max_ndcg_loss)
         if self.explanations < 0:
             raise ValueError(f"explanations must be ≥ 0, got {self.explanations}")
         if self.threads < 1:
@@ -965,8 +874,8 @@ class CompressFlow:
         # every plan first: an impossible budget fails before any export
         plans = [self._make_plan(budget) for budget in budgets]
         reference_gate = self._evaluate(self.reference, split)
-        reference_ndcg = reference_gate.measures["nDCG@10"]
-        tried: list[tuple[dict[str, float], CompressionPlan, Path, Any, QualityReport]] = []
+        reference_ndcg = reference_gate.measures[NDCG_AT_10]
+        tried: list[tuple[dict[str, float], CompressionPlan, Path, Any, GateResult]] = []
         for number, (budget, the_plan) in enumerate(zip(budgets, plans, strict=True), 1):
             label = _candidate_label(budget, options.embeddings)
             logger.info("  plan %d of %d: %s", number, len(budgets), label)
@@ -975,14 +884,14 @@ class CompressFlow:
             )
             self._export_to(the_plan, staged)
             bundle = load_model(staged, max_length=self.reference.max_length)
-            report = self._evaluate(bundle, split)
-            logger.info(
-                "  %s: %.2f nDCG@10 points lost on %s",
-                label,
-                100 * (reference_ndcg - report.measures["nDCG@10"]),
+            verdict = GateResult.compare(
+                reference_gate,
+                self._evaluate(bundle, split),
                 split,
+                options.max_ndcg_loss or 0.0,
             )
-            tried.append((dict(budget), the_plan, staged, bundle, report))
+            logger.info("  %s: %.2f nDCG@10 points lost on %s", label, verdict.loss_points, split)
+            tried.append((dict(budget), the_plan, staged, bundle, verdict))
         del bundle
         from relcomp.flow import measure_speed
 
@@ -998,8 +907,7 @@ class CompressFlow:
             show_progress_bar=options.show_progress_bar,
         )
         candidates = []
-        for number, (budget, the_plan, _, model, report) in enumerate(tried, 1):
-            loss = 100 * (reference_ndcg - report.measures["nDCG@10"])
+        for number, (budget, the_plan, _, model, verdict) in enumerate(tried, 1):
             candidates.append(
                 {
                     "name": _candidate_label(budget, options.embeddings),
@@ -1009,14 +917,10 @@ class CompressFlow:
                     "size_mb": model_size_bytes(model) / 1e6,
                     "latency_ms": speed[f"plan-{number}"]["latency_ms"]["p50"],
                     "pairs_per_s": speed[f"plan-{number}"]["pairs_per_s"],
-                    "ndcg@10": report.measures["nDCG@10"],
+                    "ndcg@10": verdict.candidate.measures[NDCG_AT_10],
                     "split": split,
-                    "loss_points": loss,
-                    "passed": (
-                        None
-                        if options.max_ndcg_loss is None
-                        else loss <= options.max_ndcg_loss + 1e-9
-                    ),
+                    "loss_points": verdict.loss_points,
+                    "passed": None if options.max_ndcg_loss is None else verdict.passed,
                     "chosen": False,
                 }
             )
@@ -1034,7 +938,8 @@ class CompressFlow:
         # the chosen plan, or the nearest miss when none passed (its reports go with the error)
         keep = next((i for i, c in enumerate(candidates) if c["chosen"]), None)
         nearest = min(range(len(candidates)), key=lambda i: candidates[i]["loss_points"])
-        _, the_plan, staged, _, report = tried[nearest if keep is None else keep]
+        _, the_plan, staged, _, verdict = tried[nearest if keep is None else keep]
+        report = verdict.candidate
         files = [_CANDIDATES]
         if keep is None:
             for name, made in zip(_NEAREST_MISS, (reference_gate, report), strict=True):
@@ -1184,13 +1089,7 @@ class CompressFlow:
         split = self.calibration_split
         self.progress("quality gate", f"≤ {max_ndcg_loss:g} nDCG@10 points lost on {split}")
         gate_reference, gate_compressed = self._evaluate_both("gate", split, self.gate_reports)
-        result = GateResult(
-            gate_reference,
-            gate_compressed,
-            split,
-            100 * (gate_reference.measures["nDCG@10"] - gate_compressed.measures["nDCG@10"]),
-            max_ndcg_loss,
-        )
+        result = GateResult.compare(gate_reference, gate_compressed, split, max_ndcg_loss)
         gate = result.summary()
         logger.info("  nDCG@10 %.4f → %.4f", gate["reference"], gate["candidate"])
         if not result.passed:
@@ -1481,15 +1380,8 @@ def _top_pairs(
     if first_stage is None and isinstance(model, BiEncoder):
         run = dense_retrieve(model, dataset, query_ids, depth=1, show_progress_bar=False)
     else:
-        stage = load_scorer(first_stage or BM25)
-        if stage == BM25:
-            candidates = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=False)
-        elif isinstance(stage, BiEncoder):
-            candidates = dense_retrieve(
-                stage, dataset, query_ids, depth=depth, show_progress_bar=False
-            )
-        else:
-            raise ValueError(f"first_stage must be 'bm25' or a bi-encoder, got {first_stage!r}")
+        stage = load_first_stage(first_stage or BM25)
+        candidates = retrieve(stage, dataset, query_ids, depth, show_progress_bar=False)
         run = rerank(model, dataset, candidates, depth=depth, show_progress_bar=False)
     pairs = []
     for query_id in query_ids:

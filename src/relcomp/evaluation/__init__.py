@@ -37,8 +37,15 @@ from relcomp.evaluation.metrics import (
 from relcomp.evaluation.report import quality_report
 from relcomp.evaluation.rerank import candidate_pairs, rerank
 from relcomp.evaluation.sampling import sample_queries
+from relcomp.evaluation.systems import (
+    BM25,
+    evaluate_scorer,
+    load_first_stage,
+    rerank_with_corpus_embeddings,
+)
 
 __all__ = [
+    "BM25",
     "DEFAULT_MEASURES",
     "FIRST_STAGES",
     "BM25Settings",
@@ -54,12 +61,15 @@ __all__ = [
     "dense_retrieve",
     "encode_corpus",
     "evaluate_run",
+    "evaluate_scorer",
     "load_beir",
+    "load_first_stage",
     "paired_test",
     "parse_measures",
     "quality_report",
     "ranked",
     "rerank",
+    "rerank_with_corpus_embeddings",
     "retrieve",
     "sample_queries",
     "tie_rate",

@@ -60,8 +60,8 @@ from relcomp.compression import (
     resolve_plan,
 )
 from relcomp.errors import RelcompError
+from relcomp.evaluation.gate import quality_gate
 from relcomp.export.convert import Exporter, export_onnx
-from relcomp.export.gate import quality_gate
 from relcomp.export.graph import onnx_size
 from relcomp.export.parity import ParityGroups, check_parity
 from relcomp.export.realise import realise_for_ort
