@@ -23,8 +23,6 @@ from relcomp.budgets import budget_label, budget_text, parse_budget_text, parse_
 from relcomp.evaluation import (
     BM25,
     DEFAULT_MEASURES,
-    bm25_retrieve,
-    candidate_pairs,
     dense_retrieve,
     evaluate_scorer,
     load_beir,
@@ -34,19 +32,14 @@ from relcomp.evaluation import (
     retrieve,
     sample_queries,
 )
+from relcomp.evaluation.comparison import quality_comparison
 from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss
 from relcomp.evaluation.metrics import NDCG_AT_10
-from relcomp.flow import (
-    Protocol,
-    RunFolder,
-    folder_identity,
-    install_bundle,
-    model_size_bytes,
-    quality_comparison,
-    resolve_protocol,
-    staging_folder,
-)
+from relcomp.evaluation.protocol import Protocol, resolve_protocol
+from relcomp.evaluation.sampling import calibration_dataset, calibration_pairs, calibration_triples
+from relcomp.evaluation.speed import measure_speed, model_size_bytes
 from relcomp.models import BiEncoder, RankingModel, load_model
+from relcomp.run_folder import RunFolder, folder_identity, install_bundle, staging_folder
 
 __all__ = [
     "DEMO_BUDGET",
@@ -207,7 +200,7 @@ def apply_plan(
             raise ValueError(
                 "this plan needs calibration data (a BEIR folder) for its activation statistics"
             )
-        dataset = _calibration_dataset(data_dir, split, evaluated)
+        dataset = calibration_dataset(data_dir, split, evaluated)
         pairs = calibration_pairs(dataset, calibration)
         features = calibration_features(model, [q for q, _ in pairs], [d for _, d in pairs])
         statistics = collect_activation_statistics(model, features)
@@ -217,24 +210,6 @@ def apply_plan(
         yield handle
     finally:
         handle.remove()
-
-
-def _calibration_dataset(
-    data_dir: str | os.PathLike[str], split: str | None, evaluated: str
-) -> Any:
-    from relcomp.evaluation import available_splits
-
-    splits = available_splits(data_dir)
-    if split is None:
-        candidates = [name for name in ("dev", "train") if name in splits and name != evaluated]
-        if not candidates:
-            raise ValueError(
-                f"{data_dir}: no dev or train split to calibrate on (splits: {splits})"
-            )
-        split = candidates[0]
-    if split == evaluated:
-        raise ValueError(f"calibration split {split!r} is the evaluated split; use dev or train")
-    return load_beir(data_dir, split)
 
 
 def plan(
@@ -288,7 +263,7 @@ def plan(
     pairs = None
     if data_dir is not None:
         pairs = calibration_pairs(
-            _calibration_dataset(data_dir, calibration_split, "test"), calibration
+            calibration_dataset(data_dir, calibration_split, "test"), calibration
         )
     options: dict[str, Any] = {} if rank is None else {"rank": rank}
     if activations:
@@ -371,68 +346,6 @@ def component_relevance(
         source=source,
         contrast=negatives,
     )
-
-
-def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, str]]:
-    """A fixed, seeded sample of ``n`` (query, most relevant judged document) pairs."""
-    return [
-        (dataset.query_text(query_id), dataset.document_text(best))
-        for query_id, best in _calibration_choice(dataset, n, seed)
-    ]
-
-
-def calibration_triples(
-    dataset: Any, n: int, seed: int = 13, depth: int = 100
-) -> list[tuple[str, str, str]]:
-    """(query, most relevant judged document, hard negative) for the queries of :func:`calibration_pairs`.
-
-    The hard negative is the document BM25 ranks highest among those not judged
-    relevant (unjudged counts as not relevant, as in the metrics): the kind of
-    document a re-ranker must push down. A query with no such document in BM25's
-    top-``depth`` is left out, and a warning says how many were.
-    """
-    chosen = _calibration_choice(dataset, n, seed)
-    run = bm25_retrieve(dataset, [q for q, _ in chosen], depth=depth, show_progress_bar=False)
-    negatives: dict[str, str] = {}
-    for query_id, doc_id in candidate_pairs(run, depth):
-        if query_id not in negatives and dataset.qrels[query_id].get(doc_id, 0) <= 0:
-            negatives[query_id] = doc_id
-    if len(negatives) < len(chosen):
-        logger.warning(
-            "%s/%s: %d of %d calibration queries have no non-relevant document in BM25's "
-            "top-%d and are left out of the contrast",
-            dataset.name,
-            dataset.split,
-            len(chosen) - len(negatives),
-            len(chosen),
-            depth,
-        )
-    if not negatives:
-        raise ValueError(f"{dataset.name}/{dataset.split}: no hard negatives to contrast with")
-    return [
-        (
-            dataset.query_text(query_id),
-            dataset.document_text(best),
-            dataset.document_text(negatives[query_id]),
-        )
-        for query_id, best in chosen
-        if query_id in negatives
-    ]
-
-
-def _calibration_choice(dataset: Any, n: int, seed: int) -> list[tuple[str, str]]:
-    """``n`` seeded queries of the split with their most relevant judged document."""
-    chosen = []
-    for query_id in sample_queries(dataset.split_queries, n, seed=seed):
-        judged = dataset.qrels[query_id]
-        best = max(sorted(judged), key=lambda doc_id: judged[doc_id])
-        if judged[best] > 0:
-            chosen.append((query_id, best))
-    if not chosen:
-        raise ValueError(
-            f"{dataset.name}/{dataset.split}: no judged-relevant pairs to calibrate on"
-        )
-    return chosen
 
 
 # -- the whole flow: relcomp compress and relcomp demo --------------------------------------
@@ -639,10 +552,10 @@ class CompressOptions:
     """What :func:`compress` was asked for, checked once (see :func:`compress` for each field).
 
     ``budgets`` are parsed (:func:`parse_budget_text`) and ``protocol`` resolved
-    (:func:`~relcomp.flow.resolve_protocol`); the rest is as given.
+    (:func:`~relcomp.evaluation.resolve_protocol`); the rest is as given.
 
     Example:
-        >>> from relcomp.flow import resolve_protocol
+        >>> from relcomp.evaluation import resolve_protocol
         >>> CompressOptions("m", "d", ({"bits_per_weight": 6.0},), "o", threads=0,
         ...                 protocol=resolve_protocol("quick"))
         Traceback (most recent call last):
@@ -687,7 +600,7 @@ class CompressFlow:
     """The steps of :func:`compress`, one method each, in the order they run.
 
     Each step writes its artifact into the run folder as soon as it is made and is
-    resumed through :meth:`RunFolder.step <relcomp.flow.RunFolder.step>`: its settings
+    resumed through :meth:`RunFolder.step <relcomp.run_folder.RunFolder.step>`: its settings
     include the digest of what it was made from, so changing one step re-runs every
     step after it.
 
@@ -720,7 +633,7 @@ class CompressFlow:
         self.options = options
         self.started = time.perf_counter()
         self.evaluated = load_beir(options.data_dir, options.split)
-        self.calibration_data = _calibration_dataset(
+        self.calibration_data = calibration_dataset(
             options.data_dir, options.calibration_split, options.split
         )
         self.dataset_name = _dataset_name(options.data_dir)
@@ -893,8 +806,6 @@ class CompressFlow:
             logger.info("  %s: %.2f nDCG@10 points lost on %s", label, verdict.loss_points, split)
             tried.append((dict(budget), the_plan, staged, bundle, verdict))
         del bundle
-        from relcomp.flow import measure_speed
-
         systems = {"reference": self.reference} | {
             f"plan-{n}": t[3] for n, t in enumerate(tried, 1)
         }
@@ -1189,8 +1100,6 @@ class CompressFlow:
         }
 
         def make() -> list[str]:
-            from relcomp.flow import measure_speed
-
             speed = measure_speed(
                 {"reference": self.reference, "compressed": self.compressed},
                 [q for q, _ in self.timing_pairs],
