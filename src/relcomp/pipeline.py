@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -17,8 +16,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from relcomp._io import atomic_write_json
-from relcomp.artifacts import ComponentRelevance, CompressionPlan, QualityReport, TokenRelevance
+from relcomp.artifacts import (
+    ComponentRelevance,
+    CompressionPlan,
+    PlanCandidate,
+    PlansTried,
+    QualityReport,
+    ReferencePoint,
+    SpeedReport,
+    TokenRelevance,
+)
 from relcomp.budgets import budget_label, budget_text, parse_budget_text, parse_budgets
 from relcomp.evaluation import (
     BM25,
@@ -727,7 +734,7 @@ class CompressFlow:
         return self.relevance
 
     # -- 2. plans tried -------------------------------------------------------------------
-    def plans_tried(self) -> tuple[dict[str, float], dict[str, Any] | None]:
+    def plans_tried(self) -> tuple[dict[str, float], PlansTried | None]:
         """With several budgets, each planned, exported, gated and timed; the smallest that passes kept.
 
         Every bundle is exported into a temporary folder of the run, evaluated on the
@@ -738,7 +745,7 @@ class CompressFlow:
         settings ``evaluation/candidates.json`` is read back and nothing is exported.
 
         Returns:
-            The chosen budget, and ``candidates.json``'s payload (``None`` with one budget).
+            The chosen budget, and every plan tried (``None`` with one budget).
 
         Raises:
             QualityGateError: no candidate passed the gate (``candidates.json`` stays).
@@ -765,14 +772,14 @@ class CompressFlow:
             self.run.step(
                 "candidates", settings, lambda: self._try_budgets(staging, kept), what=_CANDIDATES
             )
-            payload = json.loads((self.run.path / _CANDIDATES).read_text(encoding="utf-8"))
-            chosen = self._chosen_candidate(payload["candidates"])
-            budget = dict(chosen["budget_values"])
+            tried = PlansTried.load(self.run.path / _CANDIDATES)
+            chosen = self._chosen_candidate(tried)
+            budget = dict(chosen.budget_values or {})
             if kept:  # made now: the chosen bundle is still staged
                 self._install(budget, kept["plan"], kept["staged"])
                 self.gate_reports = kept["gate_reports"]
-        logger.info("  kept %s (%.1f MB)", chosen["name"], chosen["size_mb"])
-        return budget, payload
+        logger.info("  kept %s (%.1f MB)", chosen.name, chosen.size_mb)
+        return budget, tried
 
     def _try_budgets(self, staging: contextlib.ExitStack, kept: dict[str, Any]) -> list[str]:
         """Plan, export, gate and time every budget; write ``candidates.json``; return its files.
@@ -787,7 +794,6 @@ class CompressFlow:
         # every plan first: an impossible budget fails before any export
         plans = [self._make_plan(budget) for budget in budgets]
         reference_gate = self._evaluate(self.reference, split)
-        reference_ndcg = reference_gate.measures[NDCG_AT_10]
         tried: list[tuple[dict[str, float], CompressionPlan, Path, Any, GateResult]] = []
         for number, (budget, the_plan) in enumerate(zip(budgets, plans, strict=True), 1):
             label = _candidate_label(budget, options.embeddings)
@@ -809,46 +815,35 @@ class CompressFlow:
         systems = {"reference": self.reference} | {
             f"plan-{n}": t[3] for n, t in enumerate(tried, 1)
         }
-        speed = measure_speed(
-            systems,
-            [q for q, _ in self.timing_pairs],
-            [d for _, d in self.timing_pairs],
-            repeats=options.protocol.repeats,
-            threads=options.threads,
-            show_progress_bar=options.show_progress_bar,
-        )
-        candidates = []
-        for number, (budget, the_plan, _, model, verdict) in enumerate(tried, 1):
-            candidates.append(
-                {
-                    "name": _candidate_label(budget, options.embeddings),
-                    "budget": f"{the_plan.method}: {budget_text(budget)}",
-                    "budget_values": budget,
-                    "achieved": dict(the_plan.achieved),
-                    "size_mb": model_size_bytes(model) / 1e6,
-                    "latency_ms": speed[f"plan-{number}"]["latency_ms"]["p50"],
-                    "pairs_per_s": speed[f"plan-{number}"]["pairs_per_s"],
-                    "ndcg@10": verdict.candidate.measures[NDCG_AT_10],
-                    "split": split,
-                    "loss_points": verdict.loss_points,
-                    "passed": None if options.max_ndcg_loss is None else verdict.passed,
-                    "chosen": False,
-                }
+        speed = self._measure_speed(systems)
+        candidates = [
+            PlanCandidate(
+                name=_candidate_label(budget, options.embeddings),
+                budget=f"{the_plan.method}: {budget_text(budget)}",
+                budget_values=budget,
+                achieved=dict(the_plan.achieved),
+                size_mb=model_size_bytes(model) / 1e6,
+                latency_ms=speed[f"plan-{number}"].latency_p50_ms,
+                pairs_per_s=speed[f"plan-{number}"].pairs_per_s,
+                ndcg_at_10=verdict.candidate.measures[NDCG_AT_10],
+                split=split,
+                loss_points=verdict.loss_points,
+                passed=None if options.max_ndcg_loss is None else verdict.passed,
+                chosen=False,
             )
-        eligible = [c for c in candidates if c["passed"] is not False]
-        if eligible:
-            min(eligible, key=lambda c: (c["size_mb"], -c["ndcg@10"]))["chosen"] = True
-        reference_point = {
-            "name": "fp32 (torch)",
-            "size_mb": model_size_bytes(self.reference) / 1e6,
-            "latency_ms": speed["reference"]["latency_ms"]["p50"],
-            "pairs_per_s": speed["reference"]["pairs_per_s"],
-            "ndcg@10": reference_ndcg,
-            "split": split,
-        }
-        # the chosen plan, or the nearest miss when none passed (its reports go with the error)
-        keep = next((i for i, c in enumerate(candidates) if c["chosen"]), None)
-        nearest = min(range(len(candidates)), key=lambda i: candidates[i]["loss_points"])
+            for number, (budget, the_plan, _, model, verdict) in enumerate(tried, 1)
+        ]
+        eligible = [i for i, c in enumerate(candidates) if c.passed is not False]
+        # the smallest that passed (the better nDCG@10 on equal size), or the nearest miss
+        # when none did (its reports go with the error)
+        keep = (
+            min(eligible, key=lambda i: (candidates[i].size_mb, -candidates[i].ndcg_at_10))
+            if eligible
+            else None
+        )
+        if keep is not None:
+            candidates[keep] = dataclasses.replace(candidates[keep], chosen=True)
+        nearest = min(range(len(candidates)), key=lambda i: tried[i][4].loss_points)
         _, the_plan, staged, _, verdict = tried[nearest if keep is None else keep]
         report = verdict.candidate
         files = [_CANDIDATES]
@@ -858,20 +853,27 @@ class CompressFlow:
             files += _NEAREST_MISS
         else:
             kept.update(plan=the_plan, staged=staged, gate_reports=(reference_gate, report))
-        payload = {"split": split, "reference": reference_point, "candidates": candidates}
-        atomic_write_json(self.run.path / _CANDIDATES, payload)
+        reference_point = ReferencePoint(
+            name="fp32 (torch)",
+            size_mb=model_size_bytes(self.reference) / 1e6,
+            latency_ms=speed["reference"].latency_p50_ms,
+            pairs_per_s=speed["reference"].pairs_per_s,
+            ndcg_at_10=reference_gate.measures[NDCG_AT_10],
+            split=split,
+        )
+        PlansTried(split, reference_point, tuple(candidates)).save(self.run.path / _CANDIDATES)
         return files  # the ONNX Runtime sessions of the bundles close as `tried` goes
 
-    def _chosen_candidate(self, candidates: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    def _chosen_candidate(self, tried: PlansTried) -> PlanCandidate:
         """The candidate marked chosen, or a :class:`QualityGateError` naming every loss."""
-        chosen = [c for c in candidates if c["chosen"]]
-        if chosen:
-            return chosen[0]
+        chosen = tried.chosen()
+        if chosen is not None:
+            return chosen
         self._withdraw_bundle()
         self.run.forget("plan", "gate")  # an earlier run's plan is not what this run tried
-        losses = "; ".join(f"{c['name']}: {c['loss_points']:.2f}" for c in candidates)
+        losses = "; ".join(f"{c.name}: {c.loss_points:.2f}" for c in tried.candidates)
         reports = tuple(QualityReport.load(self.run.path / name) for name in _NEAREST_MISS)
-        nearest = min(c["loss_points"] for c in candidates)
+        nearest = min(c.loss_points or 0.0 for c in tried.candidates)
         max_ndcg_loss = self.options.max_ndcg_loss
         raise QualityGateError(
             f"quality gate failed for every budget tried, nDCG@10 points lost on "
@@ -1084,7 +1086,7 @@ class CompressFlow:
         return made[0], made[1]
 
     # -- 7. speed -------------------------------------------------------------------------
-    def speed(self) -> dict[str, Any]:
+    def speed(self) -> SpeedReport:
         """Latency and throughput of both, interleaved on real pairs of the reported split."""
         options = self.options
         self.progress(
@@ -1100,20 +1102,26 @@ class CompressFlow:
         }
 
         def make() -> list[str]:
-            speed = measure_speed(
-                {"reference": self.reference, "compressed": self.compressed},
-                [q for q, _ in self.timing_pairs],
-                [d for _, d in self.timing_pairs],
-                repeats=options.protocol.repeats,
-                threads=options.threads,
-                show_progress_bar=options.show_progress_bar,
+            self._measure_speed({"reference": self.reference, "compressed": self.compressed}).save(
+                self.run.path / _SPEED
             )
-            atomic_write_json(self.run.path / _SPEED, speed)
             return [_SPEED]
 
         self.run.step("speed", settings, make)
-        speed: dict[str, Any] = json.loads((self.run.path / _SPEED).read_text(encoding="utf-8"))
-        return speed
+        return SpeedReport.load(self.run.path / _SPEED)
+
+    def _measure_speed(self, systems: Mapping[str, Any]) -> SpeedReport:
+        """Systems timed interleaved on real pairs of the reported split."""
+        return SpeedReport.from_dict(
+            measure_speed(
+                systems,
+                [q for q, _ in self.timing_pairs],
+                [d for _, d in self.timing_pairs],
+                repeats=self.options.protocol.repeats,
+                threads=self.options.threads,
+                show_progress_bar=self.options.show_progress_bar,
+            )
+        )
 
     # -- 8. explanations ------------------------------------------------------------------
     def explanations(self, reference_report: QualityReport) -> None:
@@ -1152,9 +1160,9 @@ class CompressFlow:
     def report(
         self,
         reports: tuple[QualityReport, QualityReport],
-        speed: Mapping[str, Any],
+        speed: SpeedReport,
         gate: Mapping[str, Any] | None,
-        tried: Mapping[str, Any] | None,
+        tried: PlansTried | None,
     ) -> CompressResult:
         """``quality.json`` (always written again) and ``report.html``."""
         options = self.options
@@ -1178,7 +1186,7 @@ class CompressFlow:
             },
             candidates=tried,
         )
-        atomic_write_json(self.run.path / "quality.json", quality)
+        quality.save(self.run.path / "quality.json")
         report_path = None
         if options.report:
             from relcomp.reports import write_report
@@ -1186,7 +1194,7 @@ class CompressFlow:
             report_path = write_report(self.run.path)
         seconds = time.perf_counter() - self.started
         logger.info("done in %.0f s: %s", seconds, report_path or self.run.path / "quality.json")
-        return CompressResult(self.run.path, report_path, quality, seconds)
+        return CompressResult(self.run.path, report_path, quality.to_dict(), seconds)
 
 
 #: Every plan tried with several budgets, for the report's Pareto plots.

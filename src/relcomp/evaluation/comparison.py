@@ -5,34 +5,42 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from relcomp.artifacts import QualityReport
+from relcomp.artifacts import (
+    PlanCandidate,
+    PlansTried,
+    QualityComparison,
+    QualityReport,
+    SpeedReport,
+    SystemQuality,
+    SystemSpeed,
+)
 from relcomp.errors import RelcompError
-from relcomp.evaluation.metrics import paired_test
+from relcomp.evaluation.metrics import NDCG_AT_10, paired_test
 
 __all__ = ["quality_comparison"]
 
 
 def _side(
-    name: str, report: QualityReport, size_bytes: int, speed: Mapping[str, Any] | None
-) -> dict[str, Any]:
+    name: str, report: QualityReport, size_bytes: int, speed: SystemSpeed | None
+) -> SystemQuality:
     per_measure: dict[str, dict[str, float]] = {measure: {} for measure in report.measures}
     for query_id, values in report.per_query.items():
         for measure, value in values.items():
             per_measure.setdefault(measure, {})[query_id] = float(value)
-    return {
-        "name": name,
-        "model": report.model,
-        "measures": {k: float(v) for k, v in report.measures.items()},
-        "per_query": per_measure,
-        "size_mb": size_bytes / 1e6,
-        "latency_ms": dict(speed["latency_ms"]) if speed else None,
-        "pairs_per_s": float(speed["pairs_per_s"]) if speed else None,
-        "tie_rate": report.tie_rate,
-        "truncation": dict(report.truncation),
-        "by_depth": {
+    return SystemQuality(
+        name=name,
+        model=report.model,
+        measures={k: float(v) for k, v in report.measures.items()},
+        per_query=per_measure,
+        size_mb=size_bytes / 1e6,
+        latency_ms=({"p50": speed.latency_p50_ms, "p95": speed.latency_p95_ms} if speed else None),
+        pairs_per_s=speed.pairs_per_s if speed else None,
+        tie_rate=report.tie_rate,
+        truncation=dict(report.truncation),
+        by_depth={
             k: {m: float(v) for m, v in measures.items()} for k, measures in report.by_depth.items()
         },
-    }
+    )
 
 
 def quality_comparison(
@@ -41,18 +49,18 @@ def quality_comparison(
     *,
     names: tuple[str, str],
     sizes: tuple[int, int],
-    speed: Mapping[str, Mapping[str, Any]] | None,
+    speed: SpeedReport | None,
     protocol: str,
     gate: Mapping[str, Any] | None,
     budget: str,
     alpha: float = 0.05,
     provenance: Mapping[str, Any] | None = None,
-    candidates: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    candidates: PlansTried | None = None,
+) -> QualityComparison:
     """The ``quality.json`` of a compress run: both systems, their paired difference, the gate.
 
     ``names`` are the two systems' display names, ``sizes`` their stored bytes, ``speed``
-    :func:`measure_speed`'s result keyed ``reference`` and ``compressed``.
+    the timing of systems ``reference`` and ``compressed``.
     ``difference[measure]`` is compressed minus reference, with the two-sided paired t
     test's p-value over the same queries (ranx, :func:`relcomp.evaluation.paired_test`)
     and ``significant`` at ``alpha``. ``candidates`` lists every compressed system
@@ -75,43 +83,36 @@ def quality_comparison(
         }
         for measure in measures
     }
-    speed = speed or {}
-    reference_side = _side(names[0], reference, sizes[0], speed.get("reference"))
-    compressed_side = _side(names[1], compressed, sizes[1], speed.get("compressed"))
-    ndcg = next((m for m in measures if m.lower() == "ndcg@10"), measures[0])
-    return {
-        "kind": "quality_comparison",
-        "version": 1,
-        "model": reference.model,
-        "dataset": reference.dataset,
-        "split": reference.split,
-        "protocol": protocol,
-        "n_queries": reference.n_queries,
-        "first_stage": reference.first_stage,
-        "depth": reference.depth,
-        "max_length": reference.max_length,
-        "measures": measures,
-        "reference": reference_side,
-        "compressed": compressed_side,
-        "difference": difference,
-        "significance": {"test": test["test"], "alpha": alpha, "n_queries": test["n_queries"]},
-        "gate": dict(gate) if gate is not None else None,
-        "candidates": (
-            [dict(c) for c in candidates["candidates"]]
-            if candidates is not None
-            else [
-                {
-                    "name": names[1],
-                    "budget": budget,
-                    "size_mb": compressed_side["size_mb"],
-                    "latency_ms": (compressed_side["latency_ms"] or {}).get("p50"),
-                    "ndcg@10": compressed_side["measures"][ndcg],
-                    "passed": bool(gate["passed"]) if gate is not None else None,
-                    "split": reference.split,
-                    "chosen": True,
-                }
-            ]
-        ),
-        "candidates_reference": dict(candidates["reference"]) if candidates is not None else None,
-        "provenance": dict(provenance or {}),
-    }
+    systems = speed.systems if speed is not None else {}
+    reference_side = _side(names[0], reference, sizes[0], systems.get("reference"))
+    compressed_side = _side(names[1], compressed, sizes[1], systems.get("compressed"))
+    headline = NDCG_AT_10 if NDCG_AT_10 in measures else measures[0]
+    alone = PlanCandidate(
+        name=names[1],
+        budget=budget,
+        size_mb=compressed_side.size_mb,
+        latency_ms=(compressed_side.latency_ms or {}).get("p50"),
+        ndcg_at_10=compressed_side.measures[headline],
+        passed=bool(gate["passed"]) if gate is not None else None,
+        split=reference.split,
+        chosen=True,
+    )
+    return QualityComparison(
+        model=reference.model,
+        dataset=reference.dataset,
+        split=reference.split,
+        protocol=protocol,
+        n_queries=reference.n_queries,
+        first_stage=reference.first_stage,
+        depth=reference.depth,
+        max_length=reference.max_length,
+        measures=tuple(measures),
+        reference=reference_side,
+        compressed=compressed_side,
+        difference=difference,
+        significance={"test": test["test"], "alpha": alpha, "n_queries": test["n_queries"]},
+        gate=dict(gate) if gate is not None else None,
+        candidates=candidates.candidates if candidates is not None else (alone,),
+        candidates_reference=candidates.reference if candidates is not None else None,
+        provenance=dict(provenance or {}),
+    )
