@@ -33,7 +33,7 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import PlanError, PruneHeads
-from relcomp.compression.plan import ModelStructure, _resolve, structural_masks
+from relcomp.compression.plan import ModelStructure, resolve_on_structure, structural_masks
 from relcomp.compression.realise import active_compression
 from relcomp.errors import ModelLoadError
 from relcomp.models.adapters import ArchitectureAdapter, adapter_for
@@ -95,7 +95,7 @@ def prune_physically(model: RankingModel, plan: CompressionPlan) -> RankingModel
             len(rest.entries),
         )
     structure = ModelStructure.of(model)
-    resolved = _resolve(structural, structure)
+    resolved = resolve_on_structure(structural, structure)
     keep = structural_masks(resolved, structure)
     before = parameter_count(model)
     trainable = any(p.requires_grad for p in model.model.parameters())

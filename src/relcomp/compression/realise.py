@@ -59,7 +59,7 @@ from relcomp.compression.plan import (
     CATEGORY_ORDER,
     LinearKeep,
     ModelStructure,
-    _resolve,
+    resolve_on_structure,
     structural_masks,
 )
 from relcomp.compression.quantize import (
@@ -239,7 +239,7 @@ def _prune_weights(realisation: Realisation, module: str, action: Action) -> Non
     edit.weight_changed = True
 
 
-def _svd_factors(
+def svd_factors(
     weight: torch.Tensor, keep: LinearKeep, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(left, right)``, ``out × rank`` and ``rank × in``: the best rank-``rank``
@@ -269,7 +269,7 @@ def _svd_factors(
 def _low_rank(realisation: Realisation, module: str, action: Action) -> None:
     assert isinstance(action, LowRank)
     edit = realisation.linear(module)
-    edit.factors = _svd_factors(edit.weight, edit.keep, action.rank)
+    edit.factors = svd_factors(edit.weight, edit.keep, action.rank)
     edit.weight_changed = True
 
 
@@ -342,7 +342,7 @@ def _sparsify(realisation: Realisation, module: str, action: Action) -> None:
         return
     # R-Sparse: the factors approximate the weight the large inputs meet (pruned and
     # rounded already: sparsity comes last), and are stored at the module's precision.
-    left, right = _svd_factors(edit.final_weight(), edit.keep, action.rank)
+    left, right = svd_factors(edit.final_weight(), edit.keep, action.rank)
     precision = next(
         (a for a in realisation.resolved.get(module, []) if isinstance(a, PrecisionAction)), None
     )
@@ -466,7 +466,7 @@ def compress_(
             f"{model.name} is already compressed ({previous.variant}); remove that handle first"
         )
     structure = ModelStructure.of(model)
-    resolved = _resolve(plan, structure)
+    resolved = resolve_on_structure(plan, structure)
     scales = _activation_scales(resolved, statistics, activation_scales, percentile)
     channel_scales = _channel_scales(resolved, statistics, channel_clip)
     for actions in resolved.values():
