@@ -465,7 +465,7 @@ class CompressionPlan(Artifact):
         ``prune_neurons``. Raises :class:`~relcomp.compression.PlanError` for a plan
         that does not fit the model.
         """
-        from relcomp.compression.plan import resolve_plan
+        from relcomp.compression.resolve import resolve_plan
 
         return resolve_plan(self, model)
 

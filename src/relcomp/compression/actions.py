@@ -2,7 +2,7 @@
 
 An action is data: a frozen dataclass with a string form that parses back exactly
 (``int8(per_channel=True)``, ``prune_heads(0,3)``). How an action is carried out in
-torch lives in :mod:`relcomp.compression.realise`; which modules it may touch is its
+torch lives in :mod:`relcomp.compression.torch_realise`; which modules it may touch is its
 ``target``.
 
 Grammar::

@@ -33,9 +33,9 @@ from torch import nn
 
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import FP16, LowRank, PlanError, PrecisionAction
-from relcomp.compression.plan import LinearKeep, ModelStructure, resolve_on_structure
 from relcomp.compression.quantize import fake_quantize_fp16
-from relcomp.compression.realise import active_compression, svd_factors, weight_quantizer
+from relcomp.compression.resolve import LinearKeep, ModelStructure, resolve_on_structure
+from relcomp.compression.torch_realise import active_compression, svd_factors, weight_quantizer
 from relcomp.models.base import RankingModel
 
 __all__ = ["LowRankLinear", "factorise_physically"]

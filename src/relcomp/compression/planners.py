@@ -72,7 +72,7 @@ from relcomp.compression.importance import (
     Importance,
     importance_scores,
 )
-from relcomp.compression.plan import ModelStructure
+from relcomp.compression.resolve import ModelStructure
 from relcomp.compression.size import weight_bytes
 from relcomp.compression.statistics import ActivationStatistics, calibration_statistics
 from relcomp.models.base import RankingModel

@@ -33,8 +33,8 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import PlanError, PruneHeads
-from relcomp.compression.plan import ModelStructure, resolve_on_structure, structural_masks
-from relcomp.compression.realise import active_compression
+from relcomp.compression.resolve import ModelStructure, resolve_on_structure, structural_masks
+from relcomp.compression.torch_realise import active_compression
 from relcomp.errors import ModelLoadError
 from relcomp.models.adapters import ArchitectureAdapter, adapter_for
 from relcomp.models.base import RankingModel

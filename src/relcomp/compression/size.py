@@ -40,7 +40,7 @@ from relcomp.compression.actions import (
     Sparsify,
     parse_action,
 )
-from relcomp.compression.plan import ModelStructure, removed_counts, resolve_on_structure
+from relcomp.compression.resolve import ModelStructure, removed_counts, resolve_on_structure
 from relcomp.models.base import RankingModel
 
 if TYPE_CHECKING:  # a plan is read here, never made: artifacts imports this module, not back

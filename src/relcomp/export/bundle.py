@@ -63,8 +63,8 @@ from relcomp.errors import RelcompError
 from relcomp.evaluation.gate import quality_gate
 from relcomp.export.convert import Exporter, export_onnx
 from relcomp.export.graph import onnx_size
+from relcomp.export.ort_realise import realise_for_ort
 from relcomp.export.parity import ParityGroups, check_parity
-from relcomp.export.realise import realise_for_ort
 from relcomp.models.base import RankingModel
 from relcomp.models.onnx_backend import is_bundle, load_bundle
 

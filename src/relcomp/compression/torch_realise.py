@@ -2,7 +2,7 @@
 
 One handler per action type (registered in :data:`HANDLERS`) edits a working copy
 of each Linear it touches; edits compose in a fixed order whatever the plan's order
-(:data:`~relcomp.compression.plan.CATEGORY_ORDER`: heads and neurons, unstructured
+(:data:`~relcomp.compression.resolve.CATEGORY_ORDER`: heads and neurons, unstructured
 pruning, low rank, precision, activation sparsity):
 
 * ``prune_heads`` / ``prune_neurons``: zero the rows (and biases) and columns that
@@ -55,18 +55,18 @@ from relcomp.compression.actions import (
     PruneWeights,
     Sparsify,
 )
-from relcomp.compression.plan import (
-    CATEGORY_ORDER,
-    LinearKeep,
-    ModelStructure,
-    resolve_on_structure,
-    structural_masks,
-)
 from relcomp.compression.quantize import (
     fake_quantize_activations,
     fake_quantize_fp16,
     fake_quantize_int4,
     fake_quantize_int8,
+)
+from relcomp.compression.resolve import (
+    CATEGORY_ORDER,
+    LinearKeep,
+    ModelStructure,
+    resolve_on_structure,
+    structural_masks,
 )
 from relcomp.compression.statistics import ActivationStatistics, activation_scales
 from relcomp.models.base import RankingModel
