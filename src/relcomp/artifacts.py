@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPRESSION_BUDGETS",
+    "EMBEDDINGS",
     "EXPORT_BUNDLE_FILE",
     "Artifact",
     "ComponentRelevance",
@@ -329,6 +330,10 @@ class ParityReport(Artifact):
             k: v for k, v in self.to_dict().items() if k not in ("kind", "version", "per_query")
         }
 
+
+#: How a bundle may store the word-embedding table: as plans leave it (they cover
+#: Linears only), or int8.
+EMBEDDINGS: tuple[str, ...] = ("fp32", "int8")
 
 #: The marker file of an ONNX bundle: an :class:`ExportBundle` as JSON.
 EXPORT_BUNDLE_FILE = "relcomp_bundle.json"

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from relcomp.artifacts import (
+    EMBEDDINGS,
     ComponentRelevance,
     CompressionPlan,
+    ExportBundle,
     PlanCandidate,
     PlansTried,
     QualityReport,
@@ -40,7 +42,7 @@ from relcomp.evaluation import (
     sample_queries,
 )
 from relcomp.evaluation.comparison import quality_comparison
-from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss
+from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss, gate_split
 from relcomp.evaluation.metrics import NDCG_AT_10
 from relcomp.evaluation.protocol import Protocol, resolve_protocol
 from relcomp.evaluation.sampling import calibration_dataset, calibration_pairs, calibration_triples
@@ -63,6 +65,7 @@ __all__ = [
     "demo",
     "evaluate",
     "explain",
+    "export",
     "load_scorer",
     "parse_budget_text",
     "plan",
@@ -285,6 +288,104 @@ def plan(
         seed=seed,
         within=within,
         **options,
+    )
+
+
+def export(
+    model: str | RankingModel,
+    output_dir: str | os.PathLike[str],
+    *,
+    plan: str | os.PathLike[str] | CompressionPlan | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_ndcg_loss: float | None = None,
+    split: str | None = None,
+    queries: int | None = 100,
+    depth: int = 30,
+    parity_queries: int = 20,
+    calibration: int = 64,
+    max_length: int | None = None,
+    embeddings: str = "fp32",
+    exporter: str = "auto",
+    optimize: bool = True,
+    variant: str | None = None,
+    batch_size: int = 32,
+    show_progress_bar: bool | None = None,
+) -> ExportBundle:
+    """An ONNX Runtime bundle of ``model`` with ``plan`` realised, parity checked, optionally gated.
+
+    The data the export needs comes from here, not from the export stage: parity
+    groups (BM25 top-``min(depth, 30)`` of ``parity_queries`` queries) and, for plans
+    that need it, calibration pairs, from ``split`` of ``data_dir`` (``dev``, else
+    ``train``; the shipped demo collection when ``data_dir`` is ``None``).
+
+    Args:
+        model: a model folder, hub id or loaded model.
+        output_dir: the bundle folder.
+        plan: a :class:`CompressionPlan` or its JSON file; ``None`` exports fp32 as is.
+        data_dir: a BEIR folder for the gate, parity and calibration.
+        max_ndcg_loss: the gate's allowance in nDCG@10 points (needs ``data_dir``);
+            ``None``: no gate.
+        split: ``dev`` or ``train`` (default: dev, else train).
+        queries: the gate's seeded query sample.
+        depth: first-stage depth of the gate (and, up to 30, of parity).
+        parity_queries: queries whose candidates parity is measured on.
+        calibration: pairs calibrating ``int8(activations=True)``.
+        max_length: longest input in tokens.
+        embeddings: ``fp32`` or ``int8`` word embeddings.
+        exporter: ``auto``, ``optimum`` or ``torch``.
+        optimize: onnxruntime's transformer fusions.
+        variant: names ``onnx/model_<variant>.onnx``.
+        batch_size: pairs per forward pass.
+        show_progress_bar: tqdm bars.
+
+    Raises:
+        QualityGateError: the bundle lost more than ``max_ndcg_loss``; nothing is written.
+    """
+    from relcomp.compression.actions import plan_needs_data
+    from relcomp.data import DEMO_NAME, demo_path
+    from relcomp.export import export_bundle, parity_groups
+
+    if max_ndcg_loss is not None and data_dir is None:
+        raise ValueError(
+            "--max-ndcg-loss needs -d DATA_DIR (a BEIR folder with a dev or train split)"
+        )
+    if plan is not None and not isinstance(plan, CompressionPlan):
+        plan = CompressionPlan.load(plan)
+    data = data_dir if data_dir is not None else demo_path()
+    split = gate_split(data, split)
+    scorer = load_scorer(model, max_length)
+    if not isinstance(scorer, RankingModel):
+        raise ValueError("export needs a neural model, not bm25")
+    groups, source = parity_groups(
+        data,
+        split,
+        queries=parity_queries,
+        depth=min(depth, 30),
+        show_progress_bar=show_progress_bar,
+    )
+    if data_dir is None:
+        source = {**source, "dataset": DEMO_NAME}
+    pairs = None
+    if plan is not None and plan_needs_data(plan.entries):
+        pairs = calibration_pairs(load_beir(data, split), calibration)
+    return export_bundle(
+        scorer,
+        output_dir,
+        plan=plan,
+        calibration_pairs=pairs,
+        parity_groups=groups,
+        parity_source=source,
+        variant=variant,
+        optimize=optimize,
+        data_dir=data_dir,
+        max_ndcg_loss=max_ndcg_loss,
+        gate_split=split,
+        gate_queries=queries,
+        gate_depth=depth,
+        exporter=exporter,  # type: ignore[arg-type]
+        embeddings=embeddings,
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
     )
 
 
@@ -599,7 +700,7 @@ class CompressOptions:
             raise ValueError(f"explanations must be ≥ 0, got {self.explanations}")
         if self.threads < 1:
             raise ValueError(f"threads must be ≥ 1, got {self.threads}")
-        if self.embeddings not in ("fp32", "int8"):
+        if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be 'fp32' or 'int8', got {self.embeddings!r}")
 
 

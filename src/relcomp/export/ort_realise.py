@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from relcomp.artifacts import EMBEDDINGS
 from relcomp.compression.actions import FP16, FP32, Int4, Int8, PrecisionAction
 from relcomp.export.graph import (
     ATTENTION_OPS,
@@ -253,7 +254,7 @@ def realise_for_ort(
         The realised graph, the precision each Linear runs at, the nodes of each
         precision, the fusion counts and the notes.
     """
-    if embeddings not in ("fp32", "int8"):
+    if embeddings not in EMBEDDINGS:
         raise ValueError(f"embeddings must be 'fp32' or 'int8', got {embeddings!r}")
     if int8_weight_type not in ("int8", "uint8"):
         raise ValueError(f"int8_weight_type must be 'int8' or 'uint8', got {int8_weight_type!r}")
