@@ -21,10 +21,10 @@ from typing import Any
 
 from relcomp.artifacts import QualityReport
 from relcomp.errors import RelcompError
-from relcomp.evaluation.beir import available_splits, load_beir
+from relcomp.evaluation.beir import load_beir
 from relcomp.evaluation.metrics import NDCG_AT_10
 from relcomp.evaluation.rerank import PairScorer
-from relcomp.evaluation.sampling import sample_queries
+from relcomp.evaluation.sampling import development_split, sample_queries
 from relcomp.evaluation.systems import evaluate_scorer
 
 __all__ = [
@@ -127,23 +127,12 @@ def gate_split(data_dir: str | os.PathLike[str], split: str | None = None) -> st
         >>> gate_split(demo_path())
         'train'
     """
-    if split == "test":
-        raise ValueError(
-            "the quality gate never looks at the test split (its figures are the reported "
-            "ones); use dev or train"
-        )
-    splits = available_splits(data_dir)
-    if split is not None:
-        if split not in splits:
-            raise ValueError(
-                f"{data_dir}: no split {split!r} (splits: {', '.join(splits) or 'none'})"
-            )
-        return split
-    for candidate in ("dev", "train"):
-        if candidate in splits:
-            return candidate
-    raise ValueError(
-        f"{data_dir}: no dev or train split for the quality gate (splits: {', '.join(splits) or 'none'})"
+    return development_split(
+        data_dir,
+        split,
+        purpose="for the quality gate",
+        refusal="the quality gate never looks at the test split (its figures are the "
+        "reported ones); use dev or train",
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "calibration_dataset",
     "calibration_pairs",
     "calibration_triples",
+    "development_split",
     "sample_queries",
 ]
 
@@ -80,22 +81,56 @@ def sample_queries(query_ids: Iterable[str], n: int | None, seed: int = DEFAULT_
 def calibration_dataset(
     data_dir: str | os.PathLike[str], split: str | None, evaluated: str
 ) -> BeirDataset:
-    """The split calibration pairs come from: ``split`` if given, else ``dev``, else ``train``.
+    """The split calibration pairs come from (:func:`development_split`), loaded."""
+    split = development_split(
+        data_dir,
+        split,
+        evaluated=evaluated,
+        purpose="to calibrate on",
+        refusal="calibration split {split!r} is the evaluated split; use dev or train",
+    )
+    return load_beir(data_dir, split)
 
-    Never the ``evaluated`` split: calibrating on the queries whose figures are reported
-    would flatter every compression.
+
+def development_split(
+    data_dir: str | os.PathLike[str],
+    split: str | None = None,
+    *,
+    evaluated: str = "test",
+    purpose: str = "to calibrate on",
+    refusal: str = "split {split!r} is the evaluated split; use dev or train",
+) -> str:
+    """``split`` if given, else ``dev``, else ``train``; never the ``evaluated`` split.
+
+    The one rule for every development use of a collection (calibration, the quality
+    gate, parity): looking at the queries whose figures are reported would flatter
+    every compression.
+
+    Args:
+        data_dir: a BEIR folder.
+        split: the split asked for, or ``None``.
+        evaluated: the reported split, refused.
+        purpose: what the split is for, in the error when there is none.
+        refusal: the error when ``split`` is ``evaluated`` (``{split}`` is filled in).
+
+    Example:
+        >>> from relcomp.data import demo_path
+        >>> development_split(demo_path())
+        'train'
     """
+    if split is not None and split == evaluated:
+        raise ValueError(refusal.format(split=split))
     splits = available_splits(data_dir)
     if split is None:
         candidates = [name for name in ("dev", "train") if name in splits and name != evaluated]
         if not candidates:
             raise ValueError(
-                f"{data_dir}: no dev or train split to calibrate on (splits: {splits})"
+                f"{data_dir}: no dev or train split {purpose} (splits: {', '.join(splits) or 'none'})"
             )
-        split = candidates[0]
-    if split == evaluated:
-        raise ValueError(f"calibration split {split!r} is the evaluated split; use dev or train")
-    return load_beir(data_dir, split)
+        return candidates[0]
+    if split not in splits:
+        raise ValueError(f"{data_dir}: no split {split!r} (splits: {', '.join(splits) or 'none'})")
+    return split
 
 
 def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, str]]:
