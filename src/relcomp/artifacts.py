@@ -80,8 +80,48 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+F = TypeVar("F", bound="_FileLayout")
+
+
+class _FileLayout:
+    """JSON text and atomic files of an artifact, given its ``to_dict`` and ``from_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[F], data: Mapping[str, Any], *, source: object = "<dict>") -> F:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls: type[F], text: str, *, source: object = "<json>") -> F:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(source, error.lineno, f"invalid JSON: {error.msg}") from None
+        if not isinstance(data, dict):
+            kind = getattr(cls, "KIND", cls.__name__)
+            raise DataFormatError(source, 1, f"expected a JSON object holding a {kind}")
+        return cls.from_dict(data, source=source)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls: type[F], path: str | os.PathLike[str]) -> F:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise DataFormatError(path, None, f"cannot read: {error.strerror}") from None
+        return cls.from_json(text, source=path)
+
+
 @dataclasses.dataclass(frozen=True)
-class Artifact:
+class Artifact(_FileLayout):
     """Base class: JSON round trip, versioning and atomic save/load."""
 
     KIND: ClassVar[str] = "artifact"
@@ -94,9 +134,6 @@ class Artifact:
     def to_dict(self) -> dict[str, Any]:
         payload = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         return {"kind": self.KIND, "version": self.VERSION, **payload}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls: type[A], data: Mapping[str, Any], *, source: object = "<dict>") -> A:
@@ -125,28 +162,6 @@ class Artifact:
                 source, None, f"{cls.KIND}: unknown keys {unknown}, missing keys {missing}"
             )
         return cls(**data)
-
-    @classmethod
-    def from_json(cls: type[A], text: str, *, source: object = "<json>") -> A:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(source, error.lineno, f"invalid JSON: {error.msg}") from None
-        if not isinstance(data, dict):
-            raise DataFormatError(source, 1, f"expected a JSON object holding a {cls.KIND}")
-        return cls.from_dict(data, source=source)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls: type[A], path: str | os.PathLike[str]) -> A:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise DataFormatError(path, None, f"cannot read: {error.strerror}") from None
-        return cls.from_json(text, source=path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -570,7 +585,7 @@ class SystemSpeed:
 
 
 @dataclasses.dataclass(frozen=True)
-class SpeedReport:
+class SpeedReport(_FileLayout):
     """``evaluation/speed.json``: the timing of each system, measured interleaved.
 
     Example:
@@ -589,23 +604,9 @@ class SpeedReport:
     def to_dict(self) -> dict[str, Any]:
         return {name: system.to_dict() for name, system in self.systems.items()}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SpeedReport:
+    def from_dict(cls, data: Mapping[str, Any], *, source: object = "<dict>") -> SpeedReport:
         return cls({name: SystemSpeed.from_dict(entry) for name, entry in data.items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> SpeedReport:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SpeedReport:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 
 #: The JSON key of a point's nDCG@10 (lower case, as the files have always written it).
@@ -702,7 +703,7 @@ class PlanCandidate:
 
 
 @dataclasses.dataclass(frozen=True)
-class PlansTried:
+class PlansTried(_FileLayout):
     """``evaluation/candidates.json``: every plan tried on the gate split, and the reference there.
 
     Example:
@@ -731,27 +732,13 @@ class PlansTried:
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PlansTried:
+    def from_dict(cls, data: Mapping[str, Any], *, source: object = "<dict>") -> PlansTried:
         return cls(
             str(data["split"]),
             ReferencePoint.from_dict(data["reference"]),
             tuple(PlanCandidate.from_dict(c) for c in data["candidates"]),
         )
-
-    @classmethod
-    def from_json(cls, text: str) -> PlansTried:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> PlansTried:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -789,7 +776,7 @@ class SystemQuality:
 
 
 @dataclasses.dataclass(frozen=True)
-class QualityComparison:
+class QualityComparison(_FileLayout):
     """``quality.json``: the reference and the compressed system, their paired difference, the gate.
 
     ``difference[measure]`` holds ``delta`` (compressed minus reference), the paired
@@ -844,9 +831,6 @@ class QualityComparison:
             "provenance": dict(self.provenance),
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: object = "<dict>") -> QualityComparison:
         if data.get("kind") != cls.KIND or data.get("version") != cls.VERSION:
@@ -876,15 +860,3 @@ class QualityComparison:
             candidates_reference=None if reference is None else ReferencePoint.from_dict(reference),
             provenance=data["provenance"],
         )
-
-    @classmethod
-    def from_json(cls, text: str, *, source: object = "<json>") -> QualityComparison:
-        return cls.from_dict(json.loads(text), source=source)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> QualityComparison:
-        path = Path(path)
-        return cls.from_json(path.read_text(encoding="utf-8"), source=path)
