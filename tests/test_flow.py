@@ -17,9 +17,10 @@ import pytest
 from relcomp import cli, pipeline
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, CompressionPlan, QualityReport
 from relcomp.errors import RelcompError
+from relcomp.evaluation import measure_speed, resolve_protocol
 from relcomp.export import QualityGateError
-from relcomp.flow import RunFolder, measure_speed, resolve_protocol
 from relcomp.models import load_model
+from relcomp.run_folder import RunFolder
 from tests.fixtures import DOCUMENTS, QUERIES
 
 BUDGET = "bits_per_weight=6"
@@ -330,15 +331,13 @@ def test_an_interrupted_run_leaves_complete_files_only_and_resumes(
     monkeypatch: pytest.MonkeyPatch,
     error: BaseException,
 ) -> None:
-    import relcomp.flow
-
     out = tmp_path / "run"
     model = tiny_model_path("bert")
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(relcomp.flow, "measure_speed", broken)
+    monkeypatch.setattr(pipeline, "measure_speed", broken)
     with pytest.raises(type(error)):
         _compress(model, toy, out)
     assert _leftovers(out) == []

@@ -7,12 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from relcomp.evaluation import bm25_retrieve, candidate_pairs, load_beir, rerank
+from relcomp.evaluation import (
+    bm25_retrieve,
+    candidate_pairs,
+    load_beir,
+    rerank,
+    rerank_with_corpus_embeddings,
+)
 from relcomp.pipeline import (
     calibration_pairs,
     calibration_triples,
     evaluate,
-    rerank_with_corpus_embeddings,
 )
 from tests.fixtures import DOCUMENTS, QUERIES
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from relcomp._io import atomic_write_json
+from relcomp.budgets import COMPRESSION_BUDGETS, check_budget_values
 from relcomp.checks import require_finite
-from relcomp.errors import DataFormatError
+from relcomp.errors import DataFormatError, PlanError
 
 if TYPE_CHECKING:
     from relcomp.compression.actions import Action
@@ -29,14 +30,23 @@ if TYPE_CHECKING:
     from relcomp.models.base import RankingModel
 
 __all__ = [
+    "COMPRESSION_BUDGETS",
+    "EMBEDDINGS",
     "EXPORT_BUNDLE_FILE",
     "Artifact",
     "ComponentRelevance",
     "CompressionPlan",
     "ExportBundle",
     "ParityReport",
+    "PlanCandidate",
+    "PlansTried",
+    "QualityComparison",
     "QualityReport",
     "RecoveryLog",
+    "ReferencePoint",
+    "SpeedReport",
+    "SystemQuality",
+    "SystemSpeed",
     "TokenInteractions",
     "TokenRelevance",
 ]
@@ -72,8 +82,48 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+F = TypeVar("F", bound="_FileLayout")
+
+
+class _FileLayout:
+    """JSON text and atomic files of an artifact, given its ``to_dict`` and ``from_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[F], data: Mapping[str, Any], *, source: object = "<dict>") -> F:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls: type[F], text: str, *, source: object = "<json>") -> F:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(source, error.lineno, f"invalid JSON: {error.msg}") from None
+        if not isinstance(data, dict):
+            kind = getattr(cls, "KIND", cls.__name__)
+            raise DataFormatError(source, 1, f"expected a JSON object holding a {kind}")
+        return cls.from_dict(data, source=source)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls: type[F], path: str | os.PathLike[str]) -> F:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise DataFormatError(path, None, f"cannot read: {error.strerror}") from None
+        return cls.from_json(text, source=path)
+
+
 @dataclasses.dataclass(frozen=True)
-class Artifact:
+class Artifact(_FileLayout):
     """Base class: JSON round trip, versioning and atomic save/load."""
 
     KIND: ClassVar[str] = "artifact"
@@ -86,9 +136,6 @@ class Artifact:
     def to_dict(self) -> dict[str, Any]:
         payload = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         return {"kind": self.KIND, "version": self.VERSION, **payload}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls: type[A], data: Mapping[str, Any], *, source: object = "<dict>") -> A:
@@ -117,28 +164,6 @@ class Artifact:
                 source, None, f"{cls.KIND}: unknown keys {unknown}, missing keys {missing}"
             )
         return cls(**data)
-
-    @classmethod
-    def from_json(cls: type[A], text: str, *, source: object = "<json>") -> A:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(source, error.lineno, f"invalid JSON: {error.msg}") from None
-        if not isinstance(data, dict):
-            raise DataFormatError(source, 1, f"expected a JSON object holding a {cls.KIND}")
-        return cls.from_dict(data, source=source)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls: type[A], path: str | os.PathLike[str]) -> A:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise DataFormatError(path, None, f"cannot read: {error.strerror}") from None
-        return cls.from_json(text, source=path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,6 +372,10 @@ class ParityReport(Artifact):
         }
 
 
+#: How a bundle may store the word-embedding table: as plans leave it (they cover
+#: Linears only), or int8.
+EMBEDDINGS: tuple[str, ...] = ("fp32", "int8")
+
 #: The marker file of an ONNX bundle: an :class:`ExportBundle` as JSON.
 EXPORT_BUNDLE_FILE = "relcomp_bundle.json"
 
@@ -401,15 +430,6 @@ class ExportBundle(Artifact):
         return self.size_bytes / 1e6
 
 
-#: Budgets a plan can be asked to meet, and what each means.
-COMPRESSION_BUDGETS: dict[str, str] = {
-    "size_mb": "stored weights in MB (10^6 bytes), scales and biases included",
-    "bits_per_weight": "mean bits per stored Linear weight, scales included",
-    "params_removed": "share of the Linear layers' weights removed by pruning or factorisation",
-    "sparsity": "share of Linear input activations zeroed (sparsify), weighted by weights",
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class CompressionPlan(Artifact):
     """What to do to each module of one model: an ordered ``{pattern: action}`` map.
@@ -454,7 +474,7 @@ class CompressionPlan(Artifact):
     relevance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from relcomp.compression.actions import PlanError, parse_action
+        from relcomp.compression.actions import parse_action
 
         entries: Any = self.entries
         if isinstance(entries, Mapping):
@@ -475,7 +495,7 @@ class CompressionPlan(Artifact):
                 raise PlanError(f"entry {pattern!r}: {error}") from None
             normalised.append((pattern, canonical))
         object.__setattr__(self, "entries", tuple(normalised))
-        _check_budget_values(self.budget)
+        check_budget_values(self.budget)
 
     def actions(self) -> list[tuple[str, Action]]:
         """The entries with their actions parsed, in plan order."""
@@ -491,7 +511,7 @@ class CompressionPlan(Artifact):
         ``prune_neurons``. Raises :class:`~relcomp.compression.PlanError` for a plan
         that does not fit the model.
         """
-        from relcomp.compression.plan import resolve_plan
+        from relcomp.compression.resolve import resolve_plan
 
         return resolve_plan(self, model)
 
@@ -535,8 +555,6 @@ class CompressionPlan(Artifact):
 def _check_pattern(pattern: Any) -> None:
     import re
 
-    from relcomp.compression.actions import PlanError
-
     if not isinstance(pattern, str) or not pattern.strip():
         raise PlanError(
             f"a plan pattern must be a module name, 're:<regex>' or '_default', got {pattern!r}"
@@ -548,30 +566,326 @@ def _check_pattern(pattern: Any) -> None:
             raise PlanError(f"pattern {pattern!r} is not a valid regex: {error}") from None
 
 
-def _check_budget_values(budget: Mapping[str, Any]) -> None:
-    from relcomp.compression.actions import PlanError
+# -- the end of the flow: speed, plans tried, the quality comparison ----------------------
+# These keep the JSON layout the compress flow has always written (the files are
+# contracts that reports and users read), so they write their own dicts instead of
+# Artifact's field-per-key one; speed.json and candidates.json carry no kind/version
+# keys for the same reason, and their VERSION changes with their layout.
+def _number_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
-    unknown = sorted(set(budget) - set(COMPRESSION_BUDGETS))
-    if unknown:
-        raise PlanError(
-            f"unknown budget {unknown}; valid budgets: {', '.join(sorted(COMPRESSION_BUDGETS))}"
+
+@dataclasses.dataclass(frozen=True)
+class SystemSpeed:
+    """One system's timing: latency at batch 1 (ms) and throughput at ``batch_size`` (pairs/s)."""
+
+    latency_p50_ms: float
+    latency_p95_ms: float
+    pairs_per_s: float
+    batch_size: int
+    latency_pairs: int
+    repeats: int
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "latency_ms": {"p50": self.latency_p50_ms, "p95": self.latency_p95_ms},
+            "pairs_per_s": self.pairs_per_s,
+            "batch_size": self.batch_size,
+            "latency_pairs": self.latency_pairs,
+            "repeats": self.repeats,
+            "threads": self.threads,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SystemSpeed:
+        return cls(
+            float(data["latency_ms"]["p50"]),
+            float(data["latency_ms"]["p95"]),
+            float(data["pairs_per_s"]),
+            int(data["batch_size"]),
+            int(data["latency_pairs"]),
+            int(data["repeats"]),
+            int(data["threads"]),
         )
-    for key, value in budget.items():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise PlanError(f"budget {key} must be a number, got {value!r}")
-        if key == "size_mb" and value <= 0:
-            raise PlanError(f"impossible budget: size_mb={value} (a model takes some space)")
-        if key == "bits_per_weight" and value < 4:
-            raise PlanError(
-                f"impossible budget: bits_per_weight={value}; no supported precision stores "
-                "fewer than 4 bits per weight (int4)"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedReport(_FileLayout):
+    """``evaluation/speed.json``: the timing of each system, measured interleaved.
+
+    Example:
+        >>> speed = SpeedReport({"reference": SystemSpeed(2.0, 3.0, 500.0, 32, 32, 5, 2)})
+        >>> SpeedReport.from_json(speed.to_json()) == speed, speed["reference"].latency_p50_ms
+        (True, 2.0)
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    systems: Mapping[str, SystemSpeed]
+
+    def __getitem__(self, name: str) -> SystemSpeed:
+        return self.systems[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: system.to_dict() for name, system in self.systems.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: object = "<dict>") -> SpeedReport:
+        return cls({name: SystemSpeed.from_dict(entry) for name, entry in data.items()})
+
+
+#: The JSON key of a point's nDCG@10 (lower case, as the files have always written it).
+_NDCG_KEY = "ndcg@10"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferencePoint:
+    """The uncompressed model as a point of the plans-tried plots: size, latency, quality."""
+
+    name: str
+    size_mb: float
+    latency_ms: float | None
+    pairs_per_s: float | None
+    ndcg_at_10: float
+    split: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size_mb": self.size_mb,
+            "latency_ms": self.latency_ms,
+            "pairs_per_s": self.pairs_per_s,
+            _NDCG_KEY: self.ndcg_at_10,
+            "split": self.split,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferencePoint:
+        return cls(
+            str(data["name"]),
+            float(data["size_mb"]),
+            _number_or_none(data.get("latency_ms")),
+            _number_or_none(data.get("pairs_per_s")),
+            float(data[_NDCG_KEY]),
+            str(data["split"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanCandidate:
+    """One compressed system tried: its budget, size, batch-1 p50 latency, quality and verdict.
+
+    ``budget_values``, ``achieved``, ``pairs_per_s`` and ``loss_points`` are known for
+    the plans tried with several budgets and left out of the JSON (``None``) for the
+    one compressed model of a single-budget run. ``passed`` is ``None`` without a gate.
+    """
+
+    name: str
+    budget: str
+    size_mb: float
+    latency_ms: float | None
+    ndcg_at_10: float
+    passed: bool | None
+    split: str
+    chosen: bool
+    budget_values: Mapping[str, float] | None = None
+    achieved: Mapping[str, float] | None = None
+    pairs_per_s: float | None = None
+    loss_points: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        tried = {
+            "budget_values": None if self.budget_values is None else dict(self.budget_values),
+            "achieved": None if self.achieved is None else dict(self.achieved),
+        }
+        entry: dict[str, Any] = {"name": self.name, "budget": self.budget}
+        entry.update({key: value for key, value in tried.items() if value is not None})
+        entry.update({"size_mb": self.size_mb, "latency_ms": self.latency_ms})
+        if self.pairs_per_s is not None:
+            entry["pairs_per_s"] = self.pairs_per_s
+        entry.update({_NDCG_KEY: self.ndcg_at_10, "split": self.split})
+        if self.loss_points is not None:
+            entry["loss_points"] = self.loss_points
+        entry.update({"passed": self.passed, "chosen": self.chosen})
+        return entry
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlanCandidate:
+        return cls(
+            name=str(data["name"]),
+            budget=str(data["budget"]),
+            size_mb=float(data["size_mb"]),
+            latency_ms=_number_or_none(data.get("latency_ms")),
+            ndcg_at_10=float(data[_NDCG_KEY]),
+            passed=data.get("passed"),
+            split=str(data["split"]),
+            chosen=bool(data["chosen"]),
+            budget_values=data.get("budget_values"),
+            achieved=data.get("achieved"),
+            pairs_per_s=_number_or_none(data.get("pairs_per_s")),
+            loss_points=_number_or_none(data.get("loss_points")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlansTried(_FileLayout):
+    """``evaluation/candidates.json``: every plan tried on the gate split, and the reference there.
+
+    Example:
+        >>> reference = ReferencePoint("fp32", 90.0, 3.0, 400.0, 0.66, "train")
+        >>> tried = PlanCandidate("6 bits/weight", "mixed-precision: bits_per_weight=6",
+        ...                       40.0, 2.0, 0.65, True, "train", True)
+        >>> plans = PlansTried("train", reference, (tried,))
+        >>> PlansTried.from_json(plans.to_json()) == plans, plans.chosen().name
+        (True, '6 bits/weight')
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    split: str
+    reference: ReferencePoint
+    candidates: tuple[PlanCandidate, ...]
+
+    def chosen(self) -> PlanCandidate | None:
+        """The candidate kept, or ``None`` when none passed the gate."""
+        return next((c for c in self.candidates if c.chosen), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "reference": self.reference.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: object = "<dict>") -> PlansTried:
+        return cls(
+            str(data["split"]),
+            ReferencePoint.from_dict(data["reference"]),
+            tuple(PlanCandidate.from_dict(c) for c in data["candidates"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemQuality:
+    """One side of a quality comparison: a system's measures, per query, size and speed."""
+
+    name: str
+    model: str
+    measures: Mapping[str, float]
+    per_query: Mapping[str, Mapping[str, float]]  # {measure: {query id: value}}
+    size_mb: float
+    latency_ms: Mapping[str, float] | None  # {"p50", "p95"}
+    pairs_per_s: float | None
+    tie_rate: float | None
+    truncation: Mapping[str, Any]
+    by_depth: Mapping[str, Mapping[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "measures": dict(self.measures),
+            "per_query": {m: dict(values) for m, values in self.per_query.items()},
+            "size_mb": self.size_mb,
+            "latency_ms": None if self.latency_ms is None else dict(self.latency_ms),
+            "pairs_per_s": self.pairs_per_s,
+            "tie_rate": self.tie_rate,
+            "truncation": dict(self.truncation),
+            "by_depth": {k: dict(v) for k, v in self.by_depth.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SystemQuality:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityComparison(_FileLayout):
+    """``quality.json``: the reference and the compressed system, their paired difference, the gate.
+
+    ``difference[measure]`` holds ``delta`` (compressed minus reference), the paired
+    test's ``p_value`` and ``significant``; ``candidates`` every compressed system
+    tried, ``candidates_reference`` the reference on the gate split when several
+    plans were tried.
+    """
+
+    KIND: ClassVar[str] = "quality_comparison"
+    VERSION: ClassVar[int] = 1
+
+    model: str
+    dataset: str
+    split: str
+    protocol: str
+    n_queries: int
+    first_stage: str | None
+    depth: int | None
+    max_length: int | None
+    measures: tuple[str, ...]
+    reference: SystemQuality
+    compressed: SystemQuality
+    difference: Mapping[str, Mapping[str, Any]]
+    significance: Mapping[str, Any]
+    gate: Mapping[str, Any] | None
+    candidates: tuple[PlanCandidate, ...]
+    candidates_reference: ReferencePoint | None
+    provenance: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.KIND,
+            "version": self.VERSION,
+            "model": self.model,
+            "dataset": self.dataset,
+            "split": self.split,
+            "protocol": self.protocol,
+            "n_queries": self.n_queries,
+            "first_stage": self.first_stage,
+            "depth": self.depth,
+            "max_length": self.max_length,
+            "measures": list(self.measures),
+            "reference": self.reference.to_dict(),
+            "compressed": self.compressed.to_dict(),
+            "difference": {m: dict(v) for m, v in self.difference.items()},
+            "significance": dict(self.significance),
+            "gate": None if self.gate is None else dict(self.gate),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "candidates_reference": (
+                None if self.candidates_reference is None else self.candidates_reference.to_dict()
+            ),
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: object = "<dict>") -> QualityComparison:
+        if data.get("kind") != cls.KIND or data.get("version") != cls.VERSION:
+            raise DataFormatError(
+                source,
+                None,
+                f"expected a {cls.KIND!r} version {cls.VERSION}, found "
+                f"{data.get('kind')!r} version {data.get('version')!r}",
             )
-        if key in ("params_removed", "sparsity") and not 0 <= value < 1:
-            raise PlanError(f"impossible budget: {key}={value} must be in [0, 1)")
+        reference = data.get("candidates_reference")
+        return cls(
+            model=data["model"],
+            dataset=data["dataset"],
+            split=data["split"],
+            protocol=data["protocol"],
+            n_queries=data["n_queries"],
+            first_stage=data["first_stage"],
+            depth=data["depth"],
+            max_length=data["max_length"],
+            measures=tuple(data["measures"]),
+            reference=SystemQuality.from_dict(data["reference"]),
+            compressed=SystemQuality.from_dict(data["compressed"]),
+            difference=data["difference"],
+            significance=data["significance"],
+            gate=data["gate"],
+            candidates=tuple(PlanCandidate.from_dict(c) for c in data["candidates"]),
+            candidates_reference=None if reference is None else ReferencePoint.from_dict(reference),
+            provenance=data["provenance"],
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """``relcomp``: the command line.
 
-Each verb is one step of the flow in :mod:`relcomp.pipeline`. Errors caused by the
-user's input (a bad file, argument or model) print one message and exit with
-status 2, with no traceback and no partial output file.
+Each verb is one step of the flow in :mod:`relcomp.pipeline`: ``_add_<verb>`` declares
+its arguments (shared groups below; the names a user may type are listed from the
+registries they resolve through), ``_cmd_<verb>`` runs it. Errors caused by the user's input (a
+bad file, argument or model) print one message and exit with status 2, with no
+traceback and no partial output file.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ __all__ = ["main"]
 logger = logging.getLogger("relcomp")
 
 EXIT_USER_ERROR = 2
+EXIT_GATE_FAILED = 3
+
+Verbs = Any  # argparse's subparsers action (a private class)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,12 +46,81 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text}")
+    return value
+
+
+def _listed(names: Iterable[str], default: str | None = None) -> str:
+    """``a (default), b or c``: a registry's names for a help text.
+
+    Help lists come from the registries so that they cannot drift from what the verbs
+    accept; the names themselves are checked where they are resolved, whose error
+    lists the valid ones.
+    """
+    shown = [f"{name} (default)" if name == default else name for name in names]
+    return ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else "".join(shown)
+
+
+# -- argument groups several verbs share --------------------------------------------------
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars"
     )
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+
+
+def _add_model(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("-m", "--model", required=True, help=help)
+
+
+def _add_max_length(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("--max-length", type=_positive_int, default=None, help=help)
+
+
+def _add_batch_size(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--batch-size", type=_positive_int, default=default)
+
+
+def _add_first_stage(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--first-stage", default=None, help=help)
+
+
+def _add_planning(parser: argparse.ArgumentParser, method_required: bool) -> None:
+    """``--method`` and ``--importance``, listed from the planner and importance registries."""
+    from relcomp.compression.importance import IMPORTANCE
+    from relcomp.compression.planners import PLANNERS
+
+    default = None if method_required else "mixed-precision"
+    parser.add_argument(
+        "--method",
+        required=method_required,
+        default=default,
+        help=_listed(PLANNERS.names(), default),
+    )
+    parser.add_argument(
+        "--importance",
+        default="relevance",
+        help=_listed(IMPORTANCE.names(), "relevance"),
+    )
+
+
+def _add_embeddings(parser: argparse.ArgumentParser, help: str) -> None:
+    from relcomp.artifacts import EMBEDDINGS
+
+    parser.add_argument("--embeddings", choices=EMBEDDINGS, default=EMBEDDINGS[0], help=help)
+
+
+def _add_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-resume", action="store_true", help="run every step again, ignoring OUT_DIR"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,314 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", dest="global_verbose", action="store_true", help="debug messages"
     )
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-
-    evaluate = verbs.add_parser(
-        "evaluate", help="retrieval quality of a model (or BM25) on a BEIR collection"
-    )
-    evaluate.add_argument("-m", "--model", required=True, help="'bm25', a model folder or a hub id")
-    evaluate.add_argument("-d", "--data", required=True, type=Path, help="BEIR folder")
-    evaluate.add_argument("--split", default="test", help="qrels split (default: test)")
-    evaluate.add_argument(
-        "--first-stage",
-        default=None,
-        help="'bm25' or a bi-encoder to re-rank; default: BM25 for cross-encoders, exhaustive retrieval for bi-encoders",
-    )
-    evaluate.add_argument(
-        "--depth", type=_positive_int, default=100, help="first-stage depth (default: 100)"
-    )
-    evaluate.add_argument(
-        "--queries",
-        type=_positive_int,
-        default=None,
-        help="a fixed, seeded sample of N judged queries",
-    )
-    evaluate.add_argument(
-        "--max-length", type=_positive_int, default=None, help="longest input in tokens"
-    )
-    evaluate.add_argument("--batch-size", type=_positive_int, default=32)
-    evaluate.add_argument(
-        "--measures",
-        nargs="+",
-        default=None,
-        help="ir_measures names (default: nDCG@10 RR@10 R@100)",
-    )
-    evaluate.add_argument(
-        "--no-cache", action="store_true", help="recompute first stages and embeddings"
-    )
-    evaluate.add_argument(
-        "--plan", type=Path, default=None, help="a plan.json to simulate in torch"
-    )
-    evaluate.add_argument(
-        "--calibration-split",
-        default=None,
-        help="calibration data for the plan's activation statistics (default: dev, else train)",
-    )
-    evaluate.add_argument(
-        "-o", "--output", type=Path, default=None, help="write OUT_DIR/quality.json"
-    )
-    _common(evaluate)
-
-    explain = verbs.add_parser("explain", help="token relevance of one (query, passage) pair")
-    explain.add_argument("-m", "--model", required=True)
-    explain.add_argument("-q", "--query", required=True)
-    explain.add_argument("-p", "--passage", required=True)
-    explain.add_argument(
-        "--method", default="attnlrp", help="attnlrp (default), cp-lrp, ig, saliency, …"
-    )
-    explain.add_argument("--max-length", type=_positive_int, default=None)
-    explain.add_argument("--top", type=_positive_int, default=8, help="words to print per side")
-    explain.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=None,
-        help="write OUT_DIR/explanation.json and OUT_DIR/explanation.html (+ figures/*.png)",
-    )
-    verbosity = explain.add_mutually_exclusive_group()
-    verbosity.add_argument("--quiet", action="store_true")
-    verbosity.add_argument("-v", "--verbose", action="store_true")
-
-    relevance = verbs.add_parser("relevance", help="component relevance over calibration pairs")
-    relevance.add_argument("-m", "--model", required=True)
-    relevance.add_argument("-d", "--data", required=True, type=Path)
-    relevance.add_argument(
-        "--split", default="dev", help="calibration split: dev or train, never test"
-    )
-    relevance.add_argument(
-        "--calibration", type=_positive_int, default=256, help="number of calibration pairs"
-    )
-    relevance.add_argument("--method", default="attnlrp", help="attnlrp (default), cp-lrp, epsilon")
-    relevance.add_argument(
-        "--contrast",
-        action="store_true",
-        help="explain each pair's margin over its hard negative (BM25's highest-ranked "
-        "document not judged relevant): what orders the documents",
-    )
-    relevance.add_argument("--max-length", type=_positive_int, default=None)
-    relevance.add_argument("--batch-size", type=_positive_int, default=16)
-    relevance.add_argument("-o", "--output", type=Path, required=True)
-    _common(relevance)
-    patch = verbs.add_parser("patch", help="RelP and AtP against exact activation patching")
-    patch.add_argument("-m", "--model", required=True)
-    patch.add_argument("-d", "--data", required=True, type=Path)
-    patch.add_argument("--split", default="test")
-    patch.add_argument("--pairs", type=_positive_int, default=64)
-    patch.add_argument("--corruption", choices=("doc-terms", "query-terms"), default="doc-terms")
-    patch.add_argument("--max-length", type=_positive_int, default=None)
-    patch.add_argument(
-        "--residual-positions",
-        type=_positive_int,
-        default=None,
-        help="patch the residual stream at this many random positions per pair (default: all)",
-    )
-    patch.add_argument("-o", "--output", type=Path, required=True)
-    _common(patch)
-
-    plan = verbs.add_parser("plan", help="a compression plan from component relevance and a budget")
-    plan.add_argument("-m", "--model", required=True)
-    plan.add_argument(
-        "--relevance", type=Path, default=None, help="component_relevance.json (relcomp relevance)"
-    )
-    plan.add_argument(
-        "--method",
-        required=True,
-        help="mixed-precision, prune-structured, prune-unstructured, sparsify or r-sparse",
-    )
-    plan.add_argument(
-        "--budget",
-        required=True,
-        help="name=value (bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5), 40MB, 6bits or 0.3",
-    )
-    plan.add_argument(
-        "--importance",
-        default="relevance",
-        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor, wanda",
-    )
-    plan.add_argument(
-        "--within",
-        default=None,
-        help="prune-structured: the importance that picks the heads and neurons inside each "
-        "layer (e.g. wanda), --importance setting how many each layer loses",
-    )
-    plan.add_argument(
-        "--rank",
-        type=_positive_int,
-        default=None,
-        help="r-sparse: the rank of the low-rank path the small activations take (default 16)",
-    )
-    plan.add_argument(
-        "--activations",
-        action="store_true",
-        help="mixed-precision: int8 Linears quantize their inputs too (W8A8), channel-wise "
-        "after a LayerNorm; simulated in torch (relcomp evaluate --plan needs -d for scales)",
-    )
-    plan.add_argument(
-        "-d", "--data", type=Path, default=None, help="BEIR folder for calibration pairs"
-    )
-    plan.add_argument(
-        "--calibration-split", default=None, help="dev (default) or train; never test"
-    )
-    plan.add_argument("--calibration", type=_positive_int, default=64)
-    plan.add_argument("--seed", type=int, default=13)
-    plan.add_argument("-o", "--output", type=Path, required=True, help="the plan's JSON file")
-    _common(plan)
-
-    export = verbs.add_parser(
-        "export", help="an ONNX Runtime bundle of a model, its plan realised, parity checked"
-    )
-    export.add_argument("-m", "--model", required=True, help="a model folder or a hub id")
-    export.add_argument(
-        "--plan", type=Path, default=None, help="a plan.json to realise (default: fp32 as is)"
-    )
-    export.add_argument("-o", "--output", type=Path, required=True, help="the bundle folder")
-    export.add_argument(
-        "--max-ndcg-loss",
-        type=_non_negative_float,
-        default=None,
-        help="quality gate: most nDCG@10 points lost on -d's dev/train split (needs -d)",
-    )
-    export.add_argument(
-        "-d",
-        "--data",
-        type=Path,
-        default=None,
-        help="BEIR folder for the gate, parity and calibration (default parity: the demo collection)",
-    )
-    export.add_argument(
-        "--variant", default=None, help="names onnx/model_<variant>.onnx (default: from the plan)"
-    )
-    export.add_argument(
-        "--split", default=None, help="dev (default) or train for gate, parity and calibration"
-    )
-    export.add_argument(
-        "--queries", type=_positive_int, default=100, help="gate queries (default: 100)"
-    )
-    export.add_argument(
-        "--depth", type=_positive_int, default=30, help="BM25 candidates per query (default: 30)"
-    )
-    export.add_argument(
-        "--parity-queries", type=_positive_int, default=20, help="parity queries (default: 20)"
-    )
-    export.add_argument(
-        "--calibration",
-        type=_positive_int,
-        default=64,
-        help="pairs calibrating int8(activations=True) (default: 64)",
-    )
-    export.add_argument("--max-length", type=_positive_int, default=None)
-    export.add_argument(
-        "--embeddings",
-        choices=("fp32", "int8"),
-        default="fp32",
-        help="word embeddings: fp32 as the plan (default) or int8 as well",
-    )
-    export.add_argument(
-        "--exporter", choices=("auto", "optimum", "torch"), default="auto", help="default: auto"
-    )
-    export.add_argument(
-        "--no-optimize", action="store_true", help="no attention / LayerNorm / GELU fusion"
-    )
-    export.add_argument("--batch-size", type=_positive_int, default=32)
-    _common(export)
-
-    report = verbs.add_parser(
-        "report", help="rebuild OUT_DIR/report.html from a compress run's JSON files"
-    )
-    report.add_argument(
-        "run_dir", type=Path, metavar="OUT_DIR", help="a relcomp compress output folder"
-    )
-    _common(report)
-
-    compress = verbs.add_parser(
-        "compress",
-        help="the whole flow: relevance, plan, ONNX export, quality gate, evaluation, report",
-    )
-    compress.add_argument("-m", "--model", required=True, help="a model folder or a hub id")
-    compress.add_argument("-d", "--data", required=True, type=Path, help="BEIR folder")
-    compress.add_argument(
-        "--budget",
-        required=True,
-        nargs="+",
-        help="bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5; or 40MB, 6bits, "
-        "0.3. Several budgets: each is planned, exported, gated and timed, and the smallest "
-        "bundle that passes the gate is kept (the report plots them all)",
-    )
-    compress.add_argument(
-        "--method",
-        default="mixed-precision",
-        help="mixed-precision (default), prune-structured, prune-unstructured or sparsify",
-    )
-    compress.add_argument(
-        "--importance",
-        default="relevance",
-        help="relevance (default), relevance-l1, uniform, random, magnitude, taylor, wanda",
-    )
-    compress.add_argument(
-        "--embeddings",
-        choices=("fp32", "int8"),
-        default="fp32",
-        help="word embeddings in the bundle: fp32 as the plan (default) or int8",
-    )
-    compress.add_argument(
-        "--max-ndcg-loss",
-        type=_non_negative_float,
-        default=0.5,
-        help="quality gate: most nDCG@10 points lost on the dev/train split (default: 0.5)",
-    )
-    compress.add_argument(
-        "--no-gate", action="store_true", help="skip the quality gate (not recommended)"
-    )
-    compress.add_argument(
-        "--protocol",
-        default="quick",
-        choices=("quick", "full", "demo"),
-        help="quick: 100 queries, top-30, 256 tokens (default); full: all queries, top-100",
-    )
-    compress.add_argument("--split", default="test", help="the reported split (default: test)")
-    compress.add_argument(
-        "--calibration-split", default=None, help="dev (default) or train; never the reported split"
-    )
-    compress.add_argument(
-        "--calibration", type=_positive_int, default=64, help="calibration pairs (default: 64)"
-    )
-    compress.add_argument(
-        "--queries", type=_positive_int, default=None, help="judged queries per split"
-    )
-    compress.add_argument("--depth", type=_positive_int, default=None, help="first-stage depth")
-    compress.add_argument(
-        "--max-length", type=_positive_int, default=None, help="longest input in tokens"
-    )
-    compress.add_argument(
-        "--first-stage",
-        default=None,
-        help="'bm25' or a bi-encoder; default: BM25 for cross-encoders, exhaustive for bi-encoders",
-    )
-    compress.add_argument(
-        "--explanations", type=int, default=3, help="(query, top document) pairs to explain"
-    )
-    compress.add_argument(
-        "--no-resume", action="store_true", help="run every step again, ignoring OUT_DIR"
-    )
-    compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
-    _common(compress)
-
-    _add_recover(verbs)
-
-    demo = verbs.add_parser(
-        "demo",
-        help="the whole flow on all-MiniLM-L6-v2 and the shipped demo collection, offline",
-    )
-    demo.add_argument(
-        "-o", "--output", type=Path, default=Path("relcomp-demo"), help="default: ./relcomp-demo"
-    )
-    demo.add_argument(
-        "--no-resume", action="store_true", help="run every step again, ignoring OUT_DIR"
-    )
-    _common(demo)
+    for add in (
+        _add_evaluate,
+        _add_explain,
+        _add_relevance,
+        _add_patch,
+        _add_plan,
+        _add_export,
+        _add_report,
+        _add_compress,
+        _add_recover,
+        _add_demo,
+    ):
+        add(verbs)
     return parser
 
 
-def _add_recover(verbs: Any) -> None:
+def _add_recover(verbs: Verbs) -> None:
     from relcomp.recovery import LOSSES
 
     recover = verbs.add_parser(
@@ -426,7 +209,8 @@ def _add_recover(verbs: Any) -> None:
     recover.add_argument("--device", default=None, help="cuda to train on a GPU (default: cpu)")
     recover.add_argument("--seed", type=int, default=13, help="data order and dropout (13)")
     recover.add_argument("-o", "--output", type=Path, required=True, help="the model folder")
-    _common(recover)
+    _add_verbosity(recover)
+    recover.set_defaults(command=_cmd_recover)
 
 
 def _cmd_recover(args: argparse.Namespace) -> None:
@@ -489,6 +273,52 @@ def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     print(format_table(rows, header))
 
 
+def _add_evaluate(verbs: Verbs) -> None:
+    evaluate = verbs.add_parser(
+        "evaluate", help="retrieval quality of a model (or BM25) on a BEIR collection"
+    )
+    _add_model(evaluate, "'bm25', a model folder or a hub id")
+    evaluate.add_argument("-d", "--data", required=True, type=Path, help="BEIR folder")
+    evaluate.add_argument("--split", default="test", help="qrels split (default: test)")
+    _add_first_stage(
+        evaluate,
+        "'bm25' or a bi-encoder to re-rank; default: BM25 for cross-encoders, exhaustive retrieval for bi-encoders",
+    )
+    evaluate.add_argument(
+        "--depth", type=_positive_int, default=100, help="first-stage depth (default: 100)"
+    )
+    evaluate.add_argument(
+        "--queries",
+        type=_positive_int,
+        default=None,
+        help="a fixed, seeded sample of N judged queries",
+    )
+    _add_max_length(evaluate, "longest input in tokens")
+    _add_batch_size(evaluate, 32)
+    evaluate.add_argument(
+        "--measures",
+        nargs="+",
+        default=None,
+        help="ir_measures names (default: nDCG@10 RR@10 R@100)",
+    )
+    evaluate.add_argument(
+        "--no-cache", action="store_true", help="recompute first stages and embeddings"
+    )
+    evaluate.add_argument(
+        "--plan", type=Path, default=None, help="a plan.json to simulate in torch"
+    )
+    evaluate.add_argument(
+        "--calibration-split",
+        default=None,
+        help="calibration data for the plan's activation statistics (default: dev, else train)",
+    )
+    evaluate.add_argument(
+        "-o", "--output", type=Path, default=None, help="write OUT_DIR/quality.json"
+    )
+    _add_verbosity(evaluate)
+    evaluate.set_defaults(command=_cmd_evaluate)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from relcomp.evaluation import DEFAULT_MEASURES
     from relcomp.pipeline import evaluate
@@ -534,6 +364,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _add_explain(verbs: Verbs) -> None:
+    from relcomp.attribution import method_names
+
+    explain = verbs.add_parser("explain", help="token relevance of one (query, passage) pair")
+    _add_model(explain)
+    explain.add_argument("-q", "--query", required=True)
+    explain.add_argument("-p", "--passage", required=True)
+    explain.add_argument(
+        "--method",
+        default="attnlrp",
+        help=_listed(method_names(), "attnlrp"),
+    )
+    _add_max_length(explain)
+    explain.add_argument("--top", type=_positive_int, default=8, help="words to print per side")
+    explain.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="write OUT_DIR/explanation.json and OUT_DIR/explanation.html (+ figures/*.png)",
+    )
+    # -q is --query here: only the long form of --quiet
+    verbosity = explain.add_mutually_exclusive_group()
+    verbosity.add_argument("--quiet", action="store_true")
+    verbosity.add_argument("-v", "--verbose", action="store_true")
+    explain.set_defaults(command=_cmd_explain)
+
+
 def _cmd_explain(args: argparse.Namespace) -> None:
     from relcomp.pipeline import explain
 
@@ -555,6 +413,30 @@ def _cmd_explain(args: argparse.Namespace) -> None:
         path = atomic_write_json(args.output / "explanation.json", explanation.to_dict())
         print(f"wrote {path}")
         print(f"wrote {page}")
+
+
+def _add_relevance(verbs: Verbs) -> None:
+    relevance = verbs.add_parser("relevance", help="component relevance over calibration pairs")
+    _add_model(relevance)
+    relevance.add_argument("-d", "--data", required=True, type=Path)
+    relevance.add_argument(
+        "--split", default="dev", help="calibration split: dev or train, never test"
+    )
+    relevance.add_argument(
+        "--calibration", type=_positive_int, default=256, help="number of calibration pairs"
+    )
+    relevance.add_argument("--method", default="attnlrp", help="attnlrp (default), cp-lrp, epsilon")
+    relevance.add_argument(
+        "--contrast",
+        action="store_true",
+        help="explain each pair's margin over its hard negative (BM25's highest-ranked "
+        "document not judged relevant): what orders the documents",
+    )
+    _add_max_length(relevance)
+    _add_batch_size(relevance, 16)
+    relevance.add_argument("-o", "--output", type=Path, required=True)
+    _add_verbosity(relevance)
+    relevance.set_defaults(command=_cmd_relevance)
 
 
 def _cmd_relevance(args: argparse.Namespace) -> None:
@@ -588,6 +470,27 @@ def _cmd_relevance(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _add_patch(verbs: Verbs) -> None:
+    from relcomp.attribution.corruption import CORRUPTIONS
+
+    patch = verbs.add_parser("patch", help="RelP and AtP against exact activation patching")
+    _add_model(patch)
+    patch.add_argument("-d", "--data", required=True, type=Path)
+    patch.add_argument("--split", default="test")
+    patch.add_argument("--pairs", type=_positive_int, default=64)
+    patch.add_argument("--corruption", choices=CORRUPTIONS.names(), default="doc-terms")
+    _add_max_length(patch)
+    patch.add_argument(
+        "--residual-positions",
+        type=_positive_int,
+        default=None,
+        help="patch the residual stream at this many random positions per pair (default: all)",
+    )
+    patch.add_argument("-o", "--output", type=Path, required=True)
+    _add_verbosity(patch)
+    patch.set_defaults(command=_cmd_patch)
+
+
 def _cmd_patch(args: argparse.Namespace) -> None:
     from relcomp._io import atomic_write_json
     from relcomp.attribution.patching import run_patching
@@ -609,6 +512,49 @@ def _cmd_patch(args: argparse.Namespace) -> None:
     print(f"{args.corruption}: correlation with activation patching ({payload['counts']})")
     _print_table(rows, ("component", "AtP Pearson", "RelP Pearson", "n"))
     print(f"wrote {atomic_write_json(args.output / 'patching.json', payload)}")
+
+
+def _add_plan(verbs: Verbs) -> None:
+    plan = verbs.add_parser("plan", help="a compression plan from component relevance and a budget")
+    _add_model(plan)
+    plan.add_argument(
+        "--relevance", type=Path, default=None, help="component_relevance.json (relcomp relevance)"
+    )
+    _add_planning(plan, method_required=True)
+    plan.add_argument(
+        "--budget",
+        required=True,
+        help="name=value (bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5), 40MB, 6bits or 0.3",
+    )
+    plan.add_argument(
+        "--within",
+        default=None,
+        help="prune-structured: the importance that picks the heads and neurons inside each "
+        "layer (e.g. wanda), --importance setting how many each layer loses",
+    )
+    plan.add_argument(
+        "--rank",
+        type=_positive_int,
+        default=None,
+        help="r-sparse: the rank of the low-rank path the small activations take (default 16)",
+    )
+    plan.add_argument(
+        "--activations",
+        action="store_true",
+        help="mixed-precision: int8 Linears quantize their inputs too (W8A8), channel-wise "
+        "after a LayerNorm; simulated in torch (relcomp evaluate --plan needs -d for scales)",
+    )
+    plan.add_argument(
+        "-d", "--data", type=Path, default=None, help="BEIR folder for calibration pairs"
+    )
+    plan.add_argument(
+        "--calibration-split", default=None, help="dev (default) or train; never test"
+    )
+    plan.add_argument("--calibration", type=_positive_int, default=64)
+    plan.add_argument("--seed", type=int, default=13)
+    plan.add_argument("-o", "--output", type=Path, required=True, help="the plan's JSON file")
+    _add_verbosity(plan)
+    plan.set_defaults(command=_cmd_plan)
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
@@ -638,63 +584,98 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     print(f"wrote {result.save(output)}")
 
 
-def _cmd_export(args: argparse.Namespace) -> None:
-    from relcomp.artifacts import CompressionPlan
-    from relcomp.data import DEMO_NAME, demo_path
-    from relcomp.evaluation import load_beir
-    from relcomp.export import QualityGateError, export_bundle, gate_split, parity_groups
-    from relcomp.models import load_model
-    from relcomp.pipeline import calibration_pairs
+def _add_export(verbs: Verbs) -> None:
+    from relcomp.export import EXPORTERS
 
-    if args.max_ndcg_loss is not None and args.data is None:
-        raise ValueError(
-            "--max-ndcg-loss needs -d DATA_DIR (a BEIR folder with a dev or train split)"
-        )
-    plan = CompressionPlan.load(args.plan) if args.plan is not None else None
-    data = args.data if args.data is not None else demo_path()
-    split = gate_split(data, args.split)
-    model = load_model(args.model, max_length=args.max_length)
-    groups, source = parity_groups(
-        data,
-        split,
-        queries=args.parity_queries,
-        depth=min(args.depth, 30),
-        show_progress_bar=not args.quiet,
+    export = verbs.add_parser(
+        "export", help="an ONNX Runtime bundle of a model, its plan realised, parity checked"
     )
-    if args.data is None:
-        source = {**source, "dataset": DEMO_NAME}
-    pairs = None
-    if plan is not None and any("activations=True" in action for _, action in plan.entries):
-        pairs = calibration_pairs(load_beir(data, split), args.calibration)
+    _add_model(export, "a model folder or a hub id")
+    export.add_argument(
+        "--plan", type=Path, default=None, help="a plan.json to realise (default: fp32 as is)"
+    )
+    export.add_argument("-o", "--output", type=Path, required=True, help="the bundle folder")
+    export.add_argument(
+        "--max-ndcg-loss",
+        type=_non_negative_float,
+        default=None,
+        help="quality gate: most nDCG@10 points lost on -d's dev/train split (needs -d)",
+    )
+    export.add_argument(
+        "-d",
+        "--data",
+        type=Path,
+        default=None,
+        help="BEIR folder for the gate, parity and calibration (default parity: the demo collection)",
+    )
+    export.add_argument(
+        "--variant", default=None, help="names onnx/model_<variant>.onnx (default: from the plan)"
+    )
+    export.add_argument(
+        "--split", default=None, help="dev (default) or train for gate, parity and calibration"
+    )
+    export.add_argument(
+        "--queries", type=_positive_int, default=100, help="gate queries (default: 100)"
+    )
+    export.add_argument(
+        "--depth", type=_positive_int, default=30, help="BM25 candidates per query (default: 30)"
+    )
+    export.add_argument(
+        "--parity-queries", type=_positive_int, default=20, help="parity queries (default: 20)"
+    )
+    export.add_argument(
+        "--calibration",
+        type=_positive_int,
+        default=64,
+        help="pairs calibrating int8(activations=True) (default: 64)",
+    )
+    _add_max_length(export)
+    _add_embeddings(export, "word embeddings: fp32 as the plan (default) or int8 as well")
+    export.add_argument(
+        "--exporter", choices=EXPORTERS, default=EXPORTERS[0], help=f"default: {EXPORTERS[0]}"
+    )
+    export.add_argument(
+        "--no-optimize", action="store_true", help="no attention / LayerNorm / GELU fusion"
+    )
+    _add_batch_size(export, 32)
+    _add_verbosity(export)
+    export.set_defaults(command=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from relcomp.export import QualityGateError
+    from relcomp.pipeline import export
+
     try:
-        bundle = export_bundle(
-            model,
+        bundle = export(
+            args.model,
             args.output,
-            plan=plan,
-            calibration_pairs=pairs,
-            parity_groups=groups,
-            parity_source=source,
-            variant=args.variant,
-            optimize=not args.no_optimize,
+            plan=args.plan,
             data_dir=args.data,
             max_ndcg_loss=args.max_ndcg_loss,
-            gate_split=split,
-            gate_queries=args.queries,
-            gate_depth=args.depth,
-            exporter=args.exporter,
+            split=args.split,
+            queries=args.queries,
+            depth=args.depth,
+            parity_queries=args.parity_queries,
+            calibration=args.calibration,
+            max_length=args.max_length,
             embeddings=args.embeddings,
+            exporter=args.exporter,
+            optimize=not args.no_optimize,
+            variant=args.variant,
             batch_size=args.batch_size,
             show_progress_bar=not args.quiet,
         )
     except QualityGateError as error:
         print(f"relcomp export: {error}; no bundle written", file=sys.stderr)
         raise SystemExit(EXIT_GATE_FAILED) from None
-    _print_export(bundle, source)
+    _print_export(bundle)
     print(f"wrote {args.output}")
 
 
-def _print_export(bundle: Any, source: Any) -> None:
+def _print_export(bundle: Any) -> None:
     parity = bundle.parity
+    source = parity["source"]
     rows: list[tuple[str, Any]] = [
         ("onnx file", bundle.onnx_file),
         ("size (MB)", round(bundle.size_mb, 2)),
@@ -733,23 +714,21 @@ def _print_export(bundle: Any, source: Any) -> None:
             print(f"  - {note}")
 
 
+def _add_report(verbs: Verbs) -> None:
+    report = verbs.add_parser(
+        "report", help="rebuild OUT_DIR/report.html from a compress run's JSON files"
+    )
+    report.add_argument(
+        "run_dir", type=Path, metavar="OUT_DIR", help="a relcomp compress output folder"
+    )
+    _add_verbosity(report)
+    report.set_defaults(command=_cmd_report)
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from relcomp.reports import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text}")
-    return value
-
-
-EXIT_GATE_FAILED = 3
 
 
 def _print_compression(result: Any) -> None:
@@ -816,6 +795,65 @@ def _run_flow(command: str, flow: Any) -> None:
     _print_compression(result)
 
 
+def _add_compress(verbs: Verbs) -> None:
+    from relcomp.evaluation import PROTOCOLS
+
+    compress = verbs.add_parser(
+        "compress",
+        help="the whole flow: relevance, plan, ONNX export, quality gate, evaluation, report",
+    )
+    _add_model(compress, "a model folder or a hub id")
+    compress.add_argument("-d", "--data", required=True, type=Path, help="BEIR folder")
+    compress.add_argument(
+        "--budget",
+        required=True,
+        nargs="+",
+        help="bits_per_weight=6, size_mb=40, params_removed=0.3, sparsity=0.5; or 40MB, 6bits, "
+        "0.3. Several budgets: each is planned, exported, gated and timed, and the smallest "
+        "bundle that passes the gate is kept (the report plots them all)",
+    )
+    _add_planning(compress, method_required=False)
+    _add_embeddings(compress, "word embeddings in the bundle: fp32 as the plan (default) or int8")
+    compress.add_argument(
+        "--max-ndcg-loss",
+        type=_non_negative_float,
+        default=0.5,
+        help="quality gate: most nDCG@10 points lost on the dev/train split (default: 0.5)",
+    )
+    compress.add_argument(
+        "--no-gate", action="store_true", help="skip the quality gate (not recommended)"
+    )
+    compress.add_argument(
+        "--protocol",
+        default="quick",
+        choices=tuple(PROTOCOLS),
+        help="quick: 100 queries, top-30, 256 tokens (default); full: all queries, top-100",
+    )
+    compress.add_argument("--split", default="test", help="the reported split (default: test)")
+    compress.add_argument(
+        "--calibration-split", default=None, help="dev (default) or train; never the reported split"
+    )
+    compress.add_argument(
+        "--calibration", type=_positive_int, default=64, help="calibration pairs (default: 64)"
+    )
+    compress.add_argument(
+        "--queries", type=_positive_int, default=None, help="judged queries per split"
+    )
+    compress.add_argument("--depth", type=_positive_int, default=None, help="first-stage depth")
+    _add_max_length(compress, "longest input in tokens")
+    _add_first_stage(
+        compress,
+        "'bm25' or a bi-encoder; default: BM25 for cross-encoders, exhaustive for bi-encoders",
+    )
+    compress.add_argument(
+        "--explanations", type=int, default=3, help="(query, top document) pairs to explain"
+    )
+    _add_resume(compress)
+    compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
+    _add_verbosity(compress)
+    compress.set_defaults(command=_cmd_compress)
+
+
 def _cmd_compress(args: argparse.Namespace) -> None:
     from relcomp.pipeline import compress
 
@@ -847,6 +885,19 @@ def _cmd_compress(args: argparse.Namespace) -> None:
     )
 
 
+def _add_demo(verbs: Verbs) -> None:
+    demo = verbs.add_parser(
+        "demo",
+        help="the whole flow on all-MiniLM-L6-v2 and the shipped demo collection, offline",
+    )
+    demo.add_argument(
+        "-o", "--output", type=Path, default=Path("relcomp-demo"), help="default: ./relcomp-demo"
+    )
+    _add_resume(demo)
+    _add_verbosity(demo)
+    demo.set_defaults(command=_cmd_demo)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from relcomp.pipeline import demo
 
@@ -854,20 +905,6 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         "demo",
         lambda: demo(args.output, resume=not args.no_resume, show_progress_bar=not args.quiet),
     )
-
-
-_COMMANDS = {
-    "evaluate": _cmd_evaluate,
-    "explain": _cmd_explain,
-    "relevance": _cmd_relevance,
-    "plan": _cmd_plan,
-    "export": _cmd_export,
-    "patch": _cmd_patch,
-    "report": _cmd_report,
-    "compress": _cmd_compress,
-    "recover": _cmd_recover,
-    "demo": _cmd_demo,
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -885,7 +922,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         check_arguments(args)  # bad arguments fail here, before any work or any output
         with cleared_on_failure(getattr(args, "output", None)):  # no empty folder left
-            _COMMANDS[args.verb](args)
+            args.command(args)
     except (RelcompError, ValueError, OSError) as error:
         message = str(error).strip() or type(error).__name__
         print(f"relcomp {args.verb}: error: {message}", file=sys.stderr)

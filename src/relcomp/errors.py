@@ -7,6 +7,7 @@ __all__ = [
     "ModelLoadError",
     "NonFiniteError",
     "OutputLocationError",
+    "PlanError",
     "RelcompError",
     "UnsupportedArchitectureError",
 ]
@@ -29,6 +30,10 @@ class DataFormatError(RelcompError, ValueError):
 
 class ModelLoadError(RelcompError, OSError):
     """A model could not be loaded (missing folder, offline hub, bad files)."""
+
+
+class PlanError(RelcompError, ValueError):
+    """A compression plan that cannot be carried out; the message names the problem."""
 
 
 class UnsupportedArchitectureError(RelcompError, ValueError):

@@ -8,38 +8,57 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from relcomp.artifacts import ComponentRelevance, CompressionPlan, QualityReport, TokenRelevance
+from relcomp.artifacts import (
+    EMBEDDINGS,
+    ComponentRelevance,
+    CompressionPlan,
+    ExportBundle,
+    PlanCandidate,
+    PlansTried,
+    QualityReport,
+    ReferencePoint,
+    SpeedReport,
+    TokenRelevance,
+)
+from relcomp.budgets import budget_label, budget_text, parse_budget_text, parse_budgets
 from relcomp.checks import check_output_location, check_texts
 from relcomp.evaluation import (
+    BM25,
     DEFAULT_MEASURES,
-    bm25_retrieve,
-    candidate_pairs,
     dense_retrieve,
-    encode_corpus,
+    evaluate_scorer,
     load_beir,
+    load_first_stage,
     parse_measures,
-    quality_report,
     rerank,
+    retrieve,
     sample_queries,
 )
 from relcomp.evaluation.beir import same_split
+from relcomp.evaluation.comparison import quality_comparison
+from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss, gate_split
+from relcomp.evaluation.metrics import NDCG_AT_10
+from relcomp.evaluation.protocol import Protocol, resolve_protocol
+from relcomp.evaluation.sampling import calibration_dataset, calibration_pairs, calibration_triples
+from relcomp.evaluation.speed import measure_speed, model_size_bytes
 from relcomp.models import BiEncoder, RankingModel, load_model
 from relcomp.models.base import truncation_tally
+from relcomp.run_folder import RunFolder, folder_identity, install_bundle, staging_folder
 
 __all__ = [
     "DEMO_BUDGET",
     "DEMO_EMBEDDINGS",
     "DEMO_MAX_NDCG_LOSS",
+    "CompressFlow",
+    "CompressOptions",
     "CompressResult",
     "RecoverResult",
     "apply_plan",
@@ -50,6 +69,7 @@ __all__ = [
     "demo",
     "evaluate",
     "explain",
+    "export",
     "load_scorer",
     "parse_budget_text",
     "plan",
@@ -57,8 +77,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-BM25 = "bm25"
 
 
 def load_scorer(model: str | RankingModel, max_length: int | None = None) -> RankingModel | str:
@@ -152,71 +170,16 @@ def evaluate(
             "achieved": dict(plan.achieved),
         }
         return dataclasses.replace(report, settings={**report.settings, "plan": plan_settings})
-    options: dict[str, Any] = {"show_progress_bar": show_progress_bar, "use_cache": use_cache}
-    # The model counts truncated inputs over its life; this report gives this evaluation's.
-    tally_before = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
-    if (
-        first_stage is None
-        and isinstance(scorer, RankingModel)
-        and not isinstance(scorer, BiEncoder)
-    ):
-        first_stage = BM25
-    candidates: Mapping[str, Mapping[str, float]] | None = None  # what a re-ranker re-scored
-    if scorer == BM25:
-        run = bm25_retrieve(dataset, query_ids, depth=depth, **options)
-        name, stage_name = BM25, None
-    elif first_stage is None:
-        assert isinstance(scorer, BiEncoder)
-        run = dense_retrieve(
-            scorer, dataset, query_ids, depth=depth, batch_size=batch_size, **options
-        )
-        name, stage_name = scorer.name, None
-    else:
-        assert isinstance(scorer, RankingModel)
-        stage = load_scorer(first_stage)
-        if stage == BM25:
-            candidates = bm25_retrieve(dataset, query_ids, depth=depth, **options)
-        elif isinstance(stage, BiEncoder):
-            candidates = dense_retrieve(
-                stage, dataset, query_ids, depth=depth, batch_size=batch_size, **options
-            )
-        else:
-            raise ValueError(
-                f"--first-stage must be 'bm25' or a bi-encoder, got a {type(stage).__name__}"
-            )
-        if isinstance(scorer, BiEncoder):
-            run = rerank_with_corpus_embeddings(
-                scorer, dataset, candidates, depth, batch_size, **options
-            )
-        else:
-            run = rerank(
-                scorer,
-                dataset,
-                candidates,
-                depth=depth,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                use_cache=use_cache,
-            )
-        name, stage_name = scorer.name, stage if isinstance(stage, str) else stage.name
-    truncation = (
-        {key: count - tally_before.get(key, 0) for key, count in scorer.truncation.items()}
-        if isinstance(scorer, RankingModel)
-        else {}
-    )
-    if isinstance(scorer, RankingModel) and truncation.get("truncated"):
-        logger.warning("%s: %s", scorer.name, scorer.truncation_summary(truncation))
-    return quality_report(
-        name,
+    return evaluate_scorer(
+        scorer,
         dataset,
-        run,
-        measures=measures,
-        query_ids=query_ids,
-        first_stage=stage_name,
+        query_ids,
+        first_stage=first_stage,
         depth=depth,
-        max_length=scorer.max_length if isinstance(scorer, RankingModel) else None,
-        truncation=truncation,
-        candidates=candidates,
+        batch_size=batch_size,
+        measures=measures,
+        use_cache=use_cache,
+        show_progress_bar=show_progress_bar,
         settings={
             "queries": queries,
             "batch_size": batch_size,
@@ -242,20 +205,17 @@ def apply_plan(
     ``split`` (``dev``, else ``train``), never from the evaluated split.
     """
     from relcomp.compression import calibration_features, collect_activation_statistics, compress_
+    from relcomp.compression.actions import plan_needs_data
 
     if not isinstance(plan, CompressionPlan):
         plan = CompressionPlan.load(plan)
     statistics = None
-    needs_data = any(
-        action.startswith(("prune_weights", "sparsify")) or "activations=True" in action
-        for _, action in plan.entries
-    )
-    if needs_data:
+    if plan_needs_data(plan.entries):
         if data_dir is None:
             raise ValueError(
                 "this plan needs calibration data (a BEIR folder) for its activation statistics"
             )
-        dataset = _calibration_dataset(data_dir, split, evaluated)
+        dataset = calibration_dataset(data_dir, split, evaluated)
         pairs = calibration_pairs(dataset, calibration)
         features = calibration_features(model, [q for q, _ in pairs], [d for _, d in pairs])
         statistics = collect_activation_statistics(model, features)
@@ -265,97 +225,6 @@ def apply_plan(
         yield handle
     finally:
         handle.remove()
-
-
-def _calibration_dataset(
-    data_dir: str | os.PathLike[str], split: str | None, evaluated: str
-) -> Any:
-    from relcomp.evaluation import available_splits
-
-    splits = available_splits(data_dir)
-    if split is None:
-        candidates = [
-            name
-            for name in ("dev", "train")
-            if name in splits and not same_split(data_dir, name, evaluated)
-        ]
-        if not candidates:
-            raise ValueError(
-                f"{data_dir}: no dev or train split to calibrate on (splits: {splits})"
-            )
-        split = candidates[0]
-    if same_split(data_dir, split, evaluated):
-        raise ValueError(f"calibration split {split!r} is the evaluated split; use dev or train")
-    return load_beir(data_dir, split)
-
-
-def rerank_with_corpus_embeddings(
-    model: BiEncoder,
-    dataset: Any,
-    candidates: Mapping[str, Mapping[str, float]],
-    depth: int,
-    batch_size: int = 32,
-    **options: Any,
-) -> dict[str, dict[str, float]]:
-    """Re-rank candidates with a bi-encoder from its (cached) corpus embeddings.
-
-    Scores equal ``model.score(query, document)``; the corpus is encoded once per
-    model and collection and read from the cache afterwards.
-    """
-    documents = encode_corpus(model, dataset, batch_size=batch_size, **options)
-    row_of = {doc_id: row for row, doc_id in enumerate(dataset.sorted_doc_ids)}
-    query_ids = list(candidates)
-    queries = model.encode_queries(
-        [dataset.query_text(q) for q in query_ids],
-        batch_size=batch_size,
-        show_progress_bar=options.get("show_progress_bar"),
-    )
-    run = {}
-    for query_id, vector in zip(query_ids, queries, strict=True):
-        doc_ids = [doc_id for _, doc_id in candidate_pairs({query_id: candidates[query_id]}, depth)]
-        rows = documents[[row_of[doc_id] for doc_id in doc_ids]]
-        scores = model.similarity(np.broadcast_to(vector, rows.shape), rows)
-        run[query_id] = dict(zip(doc_ids, scores.tolist(), strict=True))
-    return run
-
-
-_BUDGET_UNITS = (("mb", "size_mb"), ("bits", "bits_per_weight"), ("bit", "bits_per_weight"))
-# a bare ratio is the activation sparsity for these planners, params_removed for the others
-_RATIO_BUDGET = {"sparsify": "sparsity", "r-sparse": "sparsity"}
-
-
-def parse_budget_text(text: str, method: str) -> dict[str, float]:
-    """``--budget``: ``name=value``, ``40MB``, ``6bits``, or a bare ratio (``0.3``).
-
-    A bare ratio is the share of parameters removed for pruning and the activation
-    sparsity for ``sparsify``.
-
-    Example:
-        >>> parse_budget_text("40MB", "mixed-precision"), parse_budget_text("0.3", "sparsify")
-        ({'size_mb': 40.0}, {'sparsity': 0.3})
-    """
-    from relcomp.compression.planners import parse_budget
-
-    cleaned = text.strip().lower().replace(" ", "")
-    if "=" in cleaned:
-        return parse_budget(text)
-    for suffix, name in _BUDGET_UNITS:
-        if cleaned.endswith(suffix):
-            return parse_budget({name: _number(cleaned[: -len(suffix)], text)})
-    key = _RATIO_BUDGET.get(method, "params_removed")
-    return parse_budget(
-        {key: _number(cleaned.rstrip("%"), text) / (100 if cleaned.endswith("%") else 1)}
-    )
-
-
-def _number(value: str, text: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(
-            f"--budget {text!r}: write name=value (bits_per_weight=6, size_mb=40, "
-            "params_removed=0.3, sparsity=0.5), 40MB, 6bits or a ratio such as 0.3"
-        ) from None
 
 
 def plan(
@@ -410,7 +279,7 @@ def plan(
     pairs = None
     if data_dir is not None:
         pairs = calibration_pairs(
-            _calibration_dataset(data_dir, calibration_split, "test"), calibration
+            calibration_dataset(data_dir, calibration_split, "test"), calibration
         )
     options: dict[str, Any] = {} if rank is None else {"rank": rank}
     if activations:
@@ -427,6 +296,104 @@ def plan(
             within=within,
             **options,
         )
+
+
+def export(
+    model: str | RankingModel,
+    output_dir: str | os.PathLike[str],
+    *,
+    plan: str | os.PathLike[str] | CompressionPlan | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_ndcg_loss: float | None = None,
+    split: str | None = None,
+    queries: int | None = 100,
+    depth: int = 30,
+    parity_queries: int = 20,
+    calibration: int = 64,
+    max_length: int | None = None,
+    embeddings: str = "fp32",
+    exporter: str = "auto",
+    optimize: bool = True,
+    variant: str | None = None,
+    batch_size: int = 32,
+    show_progress_bar: bool | None = None,
+) -> ExportBundle:
+    """An ONNX Runtime bundle of ``model`` with ``plan`` realised, parity checked, optionally gated.
+
+    The data the export needs comes from here, not from the export stage: parity
+    groups (BM25 top-``min(depth, 30)`` of ``parity_queries`` queries) and, for plans
+    that need it, calibration pairs, from ``split`` of ``data_dir`` (``dev``, else
+    ``train``; the shipped demo collection when ``data_dir`` is ``None``).
+
+    Args:
+        model: a model folder, hub id or loaded model.
+        output_dir: the bundle folder.
+        plan: a :class:`CompressionPlan` or its JSON file; ``None`` exports fp32 as is.
+        data_dir: a BEIR folder for the gate, parity and calibration.
+        max_ndcg_loss: the gate's allowance in nDCG@10 points (needs ``data_dir``);
+            ``None``: no gate.
+        split: ``dev`` or ``train`` (default: dev, else train).
+        queries: the gate's seeded query sample.
+        depth: first-stage depth of the gate (and, up to 30, of parity).
+        parity_queries: queries whose candidates parity is measured on.
+        calibration: pairs calibrating ``int8(activations=True)``.
+        max_length: longest input in tokens.
+        embeddings: ``fp32`` or ``int8`` word embeddings.
+        exporter: ``auto``, ``optimum`` or ``torch``.
+        optimize: onnxruntime's transformer fusions.
+        variant: names ``onnx/model_<variant>.onnx``.
+        batch_size: pairs per forward pass.
+        show_progress_bar: tqdm bars.
+
+    Raises:
+        QualityGateError: the bundle lost more than ``max_ndcg_loss``; nothing is written.
+    """
+    from relcomp.compression.actions import plan_needs_data
+    from relcomp.data import DEMO_NAME, demo_path
+    from relcomp.export import export_bundle, parity_groups
+
+    if max_ndcg_loss is not None and data_dir is None:
+        raise ValueError(
+            "--max-ndcg-loss needs -d DATA_DIR (a BEIR folder with a dev or train split)"
+        )
+    if plan is not None and not isinstance(plan, CompressionPlan):
+        plan = CompressionPlan.load(plan)
+    data = data_dir if data_dir is not None else demo_path()
+    split = gate_split(data, split)
+    scorer = load_scorer(model, max_length)
+    if not isinstance(scorer, RankingModel):
+        raise ValueError("export needs a neural model, not bm25")
+    groups, source = parity_groups(
+        data,
+        split,
+        queries=parity_queries,
+        depth=min(depth, 30),
+        show_progress_bar=show_progress_bar,
+    )
+    if data_dir is None:
+        source = {**source, "dataset": DEMO_NAME}
+    pairs = None
+    if plan is not None and plan_needs_data(plan.entries):
+        pairs = calibration_pairs(load_beir(data, split), calibration)
+    return export_bundle(
+        scorer,
+        output_dir,
+        plan=plan,
+        calibration_pairs=pairs,
+        parity_groups=groups,
+        parity_source=source,
+        variant=variant,
+        optimize=optimize,
+        data_dir=data_dir,
+        max_ndcg_loss=max_ndcg_loss,
+        gate_split=split,
+        gate_queries=queries,
+        gate_depth=depth,
+        exporter=exporter,  # type: ignore[arg-type]
+        embeddings=embeddings,
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+    )
 
 
 def explain(
@@ -500,68 +467,6 @@ def component_relevance(
     )
 
 
-def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, str]]:
-    """A fixed, seeded sample of ``n`` (query, most relevant judged document) pairs."""
-    return [
-        (dataset.query_text(query_id), dataset.document_text(best))
-        for query_id, best in _calibration_choice(dataset, n, seed)
-    ]
-
-
-def calibration_triples(
-    dataset: Any, n: int, seed: int = 13, depth: int = 100
-) -> list[tuple[str, str, str]]:
-    """(query, most relevant judged document, hard negative) for the queries of :func:`calibration_pairs`.
-
-    The hard negative is the document BM25 ranks highest among those not judged
-    relevant (unjudged counts as not relevant, as in the metrics): the kind of
-    document a re-ranker must push down. A query with no such document in BM25's
-    top-``depth`` is left out, and a warning says how many were.
-    """
-    chosen = _calibration_choice(dataset, n, seed)
-    run = bm25_retrieve(dataset, [q for q, _ in chosen], depth=depth, show_progress_bar=False)
-    negatives: dict[str, str] = {}
-    for query_id, doc_id in candidate_pairs(run, depth):
-        if query_id not in negatives and dataset.qrels[query_id].get(doc_id, 0) <= 0:
-            negatives[query_id] = doc_id
-    if len(negatives) < len(chosen):
-        logger.warning(
-            "%s/%s: %d of %d calibration queries have no non-relevant document in BM25's "
-            "top-%d and are left out of the contrast",
-            dataset.name,
-            dataset.split,
-            len(chosen) - len(negatives),
-            len(chosen),
-            depth,
-        )
-    if not negatives:
-        raise ValueError(f"{dataset.name}/{dataset.split}: no hard negatives to contrast with")
-    return [
-        (
-            dataset.query_text(query_id),
-            dataset.document_text(best),
-            dataset.document_text(negatives[query_id]),
-        )
-        for query_id, best in chosen
-        if query_id in negatives
-    ]
-
-
-def _calibration_choice(dataset: Any, n: int, seed: int) -> list[tuple[str, str]]:
-    """``n`` seeded queries of the split with their most relevant judged document."""
-    chosen = []
-    for query_id in sample_queries(dataset.split_queries, n, seed=seed):
-        judged = dataset.qrels[query_id]
-        best = max(sorted(judged), key=lambda doc_id: judged[doc_id])
-        if judged[best] > 0:
-            chosen.append((query_id, best))
-    if not chosen:
-        raise ValueError(
-            f"{dataset.name}/{dataset.split}: no judged-relevant pairs to calibrate on"
-        )
-    return chosen
-
-
 # -- the whole flow: relcomp compress and relcomp demo --------------------------------------
 #: The demo's budgets: mixed precision at 6 and 7 bits per Linear weight on average; the
 #: smallest bundle that passes the gate is kept (see demo()).
@@ -627,32 +532,11 @@ def compress(
 ) -> CompressResult:
     """The whole flow: explain, plan, compress, export, gate, evaluate, explain, report.
 
-    Steps, each writing its artifact into ``output_dir`` as soon as it is made:
-
-    1. **component relevance** (AttnLRP) over ``calibration`` (query, judged document)
-       pairs of the calibration split → ``component_relevance.json``;
-    1b. **plans tried**, when ``budget`` lists several budgets: each is planned,
-       exported, gated (calibration split) and timed beside the reference; the
-       smallest bundle that passes the gate is kept, the others deleted →
-       ``evaluation/candidates.json`` (every plan tried, for the report's Pareto plots);
-    2. **plan** under ``budget`` (the chosen one) → ``plan.json``;
-    3. **export** of the compressed model → ``onnx/model_<variant>.onnx``, tokenizer and
-       config files, ``parity.json``, ``relcomp_bundle.json`` (the folder is then a
-       bundle that ``load_model`` and sentence-transformers load);
-    4. **quality gate**: nDCG@10 of the torch fp32 reference and of the ONNX bundle on
-       the calibration split; losing more than ``max_ndcg_loss`` points fails the run;
-    5. **evaluation** of both on ``split`` (same queries, same candidates) →
-       ``evaluation/reference.json``, ``evaluation/compressed.json``;
-    6. **speed**: latency p50/p95 at batch 1, pairs/s at batch 32, 2 threads, on real
-       pairs → ``evaluation/speed.json``;
-    7. **explanations**: AttnLRP token relevance of the reference's top document for
-       the first ``explanations`` evaluated queries → ``explanations/NN.json``;
-    8. **report**: ``quality.json`` (measures, paired t test, size, latency, gate) and
-       ``report.html`` with ``figures/*.png``.
-
-    Calibration, plan statistics and the gate use the calibration split (``dev``,
-    else ``train``), never ``split``. ``run.json`` records each step's settings and
-    files: run again with the same settings and finished steps are skipped.
+    Each step writes its artifact into ``output_dir`` as soon as it is made (see
+    :class:`CompressFlow` for the steps and their files). Calibration, plan statistics
+    and the gate use the calibration split (``dev``, else ``train``), never ``split``.
+    ``run.json`` records each step's settings and files: run again with the same
+    settings and finished steps are skipped.
 
     On a failed gate the bundle is deleted (``onnx/``, tokenizer and config files,
     ``parity.json``, ``relcomp_bundle.json``), as are any ``quality.json``,
@@ -707,339 +591,28 @@ def compress(
         >>> result.report  # doctest: +SKIP
         PosixPath('runs/minilm/report.html')
     """
-    from relcomp._io import atomic_write_json
-    from relcomp.compression.planners import check_budget
-    from relcomp.export import GateResult, QualityGateError, export_bundle, parity_groups
-    from relcomp.flow import (
-        RunFolder,
-        folder_identity,
-        install_bundle,
-        measure_speed,
-        model_size_bytes,
-        quality_comparison,
-        remove_bundle,
-        resolve_protocol,
-        staging_folder,
-    )
-
-    started = time.perf_counter()
-    settings = resolve_protocol(protocol)
-    if max_ndcg_loss is not None and not max_ndcg_loss >= 0:
-        raise ValueError(f"--max-ndcg-loss must be a number of points ≥ 0, got {max_ndcg_loss}")
-    if explanations < 0:
-        raise ValueError(f"explanations must be ≥ 0, got {explanations}")
-    if threads < 1:
-        raise ValueError(f"threads must be ≥ 1, got {threads}")
-    if embeddings not in ("fp32", "int8"):
-        raise ValueError(f"embeddings must be 'fp32' or 'int8', got {embeddings!r}")
-    budgets = _budgets(budget, method)
-    check_output_location(output_dir)
-    evaluated = load_beir(data_dir, split)  # fails early on a bad folder or a missing split
-    calibration_data = _calibration_dataset(data_dir, calibration_split, split)
-    dataset_name = _dataset_name(data_dir)
-    step = _FlowProgress()
-
-    # 0. load the reference: the uncompressed torch model, fp32
-    reference = load_scorer(model)
-    if not isinstance(reference, RankingModel):
-        raise ValueError("compress needs a neural model, not bm25")
-    for parsed in budgets:  # an impossible budget fails before relevance is computed
-        check_budget(reference, method, parsed)
-    run = RunFolder(output_dir, resume=resume)  # made only once the inputs are known to be good
-    if max_length is not None:
-        reference.max_length = max_length
-    elif (limit := settings.max_length_for(reference.kind)) is not None:
-        reference.max_length = min(reference.max_length, limit)
-    queries = queries if queries is not None else settings.queries
-    exhaustive = isinstance(reference, BiEncoder) and first_stage is None
-    if depth is None:  # exhaustive retrieval keeps the top-100, so that R@100 is R@100
-        depth = max(settings.depth, 100) if exhaustive else settings.depth
-    data_identity = folder_identity(data_dir)
-    logger.info(
-        "compressing %s (%s, max length %d) on %s, budget %s, %s protocol",
-        reference.name,
-        reference.kind,
-        reference.max_length,
-        dataset_name,
-        " | ".join(_budget_text(b) for b in budgets),
-        settings.name,
-    )
-
-    # 1. component relevance on calibration pairs (never on the reported split)
-    step("component relevance", f"{calibration} pairs of {calibration_data.split}")
-    relevance = None
-    if importance.strip().lower() == "relevance":
-        relevance = run.artifact(
-            "relevance",
-            {
-                "model": reference.cache_key,
-                **data_identity,
-                "split": calibration_data.split,
-                "calibration": calibration,
-                "method": "attnlrp",
-            },
-            "component_relevance.json",
-            ComponentRelevance,
-            lambda: _named(
-                component_relevance(
-                    reference,
-                    data_dir,
-                    split=calibration_data.split,
-                    calibration=calibration,
-                    show_progress_bar=show_progress_bar,
-                ),
-                dataset_name,
-            ),
-        )
-    else:
-        logger.info("  skipped: the %s baseline needs no relevance", importance)
-        run.forget("relevance")
-
-    pairs = calibration_pairs(calibration_data, calibration)
-    evaluation: dict[str, Any] = {
-        "first_stage": first_stage,
-        "depth": depth,
-        "queries": queries,
-        "show_progress_bar": show_progress_bar,
-    }
-
-    def plan_settings(parsed: Mapping[str, float]) -> dict[str, Any]:
-        return {
-            "model": reference.cache_key,
-            "relevance": run.digest("relevance") if relevance else None,
-            "method": method,
-            "budget": dict(parsed),
-            "importance": importance,
-            "calibration": calibration,
-            "calibration_split": calibration_data.split,
-        }
-
-    def make_plan(parsed: Mapping[str, float]) -> CompressionPlan:
-        return plan(
-            reference,
-            method,
-            parsed,
-            relevance=relevance,
-            importance=importance,
-            data_dir=data_dir,
-            calibration_split=calibration_data.split,
-            calibration=calibration,
-        )
-
-    bundle_settings = {
-        "model": reference.cache_key,
-        "max_length": reference.max_length,
-        "calibration": calibration,
-        "calibration_split": calibration_data.split,
-        "embeddings": embeddings,
-    }
-
-    def export_settings() -> dict[str, Any]:
-        return {**bundle_settings, "plan": run.digest("plan")}
-
-    def export_to(the_plan: CompressionPlan, folder: Path) -> None:
-        groups, _ = parity_groups(
-            data_dir,
-            calibration_data.split,
-            queries=min(settings.parity_queries, len(calibration_data.split_queries)),
-            depth=min(depth, settings.parity_depth),
-            show_progress_bar=show_progress_bar,
-        )
-        export_bundle(
-            reference,
-            folder,
-            plan=the_plan,
-            calibration_pairs=pairs,
-            parity_groups=groups,
-            embeddings=embeddings,
-            show_progress_bar=show_progress_bar,
-        )
-
-    def install(parsed: Mapping[str, float], the_plan: CompressionPlan, staged: Path) -> None:
-        """Make ``staged`` (a bundle of ``the_plan``) the run's plan and bundle."""
-        run.artifact("plan", plan_settings(parsed), "plan.json", CompressionPlan, lambda: the_plan)
-        remove_bundle(run.path, run.files("export"))  # an earlier plan's bundle
-        run.forget("export")
-        run.record("export", export_settings(), install_bundle(staged, run, keep=("plan.json",)))
-
-    # 1b. several budgets: plan, export, gate and time each; keep the smallest that passes
-    gate_reports: tuple[QualityReport, QualityReport] | None = None
-    tried: dict[str, Any] | None = None  # evaluation/candidates.json, with several budgets
-    if len(budgets) == 1:
-        step("plans tried", "one budget")
-        run.forget("candidates")
-        parsed_budget = budgets[0]
-    else:
-        step("plans tried", f"{len(budgets)} budgets, the smallest bundle that passes the gate")
-        parsed_budget, tried, gate_reports = _try_budgets(
-            run,
-            reference,
-            budgets,
-            settings={
-                "plans": [plan_settings(b) for b in budgets],
-                "export": bundle_settings,
-                "gate": max_ndcg_loss,
-                "data": data_identity,
-                "evaluation": _plain_settings(evaluation),
-                "repeats": settings.repeats,
-                "threads": threads,
-            },
-            make_plan=make_plan,
-            export_to=export_to,
-            install=install,
-            data_dir=data_dir,
-            gate_split=calibration_data.split,
-            evaluation=evaluation,
-            dataset_name=dataset_name,
-            max_ndcg_loss=max_ndcg_loss,
-            label=lambda b: _candidate_label(b, embeddings),
-            timing=calibration_pairs(evaluated, min(32, len(evaluated.split_queries))),
-            repeats=settings.repeats,
-            threads=threads,
-            show_progress_bar=show_progress_bar,
-        )
-    budget_text = _budget_text(parsed_budget)
-
-    # 2. a plan under the budget
-    step("plan", f"{method} under {budget_text}")
-    the_plan = run.artifact(
-        "plan",
-        plan_settings(parsed_budget),
-        "plan.json",
-        CompressionPlan,
-        lambda: make_plan(parsed_budget),
-    )
-    logger.info("  achieved %s", _achieved_text(the_plan))
-
-    # 3. compress and export: an ONNX bundle in the run folder
-    step("export", "ONNX Runtime bundle")
-    if run.done("export", export_settings()):
-        logger.info("  reusing the bundle in %s", run.path)
-    else:
-        remove_bundle(run.path, run.files("export"))  # an earlier plan's bundle
-        run.forget("export")
-        with staging_folder(run, "bundle") as staging:
-            export_to(the_plan, staging / "bundle")
-            install(parsed_budget, the_plan, staging / "bundle")
-    compressed = load_model(run.path, max_length=reference.max_length)
-    names = ("fp32 (torch)", f"{_candidate_label(parsed_budget, embeddings)} (ONNX Runtime)")
-
-    # 4. the quality gate: nDCG@10 lost on the calibration split, never on the reported one
-    gate: dict[str, Any] | None = None
-    if max_ndcg_loss is None:
-        step("quality gate", "skipped (no --max-ndcg-loss)")
-        run.forget("gate")
-    else:
-        step("quality gate", f"≤ {max_ndcg_loss:g} nDCG@10 points lost on {calibration_data.split}")
-        gate_reference, gate_compressed = _evaluate_both(
-            run,
-            "gate",
-            (reference, compressed),
-            data_dir,
-            calibration_data.split,
-            evaluation,
-            dataset_name,
-            known=gate_reports,
-        )
-        result = GateResult(
-            gate_reference,
-            gate_compressed,
-            calibration_data.split,
-            100 * (gate_reference.measures["nDCG@10"] - gate_compressed.measures["nDCG@10"]),
-            max_ndcg_loss,
-        )
-        gate = result.summary()
-        logger.info("  nDCG@10 %.4f → %.4f", gate["reference"], gate["candidate"])
-        if not result.passed:
-            del compressed  # close the ONNX Runtime session before its file goes
-            _withdraw_bundle(run)
-            raise QualityGateError(
-                f"quality gate failed: the compressed model lost {result.loss_points:.2f} "
-                f"nDCG@10 points on {dataset_name}/{result.split} ({gate['reference']:.4f} → "
-                f"{gate['candidate']:.4f}, {gate['n_queries']} queries); at most "
-                f"{max_ndcg_loss:g} allowed (--max-ndcg-loss). The bundle was removed; "
-                "try a larger budget.",
-                result,
-            )
-
-    # 5. evaluate reference and compressed on the reported split: same queries, same candidates
-    step("evaluation", f"{split} split, torch fp32 and the ONNX bundle")
-    reference_report, compressed_report = _evaluate_both(
-        run, "evaluation", (reference, compressed), data_dir, split, evaluation, dataset_name
-    )
-
-    # 6. size and speed, on real pairs of the reported split
-    step("speed", f"latency at batch 1, throughput at batch 32, {threads} thread(s)")
-    speed_settings = {
-        "bundle": run.digest("export"),
-        "split": split,
-        "repeats": settings.repeats,
-        "threads": threads,
-        "max_length": reference.max_length,
-    }
-    if run.done("speed", speed_settings):
-        speed = json.loads((run.path / "evaluation/speed.json").read_text())
-    else:
-        timing_pairs = calibration_pairs(evaluated, min(32, len(evaluated.split_queries)))
-        speed = measure_speed(
-            {"reference": reference, "compressed": compressed},
-            [q for q, _ in timing_pairs],
-            [d for _, d in timing_pairs],
-            repeats=settings.repeats,
-            threads=threads,
-            show_progress_bar=show_progress_bar,
-        )
-        atomic_write_json(run.path / "evaluation/speed.json", speed)
-        run.record("speed", speed_settings, ["evaluation/speed.json"])
-
-    # 7. token explanations of the reference's top documents
-    step("explanations", f"AttnLRP on {explanations} (query, top document) pairs")
-    explanation_settings = {
-        "model": reference.cache_key,
-        **data_identity,
-        "split": split,
-        "n": explanations,
-        **_plain_settings(evaluation),
-    }
-    if not run.done("explanations", explanation_settings):
-        run.forget("explanations")
-        top = _top_pairs(reference, evaluated, reference_report, explanations, first_stage, depth)
-        written = []
-        for number, explanation in enumerate(_explain_pairs(reference, top, show_progress_bar), 1):
-            written.append(f"explanations/{number:02d}.json")
-            explanation.save(run.path / written[-1])
-        run.record("explanations", explanation_settings, written)
-
-    # 8. quality.json and the report
-    step("report", "quality.json and report.html")
-    quality = quality_comparison(
-        reference_report,
-        compressed_report,
-        names=names,
-        sizes=(model_size_bytes(reference), model_size_bytes(compressed)),
-        speed=speed,
-        protocol=settings.name,
-        gate=gate,
-        budget=f"{method}: {budget_text}",
-        provenance={
-            "data_dir": str(evaluated.path),
-            "calibration_split": calibration_data.split,
-            "calibration_pairs": calibration,
-            "importance": importance,
-            "embeddings": embeddings,
-            "relcomp": _relcomp_version(),
-        },
-        candidates=tried,
-    )
-    atomic_write_json(run.path / "quality.json", quality)
-    report_path = None
-    if report:
-        from relcomp.reports import write_report
-
-        report_path = write_report(run.path)
-    seconds = time.perf_counter() - started
-    logger.info("done in %.0f s: %s", seconds, report_path or run.path / "quality.json")
-    return CompressResult(run.path, report_path, quality, seconds)
+    protocol_settings = resolve_protocol(protocol)
+    options = CompressOptions(
+        model, data_dir, tuple(parse_budgets(budget, method)), output_dir, method=method,
+        importance=importance, embeddings=embeddings, max_ndcg_loss=max_ndcg_loss,
+        protocol=protocol_settings, split=split, calibration_split=calibration_split,
+        calibration=calibration, queries=queries, depth=depth, max_length=max_length,
+        first_stage=first_stage, explanations=explanations, report=report, resume=resume,
+        threads=threads, show_progress_bar=show_progress_bar,
+    )  # fmt: skip
+    flow = CompressFlow(options)
+    flow.component_relevance()
+    chosen, tried = flow.plans_tried()
+    the_plan = flow.plan(chosen)
+    # A step that changes the model before export (recovery: prune physically, distil
+    # back toward the reference, then quantize) goes here, as one more method whose
+    # settings include run.digest("plan") and which export() then takes its model from.
+    flow.export(the_plan)
+    gate = flow.quality_gate()
+    reports = flow.evaluation()
+    speed = flow.speed()
+    flow.explanations(reports[0])
+    return flow.report(reports, speed, gate, tried)
 
 
 def demo(
@@ -1093,6 +666,663 @@ def demo(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class CompressOptions:
+    """What :func:`compress` was asked for, checked once (see :func:`compress` for each field).
+
+    ``budgets`` are parsed (:func:`parse_budget_text`) and ``protocol`` resolved
+    (:func:`~relcomp.evaluation.resolve_protocol`); the rest is as given.
+
+    Example:
+        >>> from relcomp.evaluation import resolve_protocol
+        >>> CompressOptions("m", "d", ({"bits_per_weight": 6.0},), "o", threads=0,
+        ...                 protocol=resolve_protocol("quick"))
+        Traceback (most recent call last):
+        ...
+        ValueError: threads must be ≥ 1, got 0
+    """
+
+    model: str | RankingModel
+    data_dir: str | os.PathLike[str]
+    budgets: tuple[Mapping[str, float], ...]
+    output_dir: str | os.PathLike[str]
+    protocol: Protocol
+    method: str = "mixed-precision"
+    importance: str = "relevance"
+    embeddings: str = "fp32"
+    max_ndcg_loss: float | None = 0.5
+    split: str = "test"
+    calibration_split: str | None = None
+    calibration: int = 64
+    queries: int | None = None
+    depth: int | None = None
+    max_length: int | None = None
+    first_stage: str | None = None
+    explanations: int = 3
+    report: bool = True
+    resume: bool = True
+    threads: int = 2
+    show_progress_bar: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_ndcg_loss is not None:
+            check_max_ndcg_loss(self.max_ndcg_loss)
+        if self.explanations < 0:
+            raise ValueError(f"explanations must be ≥ 0, got {self.explanations}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be ≥ 1, got {self.threads}")
+        if self.embeddings not in EMBEDDINGS:
+            raise ValueError(f"embeddings must be 'fp32' or 'int8', got {self.embeddings!r}")
+
+
+class CompressFlow:
+    """The steps of :func:`compress`, one method each, in the order they run.
+
+    Each step writes its artifact into the run folder as soon as it is made and is
+    resumed through :meth:`RunFolder.step <relcomp.run_folder.RunFolder.step>`: its settings
+    include the digest of what it was made from, so changing one step re-runs every
+    step after it.
+
+    1. :meth:`component_relevance` (AttnLRP) over calibration pairs →
+       ``component_relevance.json``;
+    2. :meth:`plans_tried`, with several budgets: each is planned, exported, gated
+       (calibration split) and timed beside the reference; the smallest bundle that
+       passes the gate is kept, the others deleted → ``evaluation/candidates.json``;
+    3. :meth:`plan` under the (chosen) budget → ``plan.json``;
+    4. :meth:`export` → ``onnx/model_<variant>.onnx``, tokenizer and config files,
+       ``parity.json``, ``relcomp_bundle.json`` (the folder is then a bundle that
+       ``load_model`` and sentence-transformers load);
+    5. :meth:`quality_gate`: nDCG@10 of the torch fp32 reference and of the bundle on
+       the calibration split → ``evaluation/gate_*.json``;
+    6. :meth:`evaluation` of both on the reported split (same queries, same
+       candidates) → ``evaluation/<split>_reference.json``, ``…_compressed.json``;
+    7. :meth:`speed`: latency p50/p95 at batch 1, pairs/s at batch 32, on real pairs
+       → ``evaluation/speed.json``;
+    8. :meth:`explanations`: AttnLRP token relevance of the reference's top document
+       for the first evaluated queries → ``explanations/NN.json``;
+    9. :meth:`report`: ``quality.json`` and ``report.html`` with ``figures/*.png``.
+
+    Args:
+        options: what the run was asked for. The data is read (a bad folder or a
+            missing split fails here, before the run folder is made), the run folder
+            opened and the reference model loaded at construction.
+    """
+
+    def __init__(self, options: CompressOptions) -> None:
+        self.options = options
+        self.started = time.perf_counter()
+        self.evaluated = load_beir(options.data_dir, options.split)
+        self.calibration_data = calibration_dataset(
+            options.data_dir, options.calibration_split, options.split
+        )
+        self.dataset_name = _dataset_name(options.data_dir)
+        check_output_location(options.output_dir)
+        self.progress = _FlowProgress()
+        self.reference = self._load_reference()
+        from relcomp.compression.planners import check_budget
+
+        for parsed in options.budgets:  # an impossible budget fails before relevance is computed
+            check_budget(self.reference, options.method, parsed)
+        # made only once the inputs are known to be good: a failed start leaves no folder
+        self.run = RunFolder(options.output_dir, resume=options.resume)
+        protocol = options.protocol
+        exhaustive = isinstance(self.reference, BiEncoder) and options.first_stage is None
+        depth = options.depth
+        if depth is None:  # exhaustive retrieval keeps the top-100, so that R@100 is R@100
+            depth = max(protocol.depth, 100) if exhaustive else protocol.depth
+        self.depth = depth
+        self.evaluation_settings: dict[str, Any] = {
+            "first_stage": options.first_stage,
+            "depth": depth,
+            "queries": options.queries if options.queries is not None else protocol.queries,
+            "show_progress_bar": options.show_progress_bar,
+        }
+        self.data_identity = folder_identity(options.data_dir)
+        self.relevance: ComponentRelevance | None = None
+        self.compressed: Any = None
+        self.names: tuple[str, str] = ("fp32 (torch)", "")
+        logger.info(
+            "compressing %s (%s, max length %d) on %s, budget %s, %s protocol",
+            self.reference.name,
+            self.reference.kind,
+            self.reference.max_length,
+            self.dataset_name,
+            " | ".join(budget_text(b) for b in options.budgets),
+            protocol.name,
+        )
+
+    def _load_reference(self) -> RankingModel:
+        """The uncompressed torch model, fp32, at the protocol's input length."""
+        reference = load_scorer(self.options.model)
+        if not isinstance(reference, RankingModel):
+            raise ValueError("compress needs a neural model, not bm25")
+        if self.options.max_length is not None:
+            reference.max_length = self.options.max_length
+        elif (limit := self.options.protocol.max_length_for(reference.kind)) is not None:
+            reference.max_length = min(reference.max_length, limit)
+        return reference
+
+    @property
+    def calibration_split(self) -> str:
+        return str(self.calibration_data.split)
+
+    @functools.cached_property
+    def calibration_pairs(self) -> list[tuple[str, str]]:
+        return calibration_pairs(self.calibration_data, self.options.calibration)
+
+    @functools.cached_property
+    def timing_pairs(self) -> list[tuple[str, str]]:
+        """Real pairs of the reported split for timing (queries only, no judgement used)."""
+        return calibration_pairs(self.evaluated, min(32, len(self.evaluated.split_queries)))
+
+    # -- 1. component relevance ------------------------------------------------------------
+    def component_relevance(self) -> ComponentRelevance | None:
+        """AttnLRP relevance on calibration pairs (never on the reported split), if planned by it."""
+        options = self.options
+        self.progress(
+            "component relevance", f"{options.calibration} pairs of {self.calibration_split}"
+        )
+        if options.importance.strip().lower() != "relevance":
+            logger.info("  skipped: the %s baseline needs no relevance", options.importance)
+            self.run.forget("relevance")
+            return None
+        settings = {
+            "model": self.reference.cache_key,
+            **self.data_identity,
+            "split": self.calibration_split,
+            "calibration": options.calibration,
+            "method": "attnlrp",
+        }
+        self.relevance = self.run.artifact(
+            "relevance",
+            settings,
+            "component_relevance.json",
+            ComponentRelevance,
+            lambda: _named(
+                component_relevance(
+                    self.reference,
+                    options.data_dir,
+                    split=self.calibration_split,
+                    calibration=options.calibration,
+                    show_progress_bar=options.show_progress_bar,
+                ),
+                self.dataset_name,
+            ),
+        )
+        return self.relevance
+
+    # -- 2. plans tried -------------------------------------------------------------------
+    def plans_tried(self) -> tuple[dict[str, float], PlansTried | None]:
+        """With several budgets, each planned, exported, gated and timed; the smallest that passes kept.
+
+        Every bundle is exported into a temporary folder of the run, evaluated on the
+        gate split (the reference once), then all are timed with the reference,
+        interleaved on the same pairs. The smallest bundle that passes the gate (the
+        smallest overall without a gate; on equal size the better nDCG@10) becomes
+        the run's plan and bundle; the others are deleted. On a re-run with the same
+        settings ``evaluation/candidates.json`` is read back and nothing is exported.
+
+        Returns:
+            The chosen budget, and every plan tried (``None`` with one budget).
+
+        Raises:
+            QualityGateError: no candidate passed the gate (``candidates.json`` stays).
+        """
+        budgets = self.options.budgets
+        if len(budgets) == 1:
+            self.progress("plans tried", "one budget")
+            self.run.forget("candidates")
+            return dict(budgets[0]), None
+        self.progress(
+            "plans tried", f"{len(budgets)} budgets, the smallest bundle that passes the gate"
+        )
+        settings = {
+            "plans": [self._plan_settings(b) for b in budgets],
+            "export": self._bundle_settings(),
+            "gate": self.options.max_ndcg_loss,
+            "data": self.data_identity,
+            "evaluation": _plain_settings(self.evaluation_settings),
+            "repeats": self.options.protocol.repeats,
+            "threads": self.options.threads,
+        }
+        with contextlib.ExitStack() as staging:
+            kept: dict[str, Any] = {}
+            self.run.step(
+                "candidates", settings, lambda: self._try_budgets(staging, kept), what=_CANDIDATES
+            )
+            tried = PlansTried.load(self.run.path / _CANDIDATES)
+            chosen = self._chosen_candidate(tried)
+            budget = dict(chosen.budget_values or {})
+            if kept:  # made now: the chosen bundle is still staged
+                self._install(budget, kept["plan"], kept["staged"])
+                self.gate_reports = kept["gate_reports"]
+        logger.info("  kept %s (%.1f MB)", chosen.name, chosen.size_mb)
+        return budget, tried
+
+    def _try_budgets(self, staging: contextlib.ExitStack, kept: dict[str, Any]) -> list[str]:
+        """Plan, export, gate and time every budget; write ``candidates.json``; return its files.
+
+        ``kept`` receives the plan, staged bundle and gate reports of the chosen
+        candidate (of the nearest miss when none passed). ``staging`` holds the
+        temporary folders open until the chosen bundle is installed.
+        """
+        options = self.options
+        budgets = options.budgets
+        split = self.calibration_split
+        # every plan first: an impossible budget fails before any export
+        plans = [self._make_plan(budget) for budget in budgets]
+        reference_gate = self._evaluate(self.reference, split)
+        tried: list[tuple[dict[str, float], CompressionPlan, Path, Any, GateResult]] = []
+        for number, (budget, the_plan) in enumerate(zip(budgets, plans, strict=True), 1):
+            label = _candidate_label(budget, options.embeddings)
+            logger.info("  plan %d of %d: %s", number, len(budgets), label)
+            staged = (
+                staging.enter_context(staging_folder(self.run, f"candidate-{number}")) / "bundle"
+            )
+            self._export_to(the_plan, staged)
+            bundle = load_model(staged, max_length=self.reference.max_length)
+            verdict = GateResult.compare(
+                reference_gate,
+                self._evaluate(bundle, split),
+                split,
+                options.max_ndcg_loss or 0.0,
+            )
+            logger.info("  %s: %.2f nDCG@10 points lost on %s", label, verdict.loss_points, split)
+            tried.append((dict(budget), the_plan, staged, bundle, verdict))
+        del bundle
+        systems = {"reference": self.reference} | {
+            f"plan-{n}": t[3] for n, t in enumerate(tried, 1)
+        }
+        speed = self._measure_speed(systems)
+        candidates = [
+            PlanCandidate(
+                name=_candidate_label(budget, options.embeddings),
+                budget=f"{the_plan.method}: {budget_text(budget)}",
+                budget_values=budget,
+                achieved=dict(the_plan.achieved),
+                size_mb=model_size_bytes(model) / 1e6,
+                latency_ms=speed[f"plan-{number}"].latency_p50_ms,
+                pairs_per_s=speed[f"plan-{number}"].pairs_per_s,
+                ndcg_at_10=verdict.candidate.measures[NDCG_AT_10],
+                split=split,
+                loss_points=verdict.loss_points,
+                passed=None if options.max_ndcg_loss is None else verdict.passed,
+                chosen=False,
+            )
+            for number, (budget, the_plan, _, model, verdict) in enumerate(tried, 1)
+        ]
+        eligible = [i for i, c in enumerate(candidates) if c.passed is not False]
+        # the smallest that passed (the better nDCG@10 on equal size), or the nearest miss
+        # when none did (its reports go with the error)
+        keep = (
+            min(eligible, key=lambda i: (candidates[i].size_mb, -candidates[i].ndcg_at_10))
+            if eligible
+            else None
+        )
+        if keep is not None:
+            candidates[keep] = dataclasses.replace(candidates[keep], chosen=True)
+        nearest = min(range(len(candidates)), key=lambda i: tried[i][4].loss_points)
+        _, the_plan, staged, _, verdict = tried[nearest if keep is None else keep]
+        report = verdict.candidate
+        files = [_CANDIDATES]
+        if keep is None:
+            for name, made in zip(_NEAREST_MISS, (reference_gate, report), strict=True):
+                made.save(self.run.path / name)
+            files += _NEAREST_MISS
+        else:
+            kept.update(plan=the_plan, staged=staged, gate_reports=(reference_gate, report))
+        reference_point = ReferencePoint(
+            name="fp32 (torch)",
+            size_mb=model_size_bytes(self.reference) / 1e6,
+            latency_ms=speed["reference"].latency_p50_ms,
+            pairs_per_s=speed["reference"].pairs_per_s,
+            ndcg_at_10=reference_gate.measures[NDCG_AT_10],
+            split=split,
+        )
+        PlansTried(split, reference_point, tuple(candidates)).save(self.run.path / _CANDIDATES)
+        return files  # the ONNX Runtime sessions of the bundles close as `tried` goes
+
+    def _chosen_candidate(self, tried: PlansTried) -> PlanCandidate:
+        """The candidate marked chosen, or a :class:`QualityGateError` naming every loss."""
+        chosen = tried.chosen()
+        if chosen is not None:
+            return chosen
+        self._withdraw_bundle()
+        self.run.forget("plan", "gate")  # an earlier run's plan is not what this run tried
+        losses = "; ".join(f"{c.name}: {c.loss_points:.2f}" for c in tried.candidates)
+        reports = tuple(QualityReport.load(self.run.path / name) for name in _NEAREST_MISS)
+        nearest = min(c.loss_points or 0.0 for c in tried.candidates)
+        max_ndcg_loss = self.options.max_ndcg_loss
+        raise QualityGateError(
+            f"quality gate failed for every budget tried, nDCG@10 points lost on "
+            f"{self.dataset_name}/{self.calibration_split}: {losses}; at most "
+            f"{max_ndcg_loss:g} allowed (--max-ndcg-loss). No bundle was kept; "
+            f"{_CANDIDATES} lists them. Try larger budgets.",
+            GateResult(
+                reports[0], reports[1], self.calibration_split, nearest, max_ndcg_loss or 0.0
+            ),
+        )
+
+    # -- 3. the plan ----------------------------------------------------------------------
+    def plan(self, budget: Mapping[str, float]) -> CompressionPlan:
+        """A plan under ``budget`` → ``plan.json``."""
+        self.budget = dict(budget)
+        self.progress("plan", f"{self.options.method} under {budget_text(budget)}")
+        the_plan = self.run.artifact(
+            "plan",
+            self._plan_settings(budget),
+            "plan.json",
+            CompressionPlan,
+            lambda: self._make_plan(budget),
+        )
+        logger.info("  achieved %s", _achieved_text(the_plan))
+        return the_plan
+
+    def _plan_settings(self, budget: Mapping[str, float]) -> dict[str, Any]:
+        return {
+            "model": self.reference.cache_key,
+            "relevance": self.run.digest("relevance") if self.relevance else None,
+            "method": self.options.method,
+            "budget": dict(budget),
+            "importance": self.options.importance,
+            "calibration": self.options.calibration,
+            "calibration_split": self.calibration_split,
+        }
+
+    def _make_plan(self, budget: Mapping[str, float]) -> CompressionPlan:
+        return plan(
+            self.reference,
+            self.options.method,
+            budget,
+            relevance=self.relevance,
+            importance=self.options.importance,
+            data_dir=self.options.data_dir,
+            calibration_split=self.calibration_split,
+            calibration=self.options.calibration,
+        )
+
+    # (recovery goes here: a `recover(the_plan)` step between plan and export)
+
+    # -- 4. export ------------------------------------------------------------------------
+    def export(self, the_plan: CompressionPlan) -> None:
+        """The ONNX Runtime bundle of ``the_plan``, exported beside and moved into the run folder."""
+        self.progress("export", "ONNX Runtime bundle")
+
+        def make() -> list[str]:
+            with staging_folder(self.run, "bundle") as staging:
+                self._export_to(the_plan, staging / "bundle")
+                return install_bundle(staging / "bundle", self.run, keep=("plan.json",))
+
+        self.run.step(
+            "export", self._export_settings(), make, what=f"the bundle in {self.run.path}"
+        )
+        self.compressed = load_model(self.run.path, max_length=self.reference.max_length)
+        label = _candidate_label(self.budget, self.options.embeddings)
+        self.names = ("fp32 (torch)", f"{label} (ONNX Runtime)")
+
+    def _bundle_settings(self) -> dict[str, Any]:
+        return {
+            "model": self.reference.cache_key,
+            "max_length": self.reference.max_length,
+            "calibration": self.options.calibration,
+            "calibration_split": self.calibration_split,
+            "embeddings": self.options.embeddings,
+        }
+
+    def _export_settings(self) -> dict[str, Any]:
+        return {**self._bundle_settings(), "plan": self.run.digest("plan")}
+
+    def _export_to(self, the_plan: CompressionPlan, folder: Path) -> None:
+        from relcomp.export import export_bundle, parity_groups
+
+        options = self.options
+        groups, _ = parity_groups(
+            options.data_dir,
+            self.calibration_split,
+            queries=min(options.protocol.parity_queries, len(self.calibration_data.split_queries)),
+            depth=min(self.depth, options.protocol.parity_depth),
+            show_progress_bar=options.show_progress_bar,
+        )
+        export_bundle(
+            self.reference,
+            folder,
+            plan=the_plan,
+            calibration_pairs=self.calibration_pairs,
+            parity_groups=groups,
+            embeddings=options.embeddings,
+            show_progress_bar=options.show_progress_bar,
+        )
+
+    def _install(
+        self, budget: Mapping[str, float], the_plan: CompressionPlan, staged: Path
+    ) -> None:
+        """Make ``staged`` (a bundle of ``the_plan``) the run's plan and bundle."""
+        self.run.artifact(
+            "plan", self._plan_settings(budget), "plan.json", CompressionPlan, lambda: the_plan
+        )
+        self.run.forget("export")  # an earlier plan's bundle, even one made under these settings
+        self.run.step(
+            "export",
+            self._export_settings(),
+            lambda: install_bundle(staged, self.run, keep=("plan.json",)),
+        )
+
+    # -- 5. the quality gate ----------------------------------------------------------------
+    gate_reports: tuple[QualityReport, QualityReport] | None = None
+
+    def quality_gate(self) -> dict[str, Any] | None:
+        """nDCG@10 lost on the calibration split, never on the reported one; fails the run past the allowance."""
+        max_ndcg_loss = self.options.max_ndcg_loss
+        if max_ndcg_loss is None:
+            self.progress("quality gate", "skipped (no --max-ndcg-loss)")
+            self.run.forget("gate")
+            return None
+        split = self.calibration_split
+        self.progress("quality gate", f"≤ {max_ndcg_loss:g} nDCG@10 points lost on {split}")
+        gate_reference, gate_compressed = self._evaluate_both("gate", split, self.gate_reports)
+        result = GateResult.compare(gate_reference, gate_compressed, split, max_ndcg_loss)
+        gate = result.summary()
+        logger.info("  nDCG@10 %.4f → %.4f", gate["reference"], gate["candidate"])
+        if not result.passed:
+            self.compressed = None  # close the ONNX Runtime session before its file goes
+            self._withdraw_bundle()
+            raise QualityGateError(
+                f"quality gate failed: the compressed model lost {result.loss_points:.2f} "
+                f"nDCG@10 points on {self.dataset_name}/{result.split} ({gate['reference']:.4f} → "
+                f"{gate['candidate']:.4f}, {gate['n_queries']} queries); at most "
+                f"{max_ndcg_loss:g} allowed (--max-ndcg-loss). The bundle was removed; "
+                "try a larger budget.",
+                result,
+            )
+        return gate
+
+    def _withdraw_bundle(self) -> None:
+        """After a failed gate: delete the bundle and everything made from it (see :func:`compress`)."""
+        self.run.forget("export", "evaluation", "speed")
+        for name in ("quality.json", "report.html"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run.path / name).unlink()
+        figures = self.run.path / "figures"
+        if figures.is_dir():
+            for png in figures.glob("*.png"):
+                png.unlink()
+            with contextlib.suppress(OSError):
+                figures.rmdir()
+
+    # -- 6. evaluation ----------------------------------------------------------------------
+    def evaluation(self) -> tuple[QualityReport, QualityReport]:
+        """Reference and bundle on the reported split: same queries, same candidates."""
+        split = self.options.split
+        self.progress("evaluation", f"{split} split, torch fp32 and the ONNX bundle")
+        return self._evaluate_both("evaluation", split)
+
+    def _evaluate(self, model: RankingModel, split: str) -> QualityReport:
+        report: QualityReport = _named(
+            evaluate(model, self.options.data_dir, split=split, **self.evaluation_settings),
+            self.dataset_name,
+        )
+        return report
+
+    def _evaluate_both(
+        self,
+        step: str,
+        split: str,
+        known: tuple[QualityReport, QualityReport] | None = None,
+    ) -> tuple[QualityReport, QualityReport]:
+        """Both models on one split, or their saved reports.
+
+        Saved as ``evaluation/<gate or split>_reference.json`` and ``…_compressed.json``;
+        reused when the bundle, the data and the evaluation settings are those of the
+        last run. ``known``: reports already made for these models under these settings
+        (the plans tried step gated the chosen bundle), saved instead of evaluating again.
+        """
+        prefix = "gate" if step == "gate" else split
+        files = [f"evaluation/{prefix}_reference.json", f"evaluation/{prefix}_compressed.json"]
+        settings = {
+            "reference": self.reference.cache_key,
+            "bundle": self.run.digest("export"),
+            **self.data_identity,
+            "split": split,
+            "max_length": self.reference.max_length,
+            **_plain_settings(self.evaluation_settings),
+        }
+
+        made: list[QualityReport] = []
+
+        def make() -> list[str]:
+            made.extend(
+                known
+                or [self._evaluate(model, split) for model in (self.reference, self.compressed)]
+            )
+            for report, name in zip(made, files, strict=True):
+                report.save(self.run.path / name)
+            return files
+
+        self.run.step(step, settings, make)
+        if not made:
+            made.extend(QualityReport.load(self.run.path / name) for name in files)
+        return made[0], made[1]
+
+    # -- 7. speed -------------------------------------------------------------------------
+    def speed(self) -> SpeedReport:
+        """Latency and throughput of both, interleaved on real pairs of the reported split."""
+        options = self.options
+        self.progress(
+            "speed",
+            f"latency at batch 1, throughput at batch 32, {options.threads} thread(s)",
+        )
+        settings = {
+            "bundle": self.run.digest("export"),
+            "split": options.split,
+            "repeats": options.protocol.repeats,
+            "threads": options.threads,
+            "max_length": self.reference.max_length,
+        }
+
+        def make() -> list[str]:
+            self._measure_speed({"reference": self.reference, "compressed": self.compressed}).save(
+                self.run.path / _SPEED
+            )
+            return [_SPEED]
+
+        self.run.step("speed", settings, make)
+        return SpeedReport.load(self.run.path / _SPEED)
+
+    def _measure_speed(self, systems: Mapping[str, Any]) -> SpeedReport:
+        """Systems timed interleaved on real pairs of the reported split."""
+        return SpeedReport.from_dict(
+            measure_speed(
+                systems,
+                [q for q, _ in self.timing_pairs],
+                [d for _, d in self.timing_pairs],
+                repeats=self.options.protocol.repeats,
+                threads=self.options.threads,
+                show_progress_bar=self.options.show_progress_bar,
+            )
+        )
+
+    # -- 8. explanations ------------------------------------------------------------------
+    def explanations(self, reference_report: QualityReport) -> None:
+        """AttnLRP token relevance of the reference's top document for the first queries."""
+        options = self.options
+        self.progress(
+            "explanations", f"AttnLRP on {options.explanations} (query, top document) pairs"
+        )
+        settings = {
+            "model": self.reference.cache_key,
+            **self.data_identity,
+            "split": options.split,
+            "n": options.explanations,
+            **_plain_settings(self.evaluation_settings),
+        }
+
+        def make() -> list[str]:
+            top = _top_pairs(
+                self.reference,
+                self.evaluated,
+                reference_report,
+                options.explanations,
+                options.first_stage,
+                self.depth,
+            )
+            written = []
+            explained = _explain_pairs(self.reference, top, options.show_progress_bar)
+            for number, explanation in enumerate(explained, 1):
+                written.append(f"explanations/{number:02d}.json")
+                explanation.save(self.run.path / written[-1])
+            return written
+
+        self.run.step("explanations", settings, make)
+
+    # -- 9. the report --------------------------------------------------------------------
+    def report(
+        self,
+        reports: tuple[QualityReport, QualityReport],
+        speed: SpeedReport,
+        gate: Mapping[str, Any] | None,
+        tried: PlansTried | None,
+    ) -> CompressResult:
+        """``quality.json`` (always written again) and ``report.html``."""
+        options = self.options
+        self.progress("report", "quality.json and report.html")
+        quality = quality_comparison(
+            reports[0],
+            reports[1],
+            names=self.names,
+            sizes=(model_size_bytes(self.reference), model_size_bytes(self.compressed)),
+            speed=speed,
+            protocol=options.protocol.name,
+            gate=gate,
+            budget=f"{options.method}: {budget_text(self.budget)}",
+            provenance={
+                "data_dir": str(self.evaluated.path),
+                "calibration_split": self.calibration_split,
+                "calibration_pairs": options.calibration,
+                "importance": options.importance,
+                "embeddings": options.embeddings,
+                "relcomp": _relcomp_version(),
+            },
+            candidates=tried,
+        )
+        quality.save(self.run.path / "quality.json")
+        report_path = None
+        if options.report:
+            from relcomp.reports import write_report
+
+            report_path = write_report(self.run.path)
+        seconds = time.perf_counter() - self.started
+        logger.info("done in %.0f s: %s", seconds, report_path or self.run.path / "quality.json")
+        return CompressResult(self.run.path, report_path, quality.to_dict(), seconds)
+
+
+#: Every plan tried with several budgets, for the report's Pareto plots.
+_CANDIDATES = "evaluation/candidates.json"
+#: The speed step's file.
+_SPEED = "evaluation/speed.json"
+#: Gate reports of the reference and of the plan that came nearest, when every plan failed.
+_NEAREST_MISS = ["evaluation/plans_tried_reference.json", "evaluation/plans_tried_nearest.json"]
+
+
 class _FlowProgress:
     """Logs ``[n/8] step: detail`` as the flow moves on."""
 
@@ -1126,217 +1356,10 @@ def _plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if key != "show_progress_bar"}
 
 
-def _budget_label(budget: Mapping[str, float]) -> str:
-    """A budget as a reader says it: ``6 bits/weight``, ``40 MB``, ``30% params removed``.
-
-    Example:
-        >>> _budget_label({"bits_per_weight": 6.0}), _budget_label({"params_removed": 0.3})
-        ('6 bits/weight', '30% params removed')
-    """
-    forms = {
-        "bits_per_weight": "{:g} bits/weight",
-        "size_mb": "{:g} MB",
-        "params_removed": "{:.0%} params removed",
-        "sparsity": "{:.0%} activation sparsity",
-    }
-    return ", ".join(
-        forms[key].format(value) if key in forms else f"{key}={value:g}"
-        for key, value in budget.items()
-    )
-
-
-def _budgets(
-    budget: str | Mapping[str, float] | Sequence[str | Mapping[str, float]], method: str
-) -> list[dict[str, float]]:
-    """One budget or several, each parsed (:func:`parse_budget_text`); duplicates refused."""
-    items = [budget] if isinstance(budget, str | Mapping) else list(budget)
-    if not items:
-        raise ValueError("--budget needs at least one budget")
-    parsed = [parse_budget_text(b, method) if isinstance(b, str) else dict(b) for b in items]
-    seen: list[dict[str, float]] = []
-    for item, text in zip(parsed, items, strict=True):
-        if item in seen:
-            raise ValueError(f"--budget {text!r} is given twice")
-        seen.append(item)
-    return parsed
-
-
-def _budget_text(budget: Mapping[str, float]) -> str:
-    return ", ".join(f"{key}={value:g}" for key, value in budget.items())
-
-
 def _candidate_label(budget: Mapping[str, float], embeddings: str) -> str:
     """``6 bits/weight`` (+ ``, int8 embeddings``): the plan's method is in plan.json."""
-    label = _budget_label(budget)
+    label = budget_label(budget)
     return label + (", int8 embeddings" if embeddings == "int8" else "")
-
-
-def _try_budgets(
-    run: Any,
-    reference: RankingModel,
-    budgets: Sequence[Mapping[str, float]],
-    *,
-    settings: Mapping[str, Any],
-    make_plan: Callable[[Mapping[str, float]], CompressionPlan],
-    export_to: Callable[[CompressionPlan, Path], None],
-    install: Callable[[Mapping[str, float], CompressionPlan, Path], None],
-    data_dir: str | os.PathLike[str],
-    gate_split: str,
-    evaluation: Mapping[str, Any],
-    dataset_name: str,
-    max_ndcg_loss: float | None,
-    label: Callable[[Mapping[str, float]], str],
-    timing: Sequence[tuple[str, str]],
-    repeats: int,
-    threads: int,
-    show_progress_bar: bool | None,
-) -> tuple[dict[str, float], dict[str, Any], tuple[QualityReport, QualityReport] | None]:
-    """The *plans tried* step of :func:`compress`: every budget planned, exported, gated, timed.
-
-    Each bundle is exported into a temporary folder of the run, evaluated on the
-    gate split (the reference once), then all are timed with the reference,
-    interleaved on the same pairs. The smallest bundle that passes the gate (the
-    smallest overall without a gate; on equal size the better nDCG@10) is installed
-    as the run's plan and bundle (``install``); the others are deleted. Every
-    candidate's size, latency, throughput and gate-split quality go to
-    ``evaluation/candidates.json``; on a re-run with the same settings they are read
-    back and the chosen budget is returned without exporting again.
-
-    Returns:
-        The chosen budget, ``candidates.json``'s payload (``split``, the ``reference``
-        point and the ``candidates``, ``quality.json``'s entries), and the gate reports of the reference and the chosen bundle when they were
-        made now (``None`` when read back).
-
-    Raises:
-        QualityGateError: no candidate passed the gate (``candidates.json`` stays).
-    """
-    from relcomp._io import atomic_write_json
-    from relcomp.flow import measure_speed, model_size_bytes, staging_folder
-
-    path = "evaluation/candidates.json"
-    gate_settings = {**evaluation, "show_progress_bar": show_progress_bar}
-    if run.done("candidates", settings):
-        logger.info("  reusing %s", path)
-        payload = json.loads((run.path / path).read_text(encoding="utf-8"))
-        chosen = _chosen_candidate(
-            run, payload["candidates"], dataset_name, gate_split, max_ndcg_loss, path
-        )
-        return dict(chosen["budget_values"]), payload, None
-
-    run.forget("candidates")
-    # every plan first: an impossible budget fails before any export
-    plans = [make_plan(budget) for budget in budgets]
-    reference_gate = _named(
-        evaluate(reference, data_dir, split=gate_split, **gate_settings), dataset_name
-    )
-    reference_ndcg = reference_gate.measures["nDCG@10"]
-    with contextlib.ExitStack() as stack:
-        tried: list[tuple[dict[str, float], CompressionPlan, Path, Any, QualityReport]] = []
-        for number, (budget, the_plan) in enumerate(zip(budgets, plans, strict=True), 1):
-            logger.info("  plan %d of %d: %s", number, len(budgets), label(budget))
-            staged = stack.enter_context(staging_folder(run, f"candidate-{number}")) / "bundle"
-            export_to(the_plan, staged)
-            bundle = load_model(staged, max_length=reference.max_length)
-            report = _named(
-                evaluate(bundle, data_dir, split=gate_split, **gate_settings), dataset_name
-            )
-            logger.info(
-                "  %s: %.2f nDCG@10 points lost on %s",
-                label(budget),
-                100 * (reference_ndcg - report.measures["nDCG@10"]),
-                gate_split,
-            )
-            tried.append((dict(budget), the_plan, staged, bundle, report))
-        del bundle
-        systems = {"reference": reference} | {f"plan-{n}": t[3] for n, t in enumerate(tried, 1)}
-        speed = measure_speed(
-            systems,
-            [q for q, _ in timing],
-            [d for _, d in timing],
-            repeats=repeats,
-            threads=threads,
-            show_progress_bar=show_progress_bar,
-        )
-        candidates = []
-        for number, (budget, the_plan, _, model, report) in enumerate(tried, 1):
-            loss = 100 * (reference_ndcg - report.measures["nDCG@10"])
-            candidates.append(
-                {
-                    "name": label(budget),
-                    "budget": f"{the_plan.method}: {_budget_text(budget)}",
-                    "budget_values": budget,
-                    "achieved": dict(the_plan.achieved),
-                    "size_mb": model_size_bytes(model) / 1e6,
-                    "latency_ms": speed[f"plan-{number}"]["latency_ms"]["p50"],
-                    "pairs_per_s": speed[f"plan-{number}"]["pairs_per_s"],
-                    "ndcg@10": report.measures["nDCG@10"],
-                    "split": gate_split,
-                    "loss_points": loss,
-                    "passed": None if max_ndcg_loss is None else loss <= max_ndcg_loss + 1e-9,
-                    "chosen": False,
-                }
-            )
-        eligible = [c for c in candidates if c["passed"] is not False]
-        if eligible:
-            min(eligible, key=lambda c: (c["size_mb"], -c["ndcg@10"]))["chosen"] = True
-        reference_point = {
-            "name": "fp32 (torch)",
-            "size_mb": model_size_bytes(reference) / 1e6,
-            "latency_ms": speed["reference"]["latency_ms"]["p50"],
-            "pairs_per_s": speed["reference"]["pairs_per_s"],
-            "ndcg@10": reference_ndcg,
-            "split": gate_split,
-        }
-        # the chosen plan, or the nearest miss when none passed (its reports go with the error)
-        keep = next((i for i, c in enumerate(candidates) if c["chosen"]), None)
-        nearest = min(range(len(candidates)), key=lambda i: candidates[i]["loss_points"])
-        budget, the_plan, staged, _, report = tried[nearest if keep is None else keep]
-        files = [path]
-        if keep is None:
-            for name, made in zip(_NEAREST_MISS, (reference_gate, report), strict=True):
-                made.save(run.path / name)
-            files += _NEAREST_MISS
-        payload = {"split": gate_split, "reference": reference_point, "candidates": candidates}
-        atomic_write_json(run.path / path, payload)
-        run.record("candidates", settings, files)
-        del model
-        tried.clear()  # closes the ONNX Runtime sessions
-        systems.clear()
-        chosen = _chosen_candidate(run, candidates, dataset_name, gate_split, max_ndcg_loss, path)
-        install(budget, the_plan, staged)
-    logger.info("  kept %s (%.1f MB)", chosen["name"], chosen["size_mb"])
-    return budget, payload, (reference_gate, report)
-
-
-#: Gate reports of the reference and of the plan that came nearest, when every plan failed.
-_NEAREST_MISS = ["evaluation/plans_tried_reference.json", "evaluation/plans_tried_nearest.json"]
-
-
-def _chosen_candidate(
-    run: Any,
-    candidates: Sequence[Mapping[str, Any]],
-    dataset_name: str,
-    split: str,
-    max_ndcg_loss: float | None,
-    path: str,
-) -> Mapping[str, Any]:
-    """The candidate marked chosen, or a :class:`QualityGateError` naming every loss."""
-    from relcomp.export import GateResult, QualityGateError
-
-    chosen = [c for c in candidates if c["chosen"]]
-    if chosen:
-        return chosen[0]
-    _withdraw_bundle(run)
-    run.forget("plan", "gate")  # an earlier run's plan is not what this run tried
-    losses = "; ".join(f"{c['name']}: {c['loss_points']:.2f}" for c in candidates)
-    reports = tuple(QualityReport.load(run.path / name) for name in _NEAREST_MISS)
-    nearest = min(c["loss_points"] for c in candidates)
-    raise QualityGateError(
-        f"quality gate failed for every budget tried, nDCG@10 points lost on "
-        f"{dataset_name}/{split}: {losses}; at most {max_ndcg_loss:g} allowed "
-        f"(--max-ndcg-loss). No bundle was kept; {path} lists them. Try larger budgets.",
-        GateResult(reports[0], reports[1], split, nearest, max_ndcg_loss or 0.0),
-    )
 
 
 def _achieved_text(the_plan: CompressionPlan) -> str:
@@ -1357,65 +1380,6 @@ def _named(artifact: Any, dataset_name: str) -> Any:
     if isinstance(artifact, QualityReport):
         return dataclasses.replace(artifact, dataset=dataset_name)
     return dataclasses.replace(artifact, source={**artifact.source, "dataset": dataset_name})
-
-
-def _evaluate_both(
-    run: Any,
-    step: str,
-    models: tuple[RankingModel, RankingModel],
-    data_dir: str | os.PathLike[str],
-    split: str,
-    evaluation: Mapping[str, Any],
-    dataset_name: str,
-    known: tuple[QualityReport, QualityReport] | None = None,
-) -> tuple[QualityReport, QualityReport]:
-    """Both models on one split (same queries, same candidates), or their saved reports.
-
-    Saved as ``evaluation/<gate or split>_reference.json`` and ``…_compressed.json``;
-    reused when the bundle, the data and the evaluation settings are those of the last run.
-    ``known``: reports already made for these models under these settings (the plans
-    tried step gated the chosen bundle), saved instead of evaluating again.
-    """
-    prefix = "gate" if step == "gate" else split
-    files = [f"evaluation/{prefix}_reference.json", f"evaluation/{prefix}_compressed.json"]
-    from relcomp.flow import folder_identity
-
-    settings = {
-        "reference": models[0].cache_key,
-        "bundle": run.digest("export"),
-        **folder_identity(data_dir),
-        "split": split,
-        "max_length": models[0].max_length,
-        **_plain_settings(evaluation),
-    }
-    if run.done(step, settings):
-        logger.info("  reusing %s", ", ".join(files))
-        return QualityReport.load(run.path / files[0]), QualityReport.load(run.path / files[1])
-    reports = known or tuple(
-        _named(evaluate(model, data_dir, split=split, **evaluation), dataset_name)
-        for model in models
-    )
-    for report, name in zip(reports, files, strict=True):
-        report.save(run.path / name)
-    run.record(step, settings, files)
-    return reports[0], reports[1]
-
-
-def _withdraw_bundle(run: Any) -> None:
-    """After a failed gate: delete the bundle and everything made from it (see :func:`compress`)."""
-    from relcomp.flow import remove_bundle
-
-    remove_bundle(run.path, run.files("export"))
-    run.forget("export", "evaluation", "speed")
-    for name in ("quality.json", "report.html"):
-        with contextlib.suppress(FileNotFoundError):
-            (run.path / name).unlink()
-    figures = run.path / "figures"
-    if figures.is_dir():
-        for png in figures.glob("*.png"):
-            png.unlink()
-        with contextlib.suppress(OSError):
-            figures.rmdir()
 
 
 def _explain_pairs(
@@ -1451,15 +1415,8 @@ def _top_pairs(
     if first_stage is None and isinstance(model, BiEncoder):
         run = dense_retrieve(model, dataset, query_ids, depth=1, show_progress_bar=False)
     else:
-        stage = load_scorer(first_stage or BM25)
-        if stage == BM25:
-            candidates = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=False)
-        elif isinstance(stage, BiEncoder):
-            candidates = dense_retrieve(
-                stage, dataset, query_ids, depth=depth, show_progress_bar=False
-            )
-        else:
-            raise ValueError(f"first_stage must be 'bm25' or a bi-encoder, got {first_stage!r}")
+        stage = load_first_stage(first_stage or BM25)
+        candidates = retrieve(stage, dataset, query_ids, depth, show_progress_bar=False)
         run = rerank(model, dataset, candidates, depth=depth, show_progress_bar=False)
     pairs = []
     for query_id in query_ids:

@@ -202,7 +202,7 @@ def test_sparsify_zeroes_small_inputs_and_statistics_predict_how_many(tiny_model
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("threshold", [0.12, 1 / 3, 0.5123456789, 2.0, 1e-3, 0.0])
 def test_the_sparsity_mask_is_exactly_strict_less_than_the_threshold(dtype, threshold):
-    from relcomp.compression.realise import _drop_small
+    from relcomp.compression.torch_realise import _drop_small
 
     at = torch.tensor(threshold, dtype=dtype)
     edges = [at, torch.nextafter(at, torch.zeros_like(at)), torch.nextafter(at, at + 1)]

@@ -42,14 +42,6 @@ from relcomp.compression.actions import (
     parse_action,
 )
 from relcomp.compression.factorise import LowRankLinear, factorise_physically
-from relcomp.compression.plan import (
-    ModelStructure,
-    check_budget,
-    head_counts,
-    neuron_counts,
-    resolve_plan,
-    structural_masks,
-)
 from relcomp.compression.prune import (
     apply_pruned_ffn_widths,
     load_pruned_model,
@@ -64,11 +56,13 @@ from relcomp.compression.quantize import (
     fake_quantize_int4,
     fake_quantize_int8,
 )
-from relcomp.compression.realise import (
-    HANDLERS,
-    CompressionHandle,
-    active_compression,
-    compress_,
+from relcomp.compression.resolve import (
+    ModelStructure,
+    check_budget,
+    head_counts,
+    neuron_counts,
+    resolve_plan,
+    structural_masks,
 )
 from relcomp.compression.size import (
     LinearSize,
@@ -84,6 +78,12 @@ from relcomp.compression.statistics import (
     calibrate,
     calibration_features,
     collect_activation_statistics,
+)
+from relcomp.compression.torch_realise import (
+    HANDLERS,
+    CompressionHandle,
+    active_compression,
+    compress_,
 )
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 An action is data: a frozen dataclass with a string form that parses back exactly
 (``int8(per_channel=True)``, ``prune_heads(0,3)``). How an action is carried out in
-torch lives in :mod:`relcomp.compression.realise`; which modules it may touch is its
+torch lives in :mod:`relcomp.compression.torch_realise`; which modules it may touch is its
 ``target``.
 
 Grammar::
@@ -56,7 +56,7 @@ Example:
     >>> parse_action("int3")
     Traceback (most recent call last):
     ...
-    relcomp.compression.actions.PlanError: unknown compression action 'int3'; did you mean 'int8'? Valid names: drop_layers, fp16, fp32, int4, int8, low_rank, prune_heads, prune_neurons, prune_weights, sparsify
+    relcomp.errors.PlanError: unknown compression action 'int3'; did you mean 'int8'? Valid names: drop_layers, fp16, fp32, int4, int8, low_rank, prune_heads, prune_neurons, prune_weights, sparsify
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ import ast
 import dataclasses
 import math
 import re
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
-from relcomp.errors import RelcompError
+from relcomp.errors import PlanError
 from relcomp.registry import Registry, UnknownNameError
 
 __all__ = [
@@ -88,11 +89,8 @@ __all__ = [
     "Sparsify",
     "Target",
     "parse_action",
+    "plan_needs_data",
 ]
-
-
-class PlanError(RelcompError, ValueError):
-    """A compression plan that cannot be carried out; the message names the problem."""
 
 
 #: What kind of module an action applies to.
@@ -140,6 +138,11 @@ class Action:
     def structural(self) -> bool:
         """Whether the action removes parts of the model (heads, neurons, layers)."""
         return self.category in ("heads", "neurons", "layers")
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether carrying the action out needs calibration data (activation statistics or scales)."""
+        return False
 
     @classmethod
     def parse(cls, text: str | Action) -> Action:
@@ -237,7 +240,7 @@ class Int8(PrecisionAction):
         >>> Int8(channelwise=True)
         Traceback (most recent call last):
         ...
-        relcomp.compression.actions.PlanError: bad argument for int8: channelwise=True needs activations=True (it sets the input's scales)
+        relcomp.errors.PlanError: bad argument for int8: channelwise=True needs activations=True (it sets the input's scales)
     """
 
     name: ClassVar[str] = "int8"
@@ -245,6 +248,10 @@ class Int8(PrecisionAction):
     per_channel: bool = _always(True)
     activations: bool = False
     channelwise: bool = False
+
+    @property
+    def needs_data(self) -> bool:
+        return self.activations
 
     def check(self) -> None:
         _check_bool(self.name, "per_channel", self.per_channel)
@@ -347,6 +354,10 @@ class PruneWeights(Action):
     category: ClassVar[Category] = "weights"
     ratio: float = _always()
 
+    @property
+    def needs_data(self) -> bool:
+        return True
+
     def check(self) -> None:
         _check_ratio(self.name, "ratio", self.ratio)
         object.__setattr__(self, "ratio", float(self.ratio))
@@ -373,6 +384,10 @@ class Sparsify(Action):
     category: ClassVar[Category] = "sparsity"
     threshold: float = _always()
     rank: int | None = None
+
+    @property
+    def needs_data(self) -> bool:
+        return True
 
     def check(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float):
@@ -508,3 +523,13 @@ def _plain_literal(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(value)
     return value
+
+
+def plan_needs_data(entries: Iterable[tuple[str, str | Action]]) -> bool:
+    """Whether any action of a plan's ``(pattern, action)`` entries needs calibration data.
+
+    Example:
+        >>> plan_needs_data([("_default", "int8")]), plan_needs_data([("_default", "sparsify(threshold=0.1)")])
+        (False, True)
+    """
+    return any(parse_action(action).needs_data for _, action in entries)

@@ -33,9 +33,9 @@ from torch import nn
 
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import FP16, LowRank, PlanError, PrecisionAction
-from relcomp.compression.plan import LinearKeep, ModelStructure, _resolve
 from relcomp.compression.quantize import fake_quantize_fp16
-from relcomp.compression.realise import _svd_factors, active_compression, weight_quantizer
+from relcomp.compression.resolve import LinearKeep, ModelStructure, resolve_on_structure
+from relcomp.compression.torch_realise import active_compression, svd_factors, weight_quantizer
 from relcomp.models.base import RankingModel
 
 __all__ = ["LowRankLinear", "factorise_physically"]
@@ -112,7 +112,7 @@ def factorise_physically(model: RankingModel, plan: CompressionPlan) -> RankingM
             f"{model.name} is compressed in place; remove the handle before factorising"
         )
     structure = ModelStructure.of(model)
-    resolved = _resolve(plan, structure)
+    resolved = resolve_on_structure(plan, structure)
     chosen = {
         module: actions
         for module, actions in resolved.items()
@@ -128,7 +128,7 @@ def factorise_physically(model: RankingModel, plan: CompressionPlan) -> RankingM
             linear = torch_model.get_submodule(module)
             assert isinstance(linear, nn.Linear)
             rank = next(a.rank for a in actions if isinstance(a, LowRank))
-            left, right = _svd_factors(linear.weight.detach(), LinearKeep(), rank)
+            left, right = svd_factors(linear.weight.detach(), LinearKeep(), rank)
             bias = linear.bias.detach().clone() if linear.bias is not None else None
             precision = next((a for a in actions if isinstance(a, PrecisionAction)), None)
             quantize = weight_quantizer(precision) if precision is not None else None

@@ -46,7 +46,7 @@ import torch
 
 from relcomp.artifacts import ComponentRelevance
 from relcomp.compression.actions import PlanError
-from relcomp.compression.plan import ModelStructure
+from relcomp.compression.resolve import ModelStructure
 from relcomp.compression.statistics import ActivationStatistics, calibration_statistics
 from relcomp.models.base import RankingModel, batched
 from relcomp.models.bi_encoder import BiEncoder

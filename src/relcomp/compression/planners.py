@@ -52,7 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from relcomp.artifacts import COMPRESSION_BUDGETS, ComponentRelevance, CompressionPlan
+from relcomp.artifacts import ComponentRelevance, CompressionPlan
+from relcomp.budgets import parse_budget
 from relcomp.compression.actions import (
     FP16,
     FP32,
@@ -71,7 +72,7 @@ from relcomp.compression.importance import (
     Importance,
     importance_scores,
 )
-from relcomp.compression.plan import ModelStructure
+from relcomp.compression.resolve import ModelStructure
 from relcomp.compression.size import weight_bytes
 from relcomp.compression.statistics import ActivationStatistics, calibration_statistics
 from relcomp.models.base import RankingModel
@@ -116,34 +117,6 @@ MAX_RATIO = 0.95
 Planner = Callable[..., CompressionPlan]
 #: Planners by the names users type: ``mixed-precision``, ``prune-structured``…
 PLANNERS: Registry[Planner] = Registry("compression planner")
-
-
-def parse_budget(budget: Mapping[str, float] | str) -> dict[str, float]:
-    """A budget as a dict; ``"bits_per_weight=6"`` (the CLI form) parses too.
-
-    Example:
-        >>> parse_budget("params_removed=0.3")
-        {'params_removed': 0.3}
-    """
-    if isinstance(budget, str):
-        parsed: dict[str, float] = {}
-        for part in budget.split(","):
-            key, separator, value = part.partition("=")
-            if not separator:
-                raise PlanError(
-                    f"write a budget as name=value (e.g. bits_per_weight=6), got {part!r}"
-                )
-            try:
-                parsed[key.strip()] = float(value)
-            except ValueError:
-                raise PlanError(f"budget {key.strip()!r}: {value!r} is not a number") from None
-        budget = parsed
-    unknown = sorted(set(budget) - set(COMPRESSION_BUDGETS))
-    if unknown:
-        raise PlanError(
-            f"unknown budget {unknown}; valid budgets: {', '.join(sorted(COMPRESSION_BUDGETS))}"
-        )
-    return {key: float(value) for key, value in budget.items()}
 
 
 def _one_budget(

@@ -32,8 +32,13 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import PlanError, PruneHeads
-from relcomp.compression.plan import ModelStructure, _resolve, dropped_layers, structural_masks
-from relcomp.compression.realise import active_compression
+from relcomp.compression.resolve import (
+    ModelStructure,
+    dropped_layers,
+    resolve_on_structure,
+    structural_masks,
+)
+from relcomp.compression.torch_realise import active_compression
 from relcomp.models.base import RankingModel
 from relcomp.models.pruned import (
     FFN_WIDTH_KEY,
@@ -97,7 +102,7 @@ def prune_physically(model: RankingModel, plan: CompressionPlan) -> RankingModel
             len(rest.entries),
         )
     structure = ModelStructure.of(model)
-    resolved = _resolve(structural, structure)
+    resolved = resolve_on_structure(structural, structure)
     keep = structural_masks(resolved, structure)
     before = parameter_count(model)
     trainable = any(p.requires_grad for p in model.model.parameters())
@@ -169,14 +174,17 @@ def plan_after_pruning(
         (('encoder.layer.4.output.dense', 'int4(block_size=32)'),)
     """
     structure = ModelStructure.of(model)
-    dropped = {layer.index for layer in dropped_layers(_resolve(structural, structure), structure)}
+    dropped = {
+        layer.index
+        for layer in dropped_layers(resolve_on_structure(structural, structure), structure)
+    }
     if not dropped:
         return plan
     kept = [index for index in range(len(structure.layers)) if index not in dropped]
     new_index = {old: new for new, old in enumerate(kept)}
     prefix = f"{structure.layer_list}."
     entries: list[tuple[str, str]] = []
-    for module, actions in _resolve(plan, structure).items():
+    for module, actions in resolve_on_structure(plan, structure).items():
         if module.startswith(prefix):
             index, _, rest = module[len(prefix) :].partition(".")
             if int(index) in dropped:

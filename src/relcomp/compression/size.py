@@ -28,7 +28,6 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import (
     FP16,
     FP32,
@@ -41,10 +40,11 @@ from relcomp.compression.actions import (
     Sparsify,
     parse_action,
 )
-from relcomp.compression.plan import ModelStructure, _resolve, removed_counts
+from relcomp.compression.resolve import ModelStructure, removed_counts, resolve_on_structure
 from relcomp.models.base import RankingModel
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a plan is read here, never made: artifacts imports this module, not back
+    from relcomp.artifacts import CompressionPlan
     from relcomp.compression.statistics import ActivationStatistics
 
 __all__ = [
@@ -216,6 +216,7 @@ def estimate_size(
 
     Example:
         >>> from relcomp.models import load_model
+        >>> from relcomp.artifacts import CompressionPlan
         >>> model = load_model("all-MiniLM-L6-v2")
         >>> fp32 = estimate_size(model, CompressionPlan("m", {}))
         >>> int8 = estimate_size(model, CompressionPlan("m", {"_default": "int8"}))
@@ -223,7 +224,7 @@ def estimate_size(
         (90.3, 58.5, 8.06)
     """
     structure = ModelStructure.of(model)
-    resolved = _resolve(plan, structure)
+    resolved = resolve_on_structure(plan, structure)
     removed = removed_counts(resolved, structure)
     fixed = structure.fixed_parameters()
     sizes: dict[str, LinearSize] = {}

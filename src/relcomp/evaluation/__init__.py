@@ -17,6 +17,7 @@ from __future__ import annotations
 from relcomp.evaluation._common import Qrels, Run, ranked
 from relcomp.evaluation.beir import BeirDataset, available_splits, load_beir
 from relcomp.evaluation.cache import Cache, default_cache_dir
+from relcomp.evaluation.comparison import quality_comparison
 from relcomp.evaluation.first_stage import (
     FIRST_STAGES,
     BM25Settings,
@@ -34,32 +35,58 @@ from relcomp.evaluation.metrics import (
     parse_measures,
     tie_rate,
 )
+from relcomp.evaluation.protocol import PROTOCOLS, Protocol, resolve_protocol
 from relcomp.evaluation.report import quality_report
 from relcomp.evaluation.rerank import candidate_pairs, rerank
-from relcomp.evaluation.sampling import sample_queries
+from relcomp.evaluation.sampling import (
+    calibration_dataset,
+    calibration_pairs,
+    calibration_triples,
+    sample_queries,
+)
+from relcomp.evaluation.speed import measure_speed, model_size_bytes
+from relcomp.evaluation.systems import (
+    BM25,
+    evaluate_scorer,
+    load_first_stage,
+    rerank_with_corpus_embeddings,
+)
 
 __all__ = [
+    "BM25",
     "DEFAULT_MEASURES",
     "FIRST_STAGES",
+    "PROTOCOLS",
     "BM25Settings",
     "BeirDataset",
     "Cache",
+    "Protocol",
     "Qrels",
     "Run",
     "available_splits",
     "bm25_retrieve",
+    "calibration_dataset",
+    "calibration_pairs",
+    "calibration_triples",
     "candidate_pairs",
     "compare_runs",
     "default_cache_dir",
     "dense_retrieve",
     "encode_corpus",
     "evaluate_run",
+    "evaluate_scorer",
     "load_beir",
+    "load_first_stage",
+    "measure_speed",
+    "model_size_bytes",
     "paired_test",
     "parse_measures",
+    "quality_comparison",
     "quality_report",
     "ranked",
     "rerank",
+    "rerank_with_corpus_embeddings",
+    "resolve_protocol",
     "retrieve",
     "sample_queries",
     "tie_rate",

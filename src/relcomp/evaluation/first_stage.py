@@ -481,6 +481,8 @@ def retrieve(
     dataset: BeirDataset,
     query_ids: Iterable[str] | None = None,
     depth: int = 100,
+    *,
+    batch_size: int = 32,
     **options: Any,
 ) -> Run:
     """Run a first stage given by name (``"bm25"``) or as a bi-encoder model.
@@ -490,6 +492,7 @@ def retrieve(
         dataset: the collection.
         query_ids: the queries to run; the split's judged queries by default.
         depth: how many documents to keep per query.
+        batch_size: texts per forward pass of a bi-encoder (a named stage has no batches).
         **options: passed on (``use_cache``, ``cache_dir``, ``show_progress_bar``…).
 
     Returns:
@@ -513,4 +516,4 @@ def retrieve(
             f"a first stage is a name ({', '.join(FIRST_STAGES.names())}) or a bi-encoder; "
             f"got {type(first_stage).__name__}"
         )
-    return dense_retrieve(first_stage, dataset, query_ids, depth, **options)
+    return dense_retrieve(first_stage, dataset, query_ids, depth, batch_size=batch_size, **options)

@@ -22,6 +22,7 @@ from relcomp.registry import Registry
 
 __all__ = [
     "DEFAULT_MEASURES",
+    "NDCG_AT_10",
     "SIGNIFICANCE_TESTS",
     "compare_runs",
     "evaluate_run",
@@ -32,7 +33,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100")
+#: The measure the quality gate, the plans tried and the report's headline use.
+NDCG_AT_10 = "nDCG@10"
+DEFAULT_MEASURES: tuple[str, ...] = (NDCG_AT_10, "RR@10", "R@100")
 
 
 def parse_measures(measures: Iterable[str | Any]) -> dict[str, Any]:

@@ -1,13 +1,39 @@
-"""Fixed, seeded query samples, so that quick comparisons between systems are paired."""
+"""Fixed, seeded samples, so that comparisons between systems are paired.
+
+* :func:`sample_queries` — the queries a protocol evaluates;
+* :func:`calibration_dataset`, :func:`calibration_pairs`, :func:`calibration_triples`
+  — the (query, judged document[, hard negative]) pairs that relevance, plans,
+  activation statistics and static quantization are calibrated on, from a dev or
+  train split, never from the evaluated one.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_SEED", "sample_queries"]
+from relcomp.evaluation.beir import (
+    BeirDataset,
+    available_splits,
+    check_split_name,
+    load_beir,
+    same_split,
+)
+from relcomp.evaluation.first_stage import bm25_retrieve
+from relcomp.evaluation.rerank import candidate_pairs
+
+__all__ = [
+    "DEFAULT_SEED",
+    "calibration_dataset",
+    "calibration_pairs",
+    "calibration_triples",
+    "development_split",
+    "sample_queries",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +82,126 @@ def sample_queries(query_ids: Iterable[str], n: int | None, seed: int = DEFAULT_
         return pool
     chosen = np.random.RandomState(seed).choice(len(pool), size=int(n), replace=False)
     return [pool[i] for i in sorted(chosen.tolist())]
+
+
+def calibration_dataset(
+    data_dir: str | os.PathLike[str], split: str | None, evaluated: str
+) -> BeirDataset:
+    """The split calibration pairs come from (:func:`development_split`), loaded."""
+    split = development_split(
+        data_dir,
+        split,
+        evaluated=evaluated,
+        purpose="to calibrate on",
+        refusal="calibration split {split!r} is the evaluated split; use dev or train",
+    )
+    return load_beir(data_dir, split)
+
+
+def development_split(
+    data_dir: str | os.PathLike[str],
+    split: str | None = None,
+    *,
+    evaluated: str = "test",
+    purpose: str = "to calibrate on",
+    refusal: str = "split {split!r} is the evaluated split; use dev or train",
+) -> str:
+    """``split`` if given, else ``dev``, else ``train``; never the ``evaluated`` split.
+
+    The one rule for every development use of a collection (calibration, the quality
+    gate, parity): looking at the queries whose figures are reported would flatter
+    every compression.
+
+    Args:
+        data_dir: a BEIR folder.
+        split: the split asked for, or ``None``.
+        evaluated: the reported split, refused.
+        purpose: what the split is for, in the error when there is none.
+        refusal: the error when ``split`` is ``evaluated`` (``{split}`` is filled in).
+
+    Example:
+        >>> from relcomp.data import demo_path
+        >>> development_split(demo_path())
+        'train'
+    """
+    if split is not None:
+        check_split_name(data_dir, split)  # a name, never a path out of the collection
+        if same_split(data_dir, split, evaluated):  # compares the qrels files, not the names
+            raise ValueError(refusal.format(split=split))
+    splits = available_splits(data_dir)
+    if split is None:
+        candidates = [
+            name
+            for name in ("dev", "train")
+            if name in splits and not same_split(data_dir, name, evaluated)
+        ]
+        if not candidates:
+            raise ValueError(
+                f"{data_dir}: no dev or train split {purpose} (splits: {', '.join(splits) or 'none'})"
+            )
+        return candidates[0]
+    if split not in splits:
+        raise ValueError(f"{data_dir}: no split {split!r} (splits: {', '.join(splits) or 'none'})")
+    return split
+
+
+def calibration_pairs(dataset: Any, n: int, seed: int = 13) -> list[tuple[str, str]]:
+    """A fixed, seeded sample of ``n`` (query, most relevant judged document) pairs."""
+    return [
+        (dataset.query_text(query_id), dataset.document_text(best))
+        for query_id, best in _calibration_choice(dataset, n, seed)
+    ]
+
+
+def calibration_triples(
+    dataset: Any, n: int, seed: int = 13, depth: int = 100
+) -> list[tuple[str, str, str]]:
+    """(query, most relevant judged document, hard negative) for the queries of :func:`calibration_pairs`.
+
+    The hard negative is the document BM25 ranks highest among those not judged
+    relevant (unjudged counts as not relevant, as in the metrics): the kind of
+    document a re-ranker must push down. A query with no such document in BM25's
+    top-``depth`` is left out, and a warning says how many were.
+    """
+    chosen = _calibration_choice(dataset, n, seed)
+    run = bm25_retrieve(dataset, [q for q, _ in chosen], depth=depth, show_progress_bar=False)
+    negatives: dict[str, str] = {}
+    for query_id, doc_id in candidate_pairs(run, depth):
+        if query_id not in negatives and dataset.qrels[query_id].get(doc_id, 0) <= 0:
+            negatives[query_id] = doc_id
+    if len(negatives) < len(chosen):
+        logger.warning(
+            "%s/%s: %d of %d calibration queries have no non-relevant document in BM25's "
+            "top-%d and are left out of the contrast",
+            dataset.name,
+            dataset.split,
+            len(chosen) - len(negatives),
+            len(chosen),
+            depth,
+        )
+    if not negatives:
+        raise ValueError(f"{dataset.name}/{dataset.split}: no hard negatives to contrast with")
+    return [
+        (
+            dataset.query_text(query_id),
+            dataset.document_text(best),
+            dataset.document_text(negatives[query_id]),
+        )
+        for query_id, best in chosen
+        if query_id in negatives
+    ]
+
+
+def _calibration_choice(dataset: Any, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` seeded queries of the split with their most relevant judged document."""
+    chosen = []
+    for query_id in sample_queries(dataset.split_queries, n, seed=seed):
+        judged = dataset.qrels[query_id]
+        best = max(sorted(judged), key=lambda doc_id: judged[doc_id])
+        if judged[best] > 0:
+            chosen.append((query_id, best))
+    if not chosen:
+        raise ValueError(
+            f"{dataset.name}/{dataset.split}: no judged-relevant pairs to calibrate on"
+        )
+    return chosen

@@ -27,16 +27,25 @@ Example:
 from __future__ import annotations
 
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, CompressionPlan, ExportBundle, ParityReport
+
+# The gate is evaluation's; export runs it before a bundle may exist, and its names
+# stay importable from here.
+from relcomp.evaluation.gate import GateResult, QualityGateError, gate_split, quality_gate
 from relcomp.export.bundle import PARITY_FILE, PLAN_FILE, default_variant, export_bundle
 from relcomp.export.convert import EXPORTERS, export_onnx
-from relcomp.export.gate import GateResult, QualityGateError, gate_split, quality_gate
 from relcomp.export.graph import linear_nodes, module_of_node, onnx_size, op_counts
+from relcomp.export.ort_realise import (
+    ORT_HANDLERS,
+    OrtRealisation,
+    precision_label,
+    realise_for_ort,
+)
 from relcomp.export.parity import ParityGroups, check_parity, parity_groups
-from relcomp.export.realise import OrtRealisation, precision_label, realise_for_ort
 
 __all__ = [
     "EXPORTERS",
     "EXPORT_BUNDLE_FILE",
+    "ORT_HANDLERS",
     "PARITY_FILE",
     "PLAN_FILE",
     "CompressionPlan",

@@ -61,12 +61,12 @@ from relcomp.compression import (
     resolve_plan,
 )
 from relcomp.errors import RelcompError
+from relcomp.evaluation.gate import quality_gate
 from relcomp.export.convert import Exporter, export_onnx
 from relcomp.export.first_token import first_token_last_layer
-from relcomp.export.gate import quality_gate
 from relcomp.export.graph import onnx_size
+from relcomp.export.ort_realise import realise_for_ort
 from relcomp.export.parity import ParityGroups, check_parity
-from relcomp.export.realise import realise_for_ort
 from relcomp.models.base import RankingModel
 from relcomp.models.onnx_backend import is_bundle, load_bundle
 from relcomp.models.saving import copy_model_files

@@ -58,7 +58,7 @@ def first_token_last_layer(model: RankingModel) -> Iterator[bool]:
     layer = model.layer_modules()[-1]
     attention = module.get_submodule(layer.attention)
     output = module.get_submodule(layer.attention_output.rsplit(".", 1)[0])
-    attention.forward = _first_query_attention(attention)  # type: ignore[method-assign]
+    attention.forward = _first_query_attention(attention)
     handle = output.register_forward_pre_hook(_first_residual)
     try:
         yield True

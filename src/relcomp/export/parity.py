@@ -168,7 +168,7 @@ def parity_groups(
     for are left out.
     """
     from relcomp.evaluation import bm25_retrieve, load_beir, ranked, sample_queries
-    from relcomp.export.gate import gate_split
+    from relcomp.evaluation.gate import gate_split
 
     split = gate_split(data_dir, split)
     dataset = load_beir(data_dir, split)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder, relevance_head_problem
 from relcomp.models.onnx_backend import is_bundle, load_bundle
 from relcomp.models.pruned import load_pruned_model
+from relcomp.models.st_files import read_model_json, sentence_transformers_settings
 
 __all__ = [
     "DEFAULT_RETRIEVER",
@@ -92,63 +92,15 @@ def resolve_model_path(
         ) from None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"{path}: cannot read model file: {error}") from None
-
-
 def detect_kind(path: Path) -> ModelKind:
     """``cross-encoder`` for a sequence-classification model, else ``bi-encoder``."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{path}: not a model folder (no config.json)")
-    architectures = _read_json(config_file).get("architectures") or []
+    architectures = read_model_json(config_file).get("architectures") or []
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
         return "cross-encoder"
     return "bi-encoder"
-
-
-def _sentence_transformers_settings(path: Path) -> dict[str, Any]:
-    """Pooling, normalisation, similarity, prompts and max length from the ST files."""
-    settings: dict[str, Any] = {"pooling": "mean", "normalize": False, "similarity_name": "cosine"}
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        logger.warning("%s has no modules.json: using mean pooling without normalisation", path)
-        return settings
-    for module in _read_json(modules_file):
-        kind = str(module.get("type", ""))
-        if kind.endswith("Pooling"):
-            pooling = _read_json(path / module["path"] / "config.json")
-            modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
-            if modes == ["pooling_mode_mean_tokens"]:
-                settings["pooling"] = "mean"
-            elif modes == ["pooling_mode_cls_token"]:
-                settings["pooling"] = "cls"
-            else:
-                raise UnsupportedArchitectureError(
-                    f"{path}: pooling {modes} is not supported (relcomp supports mean and CLS pooling)"
-                )
-        elif kind.endswith("Normalize"):
-            settings["normalize"] = True
-        elif not kind.endswith("Transformer"):
-            raise UnsupportedArchitectureError(
-                f"{path}: sentence-transformers module {kind!r} is not supported "
-                "(relcomp supports Transformer → Pooling → Normalize)"
-            )
-    st_config_file = path / "config_sentence_transformers.json"
-    if st_config_file.is_file():
-        st_config = _read_json(st_config_file)
-        if st_config.get("similarity_fn_name") in {"dot", "dot_product"}:
-            settings["similarity_name"] = "dot"
-        prompts = st_config.get("prompts") or {}
-        settings["query_prompt"] = prompts.get("query", "")
-        settings["document_prompt"] = prompts.get("document", prompts.get("passage", ""))
-    bert_config_file = path / "sentence_bert_config.json"
-    if bert_config_file.is_file():
-        settings["max_length"] = _read_json(bert_config_file).get("max_seq_length")
-    return settings
 
 
 def _default_max_length(tokenizer: Any, config: Any) -> int:
@@ -258,7 +210,7 @@ def load_model(
     if kind == "cross-encoder":
         limit = max_length or _default_max_length(tokenizer, config)
         return CrossEncoder(name, path, model, tokenizer, adapter, limit, device=device)
-    settings = _sentence_transformers_settings(path)
+    settings = sentence_transformers_settings(path)
     limit = max_length or settings.pop("max_length", None) or _default_max_length(tokenizer, config)
     settings.pop("max_length", None)
     return BiEncoder(name, path, model, tokenizer, adapter, int(limit), device=device, **settings)

@@ -280,9 +280,9 @@ def load_bundle(
     if bundle.model_kind == "cross-encoder":
         model = OnnxCrossEncoder(label, folder, module, tokenizer, adapter, limit, variant=variant)
     else:
-        from relcomp.models.loading import _sentence_transformers_settings
+        from relcomp.models.st_files import sentence_transformers_settings
 
-        settings = _sentence_transformers_settings(folder)
+        settings = sentence_transformers_settings(folder)
         settings.pop("max_length", None)
         model = OnnxBiEncoder(
             label, folder, module, tokenizer, adapter, limit, variant=variant, **settings

@@ -109,7 +109,7 @@ def _text_colour(rgba: Sequence[float]) -> str:
     return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "#1a1a1a"
 
 
-def _layer_label(name: str) -> str:
+def layer_label(name: str) -> str:
     """``bert.encoder.layer.3`` → ``3``; names without a trailing number stay as they are."""
     match = re.search(r"(\d+)$", name)
     return match.group(1) if match else name
@@ -433,7 +433,7 @@ def component_heatmap(relevance: ComponentRelevance, *, statistic: str = "mean_a
         max(2.8, 1.4 + 0.42 * len(layers)),
     )
     grid = figure.add_gridspec(1, panels, width_ratios=ratios, wspace=0.35)
-    labels = [_layer_label(name) for name in layers]
+    labels = [layer_label(name) for name in layers]
     position = 0
     if heads:
         matrix = np.full((len(layers), n_heads), np.nan)

@@ -959,10 +959,10 @@ def _plan_section(run: CompressionRun) -> str:
 def _extreme_heads(relevance: ComponentRelevance, k: int = 3) -> str:
     if "head" not in relevance.components:
         return ""
-    from relcomp.reports.figures import _layer_label
+    from relcomp.reports.figures import layer_label
 
     cells = [
-        (f"layer {_layer_label(name)}, head {head}", float(value))
+        (f"layer {layer_label(name)}, head {head}", float(value))
         for name, values in relevance.by_kind("head").items()
         for head, value in enumerate(values)
     ]

@@ -1,13 +1,14 @@
 """The quality gate: refuse a compressed model that loses more nDCG@10 than allowed.
 
-Both models re-rank the same BM25 candidates of the same seeded sample of queries
-from a *development* split (``dev``, else ``train``; never ``test``, whose figures
-are the ones reported), and the loss is the reference's nDCG@10 minus the
-candidate's, in points (1 point = 0.01 nDCG).
+Both models are evaluated alike (:func:`~relcomp.evaluation.evaluate_scorer`: a
+re-ranker re-ranks BM25's candidates, a bi-encoder retrieves exhaustively) on the
+same seeded sample of queries from a *development* split (``dev``, else ``train``;
+never ``test``, whose figures are the ones reported), and the loss is the
+reference's nDCG@10 minus the candidate's, in points (1 point = 0.01 nDCG).
 
-The gate is a quality check, the evaluation stage's job; it lives here because the
-export flow runs it before a bundle is allowed to exist. It reads
-:mod:`relcomp.evaluation` lazily, at call time.
+This module owns the gate's split (:func:`gate_split`), its allowance
+(:func:`check_max_ndcg_loss`) and its loss (:meth:`GateResult.compare`); the
+export and the compress flow both use them.
 """
 
 from __future__ import annotations
@@ -20,13 +21,24 @@ from typing import Any
 
 from relcomp.artifacts import QualityReport
 from relcomp.errors import RelcompError
-from relcomp.models.base import Scorer
+from relcomp.evaluation.beir import load_beir
+from relcomp.evaluation.metrics import NDCG_AT_10
+from relcomp.evaluation.rerank import PairScorer
+from relcomp.evaluation.sampling import development_split, sample_queries
+from relcomp.evaluation.systems import evaluate_scorer
 
-__all__ = ["GATE_MEASURE", "GateResult", "QualityGateError", "gate_split", "quality_gate"]
+__all__ = [
+    "GATE_MEASURE",
+    "GateResult",
+    "QualityGateError",
+    "check_max_ndcg_loss",
+    "gate_split",
+    "quality_gate",
+]
 
 logger = logging.getLogger(__name__)
 
-GATE_MEASURE = "nDCG@10"
+GATE_MEASURE = NDCG_AT_10
 
 
 class QualityGateError(RelcompError):
@@ -46,6 +58,24 @@ class GateResult:
     split: str
     loss_points: float
     max_ndcg_loss: float
+
+    @classmethod
+    def compare(
+        cls,
+        reference: QualityReport,
+        candidate: QualityReport,
+        split: str,
+        max_ndcg_loss: float,
+    ) -> GateResult:
+        """The gate's verdict on two reports of the same queries: the loss in points.
+
+        Example:
+            >>> report = lambda ndcg: QualityReport("m", "d", "dev", {"nDCG@10": ndcg}, {}, 1)
+            >>> round(GateResult.compare(report(0.5), report(0.49), "dev", 0.5).loss_points, 6)
+            1.0
+        """
+        loss = 100.0 * (reference.measures[GATE_MEASURE] - candidate.measures[GATE_MEASURE])
+        return cls(reference, candidate, split, loss, float(max_ndcg_loss))
 
     @property
     def passed(self) -> bool:
@@ -69,6 +99,25 @@ class GateResult:
         }
 
 
+def check_max_ndcg_loss(max_ndcg_loss: float) -> float:
+    """The gate's allowance in nDCG@10 points, refused unless a finite number ≥ 0.
+
+    Example:
+        >>> check_max_ndcg_loss(-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_ndcg_loss must be a number of points >= 0, got -1
+    """
+    if (
+        isinstance(max_ndcg_loss, bool)
+        or not isinstance(max_ndcg_loss, int | float)
+        or not math.isfinite(max_ndcg_loss)
+        or max_ndcg_loss < 0
+    ):
+        raise ValueError(f"max_ndcg_loss must be a number of points >= 0, got {max_ndcg_loss!r}")
+    return float(max_ndcg_loss)
+
+
 def gate_split(data_dir: str | os.PathLike[str], split: str | None = None) -> str:
     """The development split to check on: ``split`` if given, else ``dev``, else ``train``.
 
@@ -79,32 +128,18 @@ def gate_split(data_dir: str | os.PathLike[str], split: str | None = None) -> st
         >>> gate_split(demo_path())
         'train'
     """
-    from relcomp.evaluation import available_splits
-    from relcomp.evaluation.beir import same_split
-
-    if split is not None and same_split(data_dir, split, "test"):
-        raise ValueError(
-            "the quality gate never looks at the test split (its figures are the reported "
-            "ones); use dev or train"
-        )
-    splits = available_splits(data_dir)
-    if split is not None:
-        if split not in splits:
-            raise ValueError(
-                f"{data_dir}: no split {split!r} (splits: {', '.join(splits) or 'none'})"
-            )
-        return split
-    for candidate in ("dev", "train"):
-        if candidate in splits:
-            return candidate
-    raise ValueError(
-        f"{data_dir}: no dev or train split for the quality gate (splits: {', '.join(splits) or 'none'})"
+    return development_split(
+        data_dir,
+        split,
+        purpose="for the quality gate",
+        refusal="the quality gate never looks at the test split (its figures are the "
+        "reported ones); use dev or train",
     )
 
 
 def quality_gate(
-    reference: Scorer,
-    candidate: Scorer,
+    reference: PairScorer,
+    candidate: PairScorer,
     data_dir: str | os.PathLike[str],
     *,
     max_ndcg_loss: float,
@@ -124,7 +159,8 @@ def quality_gate(
         max_ndcg_loss: the allowance in nDCG@10 points (0.5 = 0.005 nDCG).
         split: ``dev``/``train``; ``None`` takes ``dev`` if present, else ``train``.
         queries: a seeded sample of this many judged queries (all when ``None``).
-        depth: BM25 candidates per query that both models re-rank.
+        depth: BM25 candidates per query that a re-ranker re-ranks (a bi-encoder
+            retrieves exhaustively, as everywhere else in relcomp).
         batch_size: pairs per forward pass.
         seed: the query sample's seed.
         show_progress_bar: passed to the models.
@@ -141,16 +177,7 @@ def quality_gate(
         >>> result.split, round(result.loss_points, 2)  # doctest: +SKIP
         ('dev', 0.12)
     """
-    from relcomp.evaluation import (
-        bm25_retrieve,
-        load_beir,
-        quality_report,
-        rerank,
-        sample_queries,
-    )
-
-    if isinstance(max_ndcg_loss, bool) or not math.isfinite(max_ndcg_loss) or max_ndcg_loss < 0:
-        raise ValueError(f"max_ndcg_loss must be a number of points >= 0, got {max_ndcg_loss!r}")
+    max_ndcg_loss = check_max_ndcg_loss(max_ndcg_loss)
     split = gate_split(data_dir, split)
     dataset = load_beir(data_dir, split)
     query_ids = (
@@ -158,40 +185,26 @@ def quality_gate(
         if queries
         else list(dataset.split_queries)
     )
-    candidates = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=show_progress_bar)
-    reports = []
-    for model in (reference, candidate):
-        run = rerank(
+    reports = [
+        evaluate_scorer(
             model,
             dataset,
-            candidates,
+            query_ids,
             depth=depth,
             batch_size=batch_size,
+            measures=[GATE_MEASURE],
+            # the candidates' scores are not cached: an unfinished bundle's are never read again
+            cache_scores=False,
             show_progress_bar=show_progress_bar,
+            settings={"queries": queries, "sample_seed": seed, "purpose": "quality gate"},
         )
-        reports.append(
-            quality_report(
-                str(getattr(model, "name", type(model).__name__)),
-                dataset,
-                run,
-                [GATE_MEASURE],
-                query_ids=query_ids,
-                first_stage="bm25",
-                depth=depth,
-                candidates=candidates,
-                settings={"queries": queries, "sample_seed": seed, "purpose": "quality gate"},
-            )
-        )
+        for model in (reference, candidate)
+    ]
     before = reports[0].measures[GATE_MEASURE]
     after = reports[1].measures[GATE_MEASURE]
-    result = GateResult(
-        reference=reports[0],
-        candidate=reports[1],
-        split=split,
-        loss_points=100.0 * (before - after),
-        max_ndcg_loss=float(max_ndcg_loss),
-    )
-    where = f"{dataset.name}/{split}, {reports[0].n_queries} queries, BM25 top-{depth}"
+    result = GateResult.compare(reports[0], reports[1], split, max_ndcg_loss)
+    candidates = f"BM25 top-{depth}" if reports[0].first_stage else "exhaustive retrieval"
+    where = f"{dataset.name}/{split}, {reports[0].n_queries} queries, {candidates}"
     if not result.passed:
         raise QualityGateError(
             f"quality gate failed: nDCG@10 lost {result.loss_points:.2f} points "

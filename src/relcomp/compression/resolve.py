@@ -17,12 +17,12 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from relcomp.artifacts import COMPRESSION_BUDGETS, CompressionPlan
+from relcomp.budgets import check_budget_values
 from relcomp.compression.actions import (
     INCOMPATIBLE,
     Action,
@@ -36,6 +36,9 @@ from relcomp.compression.actions import (
 from relcomp.models.adapters import LayerModules
 from relcomp.models.base import RankingModel
 
+if TYPE_CHECKING:  # a plan is read here, never made: artifacts imports this module, not back
+    from relcomp.artifacts import CompressionPlan
+
 __all__ = [
     "CATEGORY_ORDER",
     "LinearKeep",
@@ -44,6 +47,7 @@ __all__ = [
     "dropped_layers",
     "head_counts",
     "neuron_counts",
+    "resolve_on_structure",
     "resolve_plan",
     "structural_masks",
 ]
@@ -223,14 +227,10 @@ def check_budget(model: RankingModel | ModelStructure, budget: Mapping[str, floa
         >>> check_budget(load_model("all-MiniLM-L6-v2"), {"size_mb": 5})
         Traceback (most recent call last):
         ...
-        relcomp.compression.actions.PlanError: impossible budget size_mb=5: ...
+        relcomp.errors.PlanError: impossible budget size_mb=5: ...
     """
     structure = model if isinstance(model, ModelStructure) else ModelStructure.of(model)
-    unknown = sorted(set(budget) - set(COMPRESSION_BUDGETS))
-    if unknown:
-        raise PlanError(
-            f"unknown budget {unknown}; valid budgets: {', '.join(sorted(COMPRESSION_BUDGETS))}"
-        )
+    check_budget_values(budget)
     if "size_mb" in budget:
         fixed = structure.fixed_parameters()
         floor = sum(fixed.values())
@@ -260,6 +260,7 @@ def resolve_plan(plan: CompressionPlan, model: RankingModel) -> dict[str, list[A
     order they are carried out (:data:`CATEGORY_ORDER`).
 
     Example:
+        >>> from relcomp.artifacts import CompressionPlan
         >>> from relcomp.models import load_model
         >>> model = load_model("all-MiniLM-L6-v2")
         >>> plan = CompressionPlan(
@@ -272,10 +273,12 @@ def resolve_plan(plan: CompressionPlan, model: RankingModel) -> dict[str, list[A
         >>> [str(a) for a in resolved["encoder.layer.0.attention.self"]]
         ['prune_heads(1)']
     """
-    return _resolve(plan, ModelStructure.of(model))
+    return resolve_on_structure(plan, ModelStructure.of(model))
 
 
-def _resolve(plan: CompressionPlan, structure: ModelStructure) -> dict[str, list[Action]]:
+def resolve_on_structure(
+    plan: CompressionPlan, structure: ModelStructure
+) -> dict[str, list[Action]]:
     check_budget(structure, plan.budget)
     actions = plan.actions()
     _check_defaults(actions)
@@ -552,6 +555,7 @@ def structural_masks(
 
     Example:
         >>> from relcomp.models import load_model
+        >>> from relcomp.artifacts import CompressionPlan
         >>> model = load_model("all-MiniLM-L6-v2")
         >>> plan = CompressionPlan("m", {"encoder.layer.0": "prune_heads(0)"})
         >>> structure = ModelStructure.of(model)

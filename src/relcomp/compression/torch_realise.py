@@ -2,7 +2,7 @@
 
 One handler per action type (registered in :data:`HANDLERS`) edits a working copy
 of each Linear it touches; edits compose in a fixed order whatever the plan's order
-(:data:`~relcomp.compression.plan.CATEGORY_ORDER`: heads and neurons, unstructured
+(:data:`~relcomp.compression.resolve.CATEGORY_ORDER`: heads and neurons, unstructured
 pruning, low rank, precision, activation sparsity):
 
 * ``prune_heads`` / ``prune_neurons``: zero the rows (and biases) and columns that
@@ -58,19 +58,19 @@ from relcomp.compression.actions import (
     PruneWeights,
     Sparsify,
 )
-from relcomp.compression.plan import (
-    CATEGORY_ORDER,
-    LinearKeep,
-    ModelStructure,
-    _resolve,
-    dropped_layers,
-    structural_masks,
-)
 from relcomp.compression.quantize import (
     fake_quantize_activations,
     fake_quantize_fp16,
     fake_quantize_int4,
     fake_quantize_int8,
+)
+from relcomp.compression.resolve import (
+    CATEGORY_ORDER,
+    LinearKeep,
+    ModelStructure,
+    dropped_layers,
+    resolve_on_structure,
+    structural_masks,
 )
 from relcomp.compression.statistics import ActivationStatistics, activation_scales
 from relcomp.models.base import RankingModel
@@ -261,7 +261,7 @@ def _prune_weights(realisation: Realisation, module: str, action: Action) -> Non
     edit.weight_changed = True
 
 
-def _svd_factors(
+def svd_factors(
     weight: torch.Tensor, keep: LinearKeep, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(left, right)``, ``out × rank`` and ``rank × in``: the best rank-``rank``
@@ -291,7 +291,7 @@ def _svd_factors(
 def _low_rank(realisation: Realisation, module: str, action: Action) -> None:
     assert isinstance(action, LowRank)
     edit = realisation.linear(module)
-    edit.factors = _svd_factors(edit.weight, edit.keep, action.rank)
+    edit.factors = svd_factors(edit.weight, edit.keep, action.rank)
     edit.weight_changed = True
 
 
@@ -364,7 +364,7 @@ def _sparsify(realisation: Realisation, module: str, action: Action) -> None:
         return
     # R-Sparse: the factors approximate the weight the large inputs meet (pruned and
     # rounded already: sparsity comes last), and are stored at the module's precision.
-    left, right = _svd_factors(edit.final_weight(), edit.keep, action.rank)
+    left, right = svd_factors(edit.final_weight(), edit.keep, action.rank)
     precision = next(
         (a for a in realisation.resolved.get(module, []) if isinstance(a, PrecisionAction)), None
     )
@@ -488,7 +488,7 @@ def compress_(
             f"{model.name} is already compressed ({previous.variant}); remove that handle first"
         )
     structure = ModelStructure.of(model)
-    resolved = _resolve(plan, structure)
+    resolved = resolve_on_structure(plan, structure)
     scales = _activation_scales(resolved, statistics, activation_scales, percentile)
     channel_scales = _channel_scales(resolved, statistics, channel_clip)
     for actions in resolved.values():

@@ -28,12 +28,13 @@ import dataclasses
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from relcomp.artifacts import EMBEDDINGS
 from relcomp.compression.actions import FP16, FP32, Int4, Int8, PrecisionAction
 from relcomp.export.graph import (
     ATTENTION_OPS,
@@ -44,8 +45,15 @@ from relcomp.export.graph import (
     quiet_tools,
 )
 from relcomp.models.adapters import LayerModules
+from relcomp.registry import Registry
 
-__all__ = ["OrtRealisation", "precision_label", "realise_for_ort"]
+__all__ = [
+    "ORT_HANDLERS",
+    "OrtRealisation",
+    "QuantizationGroups",
+    "precision_label",
+    "realise_for_ort",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +72,43 @@ def precision_label(action: PrecisionAction | None) -> str:
     if action is None or isinstance(action, FP32 | FP16):
         return "fp32"
     return str(action)
+
+
+@dataclasses.dataclass
+class QuantizationGroups:
+    """The graph's nodes by the onnxruntime pass that quantizes them, and its options."""
+
+    dynamic: dict[bool, list[str]] = dataclasses.field(
+        default_factory=lambda: defaultdict(list)
+    )  # per_channel → nodes
+    static: dict[bool, list[str]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    int4: dict[int, list[str]] = dataclasses.field(
+        default_factory=lambda: defaultdict(list)
+    )  # block size → nodes
+
+
+OrtHandler = Callable[[QuantizationGroups, str, PrecisionAction], None]
+#: Precision action name → how its nodes are realised in ONNX Runtime (which pass
+#: quantizes them, with which options), as :data:`relcomp.compression.HANDLERS` does for torch.
+ORT_HANDLERS: Registry[OrtHandler] = Registry("ONNX Runtime precision handler")
+
+
+@ORT_HANDLERS.register("int8")
+def _int8_nodes(groups: QuantizationGroups, node: str, action: PrecisionAction) -> None:
+    assert isinstance(action, Int8)
+    # int8(activations=True) needs calibrated ranges: quantize_static; else quantize_dynamic
+    (groups.static if action.activations else groups.dynamic)[action.per_channel].append(node)
+
+
+@ORT_HANDLERS.register("int4")
+def _int4_nodes(groups: QuantizationGroups, node: str, action: PrecisionAction) -> None:
+    assert isinstance(action, Int4)
+    groups.int4[action.block_size].append(node)
+
+
+@ORT_HANDLERS.register("fp32", "fp16")
+def _float_nodes(groups: QuantizationGroups, node: str, action: PrecisionAction) -> None:
+    """Nothing to do: fp16 runs as fp32 on ONNX Runtime's CPU provider."""
 
 
 @dataclasses.dataclass
@@ -209,7 +254,7 @@ def realise_for_ort(
         The realised graph, the precision each Linear runs at, the nodes of each
         precision, the fusion counts and the notes.
     """
-    if embeddings not in ("fp32", "int8"):
+    if embeddings not in EMBEDDINGS:
         raise ValueError(f"embeddings must be 'fp32' or 'int8', got {embeddings!r}")
     if int8_weight_type not in ("int8", "uint8"):
         raise ValueError(f"int8_weight_type must be 'int8' or 'uint8', got {int8_weight_type!r}")
@@ -252,9 +297,8 @@ def realise_for_ort(
     by_op = {node.name: node.op_type for node in model.graph.node}
 
     # -- group the nodes by what the plan asks ------------------------------------------------
-    dynamic: dict[bool, list[str]] = defaultdict(list)  # per_channel → nodes
-    static: dict[bool, list[str]] = defaultdict(list)
-    int4: dict[int, list[str]] = defaultdict(list)  # block size → nodes
+    groups = QuantizationGroups()
+    dynamic, static, int4 = groups.dynamic, groups.static, groups.int4
     node_label: dict[str, str] = {}
     module_nodes: dict[str, str] = {}
     for layer in layers:
@@ -293,10 +337,8 @@ def realise_for_ort(
         if node is None or labels[name] == "fp32":
             continue
         node_label.setdefault(node, labels[name])
-        if isinstance(action, Int8):
-            (static if action.activations else dynamic)[action.per_channel].append(node)
-        elif isinstance(action, Int4):
-            int4[action.block_size].append(node)
+        if action is not None:
+            ORT_HANDLERS.get(action.name)(groups, node, action)
 
     # -- quantize ---------------------------------------------------------------------------
     step = 0

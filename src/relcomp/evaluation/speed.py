@@ -1,0 +1,157 @@
+"""Size and speed of systems, measured as BENCHMARKS.md says.
+
+* :func:`model_size_bytes` — a model's weights as stored (ONNX file or torch weights);
+* :func:`measure_speed` — latency p50 / p95 at batch 1 and pairs/s at batch 32 of
+  several systems, interleaved, on the same real pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relcomp.errors import RelcompError
+
+__all__ = ["measure_speed", "model_size_bytes"]
+
+
+def model_size_bytes(model: Any) -> int:
+    """Bytes of a model's weights as stored: the ONNX file (+ external data) or torch weights.
+
+    For a torch model, the ``*.safetensors`` files of its folder (``*.bin`` when there
+    are none); for an ONNX model, its ``.onnx`` file and any ``.onnx_data`` /
+    ``.onnx.data`` beside it.
+    """
+    onnx_path = getattr(model, "onnx_path", None)
+    if onnx_path is not None:
+        onnx_path = Path(onnx_path)
+        extra = [
+            p
+            for p in onnx_path.parent.iterdir()
+            if p.name.startswith(onnx_path.name) and p != onnx_path
+        ]
+        return onnx_path.stat().st_size + sum(p.stat().st_size for p in extra)
+    folder = Path(model.path)
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not weights:
+        raise RelcompError(f"{folder}: no *.safetensors or *.bin weights to measure")
+    return sum(p.stat().st_size for p in weights)
+
+
+@contextlib.contextmanager
+def _threads(systems: Mapping[str, Any], threads: int) -> Iterator[None]:
+    """Run every system on ``threads`` threads (torch and ONNX Runtime), restored afterwards."""
+    import torch
+
+    previous_torch = torch.get_num_threads()
+    previous_ort = {
+        name: model.intra_op_num_threads
+        for name, model in systems.items()
+        if hasattr(model, "intra_op_num_threads")
+    }
+    torch.set_num_threads(threads)
+    for name in previous_ort:
+        systems[name].intra_op_num_threads = threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_torch)
+        for name, value in previous_ort.items():
+            systems[name].intra_op_num_threads = value
+
+
+def measure_speed(
+    systems: Mapping[str, Any],
+    queries: Sequence[str],
+    documents: Sequence[str],
+    *,
+    batch_size: int = 32,
+    latency_pairs: int = 32,
+    repeats: int = 5,
+    threads: int = 2,
+    show_progress_bar: bool | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Latency at batch 1 and throughput at ``batch_size`` of each system, interleaved.
+
+    BENCHMARKS.md's rules: one process, the same real pairs for every system, the
+    systems interleaved (A B A B …) after a warm-up, ``threads`` threads each.
+    Latency: one (query, document) pair per call, over the first ``latency_pairs``
+    pairs; p50 and p95 in ms. Throughput: the first ``batch_size`` pairs in one call,
+    the median of ``repeats`` calls, in pairs/s.
+
+    Args:
+        systems: ``{name: model}``; each has ``score(queries, documents, batch_size, …)``.
+        queries: query of each pair.
+        documents: document of each pair.
+        batch_size: pairs per call for throughput.
+        latency_pairs: how many single-pair calls per system for latency.
+        repeats: calls per system for throughput.
+        threads: torch / ONNX Runtime intra-op threads.
+        show_progress_bar: a tqdm bar over the measurements.
+
+    Returns:
+        ``{name: {"latency_ms": {"p50", "p95"}, "pairs_per_s", "batch_size", "threads", …}}``.
+
+    Example:
+        >>> class Slow:
+        ...     def score(self, q, d, batch_size=32, show_progress_bar=None):
+        ...         return np.zeros(len(q))
+        >>> result = measure_speed({"a": Slow()}, ["q"] * 4, ["d"] * 4, batch_size=4, repeats=2)
+        >>> sorted(result["a"])
+        ['batch_size', 'latency_ms', 'latency_pairs', 'pairs_per_s', 'repeats', 'threads']
+    """
+    from tqdm.auto import tqdm
+
+    from relcomp.models.base import progress_enabled
+
+    if len(queries) != len(documents) or not queries:
+        raise ValueError("measure_speed needs as many queries as documents, at least one")
+    batch_q, batch_d = list(queries[:batch_size]), list(documents[:batch_size])
+    single = list(zip(queries[:latency_pairs], documents[:latency_pairs], strict=True))
+    latencies: dict[str, list[float]] = {name: [] for name in systems}
+    batches: dict[str, list[float]] = {name: [] for name in systems}
+    total = len(systems) * (len(single) + repeats + 1)
+    with (
+        _threads(systems, threads),
+        tqdm(
+            total=total,
+            desc="timing",
+            disable=not progress_enabled(show_progress_bar),
+            leave=False,
+        ) as bar,
+    ):
+        for model in systems.values():  # warm-up: first calls allocate and compile
+            model.score(batch_q[:2], batch_d[:2], batch_size=2, show_progress_bar=False)
+            bar.update(1)
+        for query, document in single:
+            for name, model in systems.items():
+                started = time.perf_counter()
+                model.score([query], [document], batch_size=1, show_progress_bar=False)
+                latencies[name].append(time.perf_counter() - started)
+                bar.update(1)
+        for _ in range(repeats):
+            for name, model in systems.items():
+                started = time.perf_counter()
+                model.score(batch_q, batch_d, batch_size=len(batch_q), show_progress_bar=False)
+                batches[name].append(time.perf_counter() - started)
+                bar.update(1)
+    return {
+        name: {
+            "latency_ms": {
+                "p50": float(np.percentile(latencies[name], 50) * 1000),
+                "p95": float(np.percentile(latencies[name], 95) * 1000),
+            },
+            "pairs_per_s": float(len(batch_q) / statistics.median(batches[name])),
+            "batch_size": len(batch_q),
+            "latency_pairs": len(single),
+            "repeats": repeats,
+            "threads": threads,
+        }
+        for name in systems
+    }
