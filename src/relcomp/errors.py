@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["DataFormatError", "ModelLoadError", "RelcompError", "UnsupportedArchitectureError"]
+__all__ = [
+    "DataFormatError",
+    "IndexSettingsError",
+    "ModelLoadError",
+    "RelcompError",
+    "UnsupportedArchitectureError",
+]
 
 
 class RelcompError(Exception):
@@ -26,3 +32,8 @@ class ModelLoadError(RelcompError, OSError):
 
 class UnsupportedArchitectureError(RelcompError, ValueError):
     """The model's architecture has no relcomp adapter."""
+
+
+class IndexSettingsError(RelcompError, ValueError):
+    """Index settings that cannot work: a cross-encoder, dims or rescore out of range,
+    a calibration made for another model, or calibration on the evaluated split."""

@@ -1,0 +1,73 @@
+"""index.json: a round trip, its projection beside it, and refusal of a wrong file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relcomp.artifacts import IndexSettings
+from relcomp.errors import DataFormatError, IndexSettingsError
+from relcomp.index import load_index, save_index
+
+
+def _settings(**options) -> IndexSettings:
+    fields = {
+        "model": "all-MiniLM-L6-v2",
+        "model_identity": "bi-encoder-0123456789abcdef",
+        "dimension": 4,
+        "similarity": "cosine",
+        "precision": "int8",
+        "dims": (3, 0),
+        "selection": "relevance",
+        "ranges": ((-0.25, 0.5), (-1.0, 1.0)),
+        "rescore": 4,
+        "rescore_with": "float32",
+        "calibration": {"dataset": "scifact", "split": "train", "queries": 809},
+        **options,
+    }
+    return IndexSettings(**fields)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    settings = _settings()
+    path = save_index(settings, None, tmp_path)
+    assert path.name == "index.json"
+    loaded, projection = load_index(tmp_path)
+    assert loaded == settings and projection is None
+    data = json.loads(path.read_text())
+    assert data["kind"] == "index_settings" and data["version"] == 1
+    assert data["ranges"] == [[-0.25, 0.5], [-1.0, 1.0]] and data["rescore"] == 4
+    assert settings.bytes_per_document == 2
+    assert _settings(precision="binary", dims=tuple(range(4))).bytes_per_document == 1
+
+
+def test_pca_projection_travels_with_its_digest(tmp_path: Path) -> None:
+    from relcomp.index.build import PROJECTION_FILE, _array_digest
+
+    projection = np.eye(4, dtype=np.float32)[:2]
+    settings = _settings(
+        selection="pca",
+        dims=(0, 1),
+        projection_file=PROJECTION_FILE,
+        projection_sha256=_array_digest(projection),
+    )
+    save_index(settings, projection, tmp_path)
+    loaded, loaded_projection = load_index(tmp_path / "index.json")
+    assert loaded == settings
+    np.testing.assert_array_equal(loaded_projection, projection)
+    np.save(tmp_path / PROJECTION_FILE, projection * 2)
+    with pytest.raises(IndexSettingsError, match="not the projection"):
+        load_index(tmp_path)
+
+
+def test_wrong_version_or_kind(tmp_path: Path) -> None:
+    data = _settings().to_dict()
+    (tmp_path / "index.json").write_text(json.dumps({**data, "version": 99}))
+    with pytest.raises(DataFormatError, match="version 99"):
+        load_index(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({**data, "kind": "compression_plan"}))
+    with pytest.raises(DataFormatError, match="index_settings"):
+        load_index(tmp_path)
