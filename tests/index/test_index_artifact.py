@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relcomp.artifacts import IndexSettings
 from relcomp.errors import DataFormatError, IndexSettingsError
@@ -71,3 +73,20 @@ def test_wrong_version_or_kind(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text(json.dumps({**data, "kind": "compression_plan"}))
     with pytest.raises(DataFormatError, match="index_settings"):
         load_index(tmp_path)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(deadline=None, database=None, max_examples=60)
+@given(
+    dims=st.lists(st.integers(0, 383), min_size=1, max_size=16, unique=True),
+    bounds=st.lists(st.tuples(finite, finite), min_size=0, max_size=16),
+    precision=st.sampled_from(["float32", "float16", "int8", "binary"]),
+    rescore=st.integers(1, 50),
+)
+def test_round_trip_for_generated_settings(dims, bounds, precision, rescore) -> None:
+    settings_ = _settings(
+        dims=tuple(dims), ranges=tuple(bounds), precision=precision, rescore=rescore, dimension=384
+    )
+    assert IndexSettings.from_json(settings_.to_json()) == settings_

@@ -479,7 +479,7 @@ def build_index(
             raise IndexSettingsError(
                 f"the calibration {calibration} keeps {reused[0].kept} dimensions, not {dims}"
             )
-    dimension = int(encode_queries(model, ["dimension probe"]).shape[1])
+    dimension = int(encode_queries(model, ["dimension probe"], show_progress_bar=False).shape[1])
     if dims is not None:
         check_dims(dims, dimension)
     # 3. Data, and the calibration split's queries kept apart from the evaluated ones.
