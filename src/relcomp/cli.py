@@ -428,6 +428,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
     if args.plan:
         system += f" with plan {args.plan}"
+    if report.settings.get("index"):
+        system += f" through index {report.settings['index']}"
     print(f"{system} on {report.dataset}/{report.split}, {report.n_queries} queries")
     _print_table([(name, value) for name, value in report.measures.items()], ("measure", "value"))
     if report.truncation.get("inputs"):
@@ -848,7 +850,12 @@ def _cmd_index(args: argparse.Namespace) -> None:
     )
     per_doc = quality["bytes_per_document"]
     rows = [
-        ("bytes / document", per_doc["float32"], per_doc["index"] + per_doc["rescore"]),
+        (
+            "bytes / document",
+            f"{per_doc['float32']:g}",
+            f"{per_doc['index']:g}"
+            + (f" + {per_doc['rescore']:g} to rescore" if per_doc["rescore"] else ""),
+        ),
         *(
             (
                 m,

@@ -298,7 +298,8 @@ def _check_same_model(settings: IndexSettings, model: Any, what: str) -> None:
     if settings.model_identity != identity:
         raise IndexSettingsError(
             f"{what} was calibrated for model {settings.model!r} ({settings.model_identity}), "
-            f"not for {getattr(model, 'name', 'this model')!r} ({identity}): its dimensions and "
+            f"not for {getattr(model, 'name', 'this model')!r} ({identity}): the weights or the "
+            "embedding settings (max length, pooling, prompts) differ, and its dimensions and "
             "ranges do not fit another model's embeddings"
         )
 
