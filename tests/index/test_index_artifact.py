@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from relcomp.artifacts import IndexSettings
 from relcomp.errors import DataFormatError, IndexSettingsError
-from relcomp.index import load_index, save_index
+from relcomp.index import PROJECTION_FILE, load_index, save_index
 
 
 def _settings(**options) -> IndexSettings:
@@ -47,14 +48,12 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_pca_projection_travels_with_its_digest(tmp_path: Path) -> None:
-    from relcomp.index.build import PROJECTION_FILE, _array_digest
-
     projection = np.eye(4, dtype=np.float32)[:2]
     settings = _settings(
         selection="pca",
         dims=(0, 1),
         projection_file=PROJECTION_FILE,
-        projection_sha256=_array_digest(projection),
+        projection_sha256=hashlib.sha256(projection.tobytes()).hexdigest(),
     )
     save_index(settings, projection, tmp_path)
     loaded, loaded_projection = load_index(tmp_path / "index.json")

@@ -76,7 +76,17 @@ INDEX_MEASURES: tuple[str, ...] = ("nDCG@10", "R@100")
 
 # -- models ----------------------------------------------------------------------------
 def require_bi_encoder(model: Any) -> None:
-    """Raise :class:`IndexSettingsError` unless ``model`` is a bi-encoder (it has an index)."""
+    """Raise :class:`IndexSettingsError` unless ``model`` is a bi-encoder (it has an index).
+
+    Example:
+        >>> class Reranker:
+        ...     kind, name = "cross-encoder", "my-reranker"
+        ...     def encode(self, texts): ...
+        >>> require_bi_encoder(Reranker())
+        Traceback (most recent call last):
+        ...
+        relcomp.errors.IndexSettingsError: my-reranker is a cross-encoder: only a bi-encoder (retriever) has a corpus index to compress; a cross-encoder scores pairs and keeps no index
+    """
     kind = getattr(model, "kind", None)
     if kind != "bi-encoder" or not hasattr(model, "encode"):
         name = getattr(model, "name", None) or str(model)
@@ -169,6 +179,15 @@ def check_calibration_split(
 
     Raises:
         IndexSettingsError: the test split, the evaluated split, or no train/dev split.
+
+    Example:
+        >>> from relcomp.data import demo_path
+        >>> check_calibration_split(demo_path(), None, "test")
+        'train'
+        >>> check_calibration_split(demo_path(), "test", "test")
+        Traceback (most recent call last):
+        ...
+        relcomp.errors.IndexSettingsError: calibrating on the 'test' split would tune the index on queries that are reported ('test' is evaluated); calibrate on dev or train
     """
     splits = available_splits(data_dir)
     if calibration_split is None:
@@ -237,7 +256,12 @@ def calibration_vectors(
 
 # -- settings --------------------------------------------------------------------------------
 def default_rescore_with(precision: str) -> str:
-    """What rescoring reads by default: int8 vectors for a binary index, float32 otherwise."""
+    """What rescoring reads by default: int8 vectors for a binary index, float32 otherwise.
+
+    Example:
+        >>> default_rescore_with("binary"), default_rescore_with("int8")
+        ('int8', 'float32')
+    """
     return "int8" if precision.strip().lower() == "binary" else "float32"
 
 
@@ -315,7 +339,18 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 def save_index(
     settings: IndexSettings, projection: np.ndarray | None, folder: str | os.PathLike[str]
 ) -> Path:
-    """Write ``index.json`` (last) and, for PCA, its projection, atomically; returns index.json's path."""
+    """Write ``index.json`` (last) and, for PCA, its projection, atomically; returns index.json's path.
+
+    Example:
+        >>> import tempfile
+        >>> settings = IndexSettings(model="m", model_identity="bi-encoder-0", dimension=2,
+        ...                          similarity="cosine", precision="binary", dims=(0, 1))
+        >>> folder = tempfile.mkdtemp()
+        >>> save_index(settings, None, folder).name
+        'index.json'
+        >>> load_index(folder) == (settings, None)
+        True
+    """
     folder = Path(folder)
     if settings.projection_file is not None:
         if projection is None:
