@@ -247,3 +247,24 @@ def test_cli_index_then_evaluate(tiny_model_path, index_beir: Path, tmp_path: Pa
         == 0
     )
     assert "nDCG@10" in capsys.readouterr().out
+
+
+def test_an_onnx_bundle_carries_its_index(tiny_model, index_beir: Path, tmp_path: Path) -> None:
+    from relcomp.export import export_bundle
+
+    bundle = tmp_path / "bundle"
+    export_bundle(tiny_model("bert", "bi-encoder"), bundle)
+    plain = evaluate(str(bundle), index_beir, depth=8, measures=["nDCG@10"])
+    result = build_index(
+        str(bundle),
+        index_beir,
+        precision="binary",
+        dims=4,
+        dim_selection="first",
+        output=bundle,
+        show_progress_bar=False,
+    )
+    assert result.settings.model_identity.startswith("bi-encoder-")
+    report = evaluate(str(bundle), index_beir, depth=8, measures=["nDCG@10"])
+    assert report.settings["index"] == str(bundle / "index.json")
+    assert report.per_query != plain.per_query
