@@ -33,10 +33,12 @@ __all__ = [
     "COMPRESSION_BUDGETS",
     "EMBEDDINGS",
     "EXPORT_BUNDLE_FILE",
+    "INDEX_SETTINGS_FILE",
     "Artifact",
     "ComponentRelevance",
     "CompressionPlan",
     "ExportBundle",
+    "IndexSettings",
     "ParityReport",
     "PlanCandidate",
     "PlansTried",
@@ -932,3 +934,67 @@ class RecoveryLog(Artifact):
             if entry.get("heldout_loss") is not None:
                 return float(entry["heldout_loss"])
         return None
+
+
+#: Where :class:`IndexSettings` is saved: beside the index's quality JSON, or in a bundle.
+INDEX_SETTINGS_FILE = "index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexSettings(Artifact):
+    """How a retriever's corpus embeddings are stored and searched: ``index.json``.
+
+    Made by :func:`relcomp.index.build_index`, honoured by
+    :func:`relcomp.pipeline.evaluate` (``--index``). ``precision`` is the stored
+    type of each kept dimension (``float32``, ``float16``, ``int8``, ``binary``);
+    ``selection`` how the ``dims`` were chosen (``all``, ``relevance``, ``first``,
+    ``random``, ``variance``, ``pca``); for ``pca`` the kept coordinates are a
+    rotation, whose matrix is stored in ``projection_file`` (float32 ``.npy``, rows
+    are the kept directions, ``projection_sha256`` its digest) and ``dims`` counts
+    them ``0..d-1``. ``ranges`` holds int8's calibrated ``(low, high)`` per kept
+    dimension (from corpus embeddings, never from queries). ``rescore`` is the
+    factor of candidates rescored (1: none) against the document vectors in
+    ``rescore_with`` (``index``: the stored vectors themselves, ``int8``,
+    ``float32``). ``model_identity`` is a path-independent digest of the model's
+    weights and settings: an index is refused by any other model. ``calibration``
+    records where the relevance figures came from (collection, split, pairs).
+
+    Example:
+        >>> settings = IndexSettings(model="m", model_identity="bi-encoder-00", dimension=4,
+        ...                          similarity="cosine", precision="int8", dims=(0, 2),
+        ...                          selection="first", ranges=((-1.0, 1.0), (-0.5, 0.5)))
+        >>> IndexSettings.from_json(settings.to_json()) == settings
+        True
+        >>> settings.bytes_per_document
+        2
+    """
+
+    KIND: ClassVar[str] = "index_settings"
+
+    model: str
+    model_identity: str
+    dimension: int
+    similarity: str
+    precision: str
+    dims: tuple[int, ...]
+    selection: str = "all"
+    ranges: tuple[tuple[float, float], ...] = ()
+    rescore: int = 1
+    rescore_with: str = "float32"
+    projection_file: str | None = None
+    projection_sha256: str | None = None
+    seed: int | None = None
+    calibration: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def kept(self) -> int:
+        """How many dimensions (or rotated coordinates) the index stores."""
+        return len(self.dims)
+
+    @property
+    def bytes_per_document(self) -> int:
+        """Bytes one document takes in the searched index (binary rounds up to whole bytes)."""
+        if self.precision == "binary":
+            return -(-self.kept // 8)
+        width = {"float32": 4, "float16": 2, "int8": 1}.get(self.precision, 4)
+        return width * self.kept

@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report,
         _add_compress,
         _add_recover,
+        _add_index,
         _add_demo,
     ):
         add(verbs)
@@ -315,6 +316,12 @@ def _add_evaluate(verbs: Verbs) -> None:
     evaluate.add_argument(
         "-o", "--output", type=Path, default=None, help="write OUT_DIR/quality.json"
     )
+    evaluate.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        help="retrieve through this index.json (relcomp index); a model folder holding one uses it",
+    )
     _add_verbosity(evaluate)
     evaluate.set_defaults(command=_cmd_evaluate)
 
@@ -337,6 +344,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         show_progress_bar=not args.quiet,
         plan=args.plan,
         calibration_split=args.calibration_split,
+        index=args.index,
     )
     system = (
         report.model
@@ -345,6 +353,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
     if args.plan:
         system += f" with plan {args.plan}"
+    if report.settings.get("index"):
+        system += f" through index {report.settings['index']}"
     print(f"{system} on {report.dataset}/{report.split}, {report.n_queries} queries")
     _print_table([(name, value) for name, value in report.measures.items()], ("measure", "value"))
     if report.truncation.get("inputs"):
@@ -905,6 +915,106 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         "demo",
         lambda: demo(args.output, resume=not args.no_resume, show_progress_bar=not args.quiet),
     )
+
+
+def _add_index(verbs: Verbs) -> None:
+    from relcomp.index import DIMENSION_SELECTIONS, PRECISIONS, RESCORE_WITH
+
+    index = verbs.add_parser(
+        "index", help="compress a retriever's corpus index: precision, dimensions, rescoring"
+    )
+    index.add_argument("-m", "--model", required=True, help="a bi-encoder folder, bundle or hub id")
+    index.add_argument("-d", "--data", required=True, type=Path, help="BEIR folder")
+    index.add_argument(
+        "--precision", default="float32", help=f"{', '.join(PRECISIONS)} (default: float32)"
+    )
+    index.add_argument(
+        "--dims", type=int, default=None, help="coordinates to keep, 1..dimension (default: all)"
+    )
+    index.add_argument(
+        "--dim-selection",
+        default="relevance",
+        help=f"how --dims are chosen: {', '.join(n for n in DIMENSION_SELECTIONS if n != 'all')} (pca rotates)",
+    )
+    index.add_argument(
+        "--rescore", type=int, default=1, help="rescore R x k candidates (default 1: none)"
+    )
+    index.add_argument(
+        "--rescore-with",
+        default=None,
+        help=f"{', '.join(RESCORE_WITH)}: document vectors rescoring reads (default: int8 for binary, else float32)",
+    )
+    index.add_argument(
+        "--split", default="test", help="split the index is measured on (default: test)"
+    )
+    index.add_argument(
+        "--calibration-split", default=None, help="relevance's queries (default: dev, else train)"
+    )
+    index.add_argument(
+        "--calibration", type=Path, default=None, help="reuse dims and ranges of this index.json"
+    )
+    index.add_argument(
+        "--negatives", type=int, default=10, help="hard negatives per calibration query"
+    )
+    index.add_argument("--seed", type=int, default=13, help="random selection's seed")
+    index.add_argument(
+        "--max-length", type=_positive_int, default=None, help="longest input in tokens"
+    )
+    index.add_argument("--batch-size", type=_positive_int, default=32)
+    index.add_argument("--no-cache", action="store_true", help="encode the corpus again")
+    index.add_argument("-o", "--output", type=Path, required=True, help="folder for index.json")
+    _add_verbosity(index)
+    index.set_defaults(command=_cmd_index)
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from relcomp.index import build_index
+
+    result = build_index(
+        args.model,
+        args.data,
+        precision=args.precision,
+        dims=args.dims,
+        dim_selection=args.dim_selection,
+        rescore=args.rescore,
+        rescore_with=args.rescore_with,
+        split=args.split,
+        calibration_split=args.calibration_split,
+        calibration=args.calibration,
+        negatives=args.negatives,
+        seed=args.seed,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        use_cache=not args.no_cache,
+        show_progress_bar=not args.quiet,
+        output=args.output,
+    )
+    quality, settings = result.quality, result.settings
+    print(
+        f"{settings.model}: {settings.precision} index, {settings.kept} of {settings.dimension} "
+        f"dims ({settings.selection}), rescore x{settings.rescore} with {settings.rescore_with}; "
+        f"{quality['dataset']}/{quality['split']}, {quality['n_queries']} queries"
+    )
+    per_doc = quality["bytes_per_document"]
+    rows = [
+        (
+            "bytes / document",
+            f"{per_doc['float32']:g}",
+            f"{per_doc['index']:g}"
+            + (f" + {per_doc['rescore']:g} to rescore" if per_doc["rescore"] else ""),
+        ),
+        *(
+            (
+                m,
+                f"{quality['measures']['float32'][m]:.4f}",
+                f"{quality['measures']['index'][m]:.4f}",
+            )
+            for m in quality["measures"]["index"]
+        ),
+    ]
+    _print_table(rows, ("", "float32", "index"))
+    for path in result.paths:
+        print(f"wrote {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

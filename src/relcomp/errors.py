@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "DataFormatError",
+    "IndexSettingsError",
     "ModelLoadError",
     "NonFiniteError",
     "OutputLocationError",
@@ -50,3 +51,8 @@ class NonFiniteError(RelcompError, ValueError):
 
 class OutputLocationError(RelcompError, OSError):
     """The output file or folder cannot be written (read-only, or a file where a folder goes)."""
+
+
+class IndexSettingsError(RelcompError, ValueError):
+    """Index settings that cannot work: a cross-encoder, dims or rescore out of range,
+    a calibration made for another model, or calibration on the evaluated split."""

@@ -106,6 +106,7 @@ def evaluate(
     plan: str | os.PathLike[str] | CompressionPlan | None = None,
     calibration_split: str | None = None,
     calibration: int = 64,
+    index: str | os.PathLike[str] | None = None,
 ) -> QualityReport:
     """Retrieval quality of a model (or BM25) on one split of a BEIR collection.
 
@@ -129,6 +130,8 @@ def evaluate(
         calibration_split: where activation statistics for the plan come from (Wanda
             norms, activation scales): ``dev``, else ``train``; never the evaluated split.
         calibration: calibration pairs for those statistics.
+        index: an ``index.json`` (:func:`relcomp.index.build_index`) to retrieve through,
+            instead of the float index; a model folder holding one uses it by default.
 
     Example:
         >>> report = evaluate("bm25", "src/relcomp/data/scifact-demo", queries=5)  # doctest: +SKIP
@@ -139,6 +142,7 @@ def evaluate(
         sample_queries(dataset.split_queries, queries) if queries else list(dataset.split_queries)
     )
     scorer = load_scorer(model, max_length)
+    index = _index_for(scorer, model, index, first_stage, plan)
     if plan is not None:
         if not isinstance(scorer, RankingModel):
             raise ValueError("a compression plan needs a neural model, not bm25")
@@ -180,12 +184,49 @@ def evaluate(
         measures=measures,
         use_cache=use_cache,
         show_progress_bar=show_progress_bar,
+        exhaustive=None if index is None else _index_search(index),
         settings={
             "queries": queries,
             "batch_size": batch_size,
             "sample_seed": 13 if queries else None,
+            **({"index": str(index)} if index is not None else {}),
         },
     )
+
+
+def _index_search(index: Path) -> Any:
+    """Exhaustive retrieval through a compressed index, in :func:`evaluate_scorer`'s terms."""
+    from relcomp.index import index_retrieve
+
+    def search(model: Any, dataset: Any, query_ids: Any, depth: int, **options: Any) -> Any:
+        return index_retrieve(model, dataset, index, query_ids, depth=depth, **options)
+
+    return search
+
+
+def _index_for(
+    scorer: RankingModel | str,
+    model: str | RankingModel,
+    index: str | os.PathLike[str] | None,
+    first_stage: str | RankingModel | None,
+    plan: Any,
+) -> Path | None:
+    """The ``index.json`` to retrieve through: the one asked for, or the one in the model's folder."""
+    from relcomp.artifacts import INDEX_SETTINGS_FILE
+    from relcomp.index import require_bi_encoder
+
+    if index is None:
+        if not isinstance(model, str | os.PathLike) or scorer == BM25:
+            return None
+        bundled = Path(model) / INDEX_SETTINGS_FILE
+        if not bundled.is_file() or first_stage is not None or plan is not None:
+            return None
+        logger.info("retrieving through the index the model folder holds: %s", bundled)
+        index = bundled
+    require_bi_encoder(scorer)
+    if first_stage is not None or plan is not None:
+        raise ValueError("an index replaces exhaustive retrieval; it takes no first stage or plan")
+    return Path(index)
 
 
 @contextlib.contextmanager

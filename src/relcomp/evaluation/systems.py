@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from relcomp.artifacts import QualityReport
+from relcomp.evaluation._common import Run
 from relcomp.evaluation.beir import BeirDataset
 from relcomp.evaluation.first_stage import encode_corpus, retrieve
 from relcomp.evaluation.metrics import DEFAULT_MEASURES
@@ -62,6 +63,7 @@ def evaluate_scorer(
     cache_scores: bool | None = None,
     show_progress_bar: bool | None = None,
     settings: Mapping[str, Any] | None = None,
+    exhaustive: Callable[..., Run] | None = None,
 ) -> QualityReport:
     """The quality of ``scorer`` on ``query_ids`` of ``dataset``.
 
@@ -78,6 +80,8 @@ def evaluate_scorer(
         cache_scores: cache the re-ranking's scores too (default: ``use_cache``).
         show_progress_bar: tqdm bars.
         settings: recorded in the report (what chose the queries, …).
+        exhaustive: a bi-encoder's exhaustive retrieval done another way, e.g. through
+            a compressed index (``exhaustive(model, dataset, query_ids, depth, **options)``).
     """
     options: dict[str, Any] = {"show_progress_bar": show_progress_bar, "use_cache": use_cache}
     own = {**options, "use_cache": use_cache if cache_scores is None else cache_scores}
@@ -86,7 +90,10 @@ def evaluate_scorer(
     if first_stage is None and scorer != BM25 and not isinstance(scorer, BiEncoder):
         first_stage = BM25  # a re-ranker re-ranks BM25 unless told otherwise
     candidates: Mapping[str, Mapping[str, float]] | None = None  # what a re-ranker re-scored
-    if scorer == BM25 or first_stage is None:  # a first stage on its own: BM25 or exhaustive
+    if exhaustive is not None and first_stage is None and isinstance(scorer, BiEncoder):
+        run = exhaustive(scorer, dataset, query_ids, depth, batch_size=batch_size, **own)
+        name, stage_name = scorer.name, None
+    elif scorer == BM25 or first_stage is None:  # a first stage on its own: BM25 or exhaustive
         assert isinstance(scorer, str | BiEncoder)
         run = retrieve(
             scorer,
