@@ -42,10 +42,21 @@ from relcomp.evaluation import (
     sample_queries,
 )
 from relcomp.evaluation.comparison import quality_comparison
-from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss, gate_split
+from relcomp.evaluation.gate import (
+    GateResult,
+    QualityGateError,
+    check_max_ndcg_loss,
+    gate_split,
+    quality_gate,
+)
 from relcomp.evaluation.metrics import NDCG_AT_10
 from relcomp.evaluation.protocol import Protocol, resolve_protocol
-from relcomp.evaluation.sampling import calibration_dataset, calibration_pairs, calibration_triples
+from relcomp.evaluation.sampling import (
+    calibration_dataset,
+    calibration_pairs,
+    calibration_triples,
+    parity_groups,
+)
 from relcomp.evaluation.speed import measure_speed, model_size_bytes
 from relcomp.models import BiEncoder, RankingModel, load_model
 from relcomp.run_folder import RunFolder, folder_identity, install_bundle, staging_folder
@@ -343,7 +354,7 @@ def export(
     """
     from relcomp.compression.actions import plan_needs_data
     from relcomp.data import DEMO_NAME, demo_path
-    from relcomp.export import export_bundle, parity_groups
+    from relcomp.export import export_bundle
 
     if max_ndcg_loss is not None and data_dir is None:
         raise ValueError(
@@ -368,6 +379,21 @@ def export(
     pairs = None
     if plan is not None and plan_needs_data(plan.entries):
         pairs = calibration_pairs(load_beir(data, split), calibration)
+
+    def gate(candidate: Any) -> GateResult:
+        assert data_dir is not None and max_ndcg_loss is not None
+        return quality_gate(
+            scorer,
+            candidate,
+            data_dir,
+            max_ndcg_loss=max_ndcg_loss,
+            split=split,
+            queries=queries,
+            depth=depth,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+        )
+
     return export_bundle(
         scorer,
         output_dir,
@@ -377,11 +403,7 @@ def export(
         parity_source=source,
         variant=variant,
         optimize=optimize,
-        data_dir=data_dir,
-        max_ndcg_loss=max_ndcg_loss,
-        gate_split=split,
-        gate_queries=queries,
-        gate_depth=depth,
+        gate=None if max_ndcg_loss is None else gate,
         exporter=exporter,  # type: ignore[arg-type]
         embeddings=embeddings,
         batch_size=batch_size,
@@ -1056,7 +1078,7 @@ class CompressFlow:
         return {**self._bundle_settings(), "plan": self.run.digest("plan")}
 
     def _export_to(self, the_plan: CompressionPlan, folder: Path) -> None:
-        from relcomp.export import export_bundle, parity_groups
+        from relcomp.export import export_bundle
 
         options = self.options
         groups, _ = parity_groups(
