@@ -398,15 +398,15 @@ def _add_patch(verbs: Verbs) -> None:
 
 def _cmd_patch(args: argparse.Namespace) -> None:
     from relcomp._io import atomic_write_json
-    from relcomp.attribution.patching import run_patching
+    from relcomp.pipeline import patch
 
-    payload = run_patching(
+    payload = patch(
         args.model,
         args.data,
-        pairs=args.pairs,
-        corruption=args.corruption,
         split=args.split,
         max_length=args.max_length,
+        pairs=args.pairs,
+        corruption=args.corruption,
         residual_positions=args.residual_positions,
         show_progress_bar=not args.quiet,
     )

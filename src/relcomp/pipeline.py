@@ -79,6 +79,7 @@ __all__ = [
     "export",
     "load_scorer",
     "parse_budget_text",
+    "patch",
     "plan",
 ]
 
@@ -427,6 +428,28 @@ def explain(
         raise ValueError("explain needs a neural model, not bm25")
     [explanation] = get_method(method)(scorer).attribute([query], [document])
     return explanation
+
+
+def patch(
+    model: str | RankingModel,
+    data_dir: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    max_length: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Activation patching, AtP and RelP on one split of a BEIR folder (``patching.json``'s payload).
+
+    Loads the model and the split, then runs
+    :func:`relcomp.attribution.patching.run_patching` with ``options`` (``pairs``,
+    ``corruption``, ``residual_positions``, ``show_progress_bar``…).
+    """
+    from relcomp.attribution.patching import run_patching
+
+    scorer = load_scorer(model, max_length)
+    if not isinstance(scorer, RankingModel):
+        raise ValueError("patching needs a neural model, not bm25")
+    return run_patching(scorer, load_beir(data_dir, split), **options)
 
 
 def component_relevance(
