@@ -639,8 +639,9 @@ def compress(
     chosen, tried = flow.plans_tried()
     the_plan = flow.plan(chosen)
     # A step that changes the model before export (recovery: prune physically, distil
-    # back toward the reference, then quantize) goes here, as one more method whose
-    # settings include run.digest("plan") and which export() then takes its model from.
+    # back toward the reference, then quantize) goes here: one more CompressFlow method
+    # (and its name in FLOW_STEPS) whose settings include run.digest("plan"), and whose
+    # model export() then takes instead of the reference.
     flow.export(the_plan)
     gate = flow.quality_gate()
     reports = flow.evaluation()
@@ -806,8 +807,11 @@ class CompressFlow:
             "show_progress_bar": options.show_progress_bar,
         }
         self.data_identity = folder_identity(options.data_dir)
+        # what later steps read from earlier ones
         self.relevance: ComponentRelevance | None = None
-        self.compressed: Any = None
+        self.budget: dict[str, float] = dict(options.budgets[0])
+        self.gate_reports: tuple[QualityReport, QualityReport] | None = None  # plans tried's
+        self.compressed: Any = None  # the ONNX bundle, once exported
         self.names: tuple[str, str] = ("fp32 (torch)", "")
         logger.info(
             "compressing %s (%s, max length %d) on %s, budget %s, %s protocol",
@@ -1136,8 +1140,6 @@ class CompressFlow:
         )
 
     # -- 5. the quality gate ----------------------------------------------------------------
-    gate_reports: tuple[QualityReport, QualityReport] | None = None
-
     def quality_gate(self) -> dict[str, Any] | None:
         """nDCG@10 lost on the calibration split, never on the reported one; fails the run past the allowance."""
         max_ndcg_loss = self.options.max_ndcg_loss
