@@ -638,6 +638,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _print_compression(result: Any) -> None:
     """The quality / size / speed table of a compress run, then where its files are."""
+    from relcomp.artifacts import NDCG_AT_10
+
     quality = result.quality
     reference, compressed = quality["reference"], quality["compressed"]
     print(
@@ -671,13 +673,13 @@ def _print_compression(result: Any) -> None:
                     c["name"] + (" (kept)" if c.get("chosen") else ""),
                     c["size_mb"],
                     c["latency_ms"],
-                    c["ndcg@10"],
+                    c[NDCG_AT_10.lower()],
                     c["loss_points"],
                     {True: "passed", False: "failed"}.get(c.get("passed"), "no gate"),
                 )
                 for c in candidates
             ],
-            ("plan", "MB", "p50 ms", "nDCG@10", "points lost", "gate"),
+            ("plan", "MB", "p50 ms", NDCG_AT_10, "points lost", "gate"),
         )
     gate = quality.get("gate")
     if gate:
