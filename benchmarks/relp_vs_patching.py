@@ -177,10 +177,9 @@ def main() -> None:
         started = time.perf_counter()
         payload = run_patching(
             model,
-            data,
+            load_beir(data, "test"),
             pairs=args.pairs,
             corruption=corruption,
-            split="test",
             residual_positions=residual_positions,
             batch_size=args.batch_size,
             extra_composites=args.extra_composites,

@@ -34,6 +34,7 @@ __all__ = [
     "EMBEDDINGS",
     "EXPORT_BUNDLE_FILE",
     "INDEX_SETTINGS_FILE",
+    "NDCG_AT_10",
     "Artifact",
     "ComponentRelevance",
     "CompressionPlan",
@@ -374,6 +375,10 @@ class ParityReport(Artifact):
         }
 
 
+#: The headline measure: what the quality gate, the plans tried and the report read,
+#: in ir_measures' spelling (the files' ``ndcg@10`` keys are its lower case).
+NDCG_AT_10 = "nDCG@10"
+
 #: How a bundle may store the word-embedding table: as plans leave it (they cover
 #: Linears only), or int8.
 EMBEDDINGS: tuple[str, ...] = ("fp32", "int8")
@@ -638,7 +643,7 @@ class SpeedReport(_FileLayout):
 
 
 #: The JSON key of a point's nDCG@10 (lower case, as the files have always written it).
-_NDCG_KEY = "ndcg@10"
+_NDCG_KEY = NDCG_AT_10.lower()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -503,15 +503,15 @@ def _add_patch(verbs: Verbs) -> None:
 
 def _cmd_patch(args: argparse.Namespace) -> None:
     from relcomp._io import atomic_write_json
-    from relcomp.attribution.patching import run_patching
+    from relcomp.pipeline import patch
 
-    payload = run_patching(
+    payload = patch(
         args.model,
         args.data,
-        pairs=args.pairs,
-        corruption=args.corruption,
         split=args.split,
         max_length=args.max_length,
+        pairs=args.pairs,
+        corruption=args.corruption,
         residual_positions=args.residual_positions,
         show_progress_bar=not args.quiet,
     )
@@ -743,6 +743,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _print_compression(result: Any) -> None:
     """The quality / size / speed table of a compress run, then where its files are."""
+    from relcomp.artifacts import NDCG_AT_10
+
     quality = result.quality
     reference, compressed = quality["reference"], quality["compressed"]
     print(
@@ -776,13 +778,13 @@ def _print_compression(result: Any) -> None:
                     c["name"] + (" (kept)" if c.get("chosen") else ""),
                     c["size_mb"],
                     c["latency_ms"],
-                    c["ndcg@10"],
+                    c[NDCG_AT_10.lower()],
                     c["loss_points"],
                     {True: "passed", False: "failed"}.get(c.get("passed"), "no gate"),
                 )
                 for c in candidates
             ],
-            ("plan", "MB", "p50 ms", "nDCG@10", "points lost", "gate"),
+            ("plan", "MB", "p50 ms", NDCG_AT_10, "points lost", "gate"),
         )
     gate = quality.get("gate")
     if gate:

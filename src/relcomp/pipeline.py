@@ -44,10 +44,21 @@ from relcomp.evaluation import (
 )
 from relcomp.evaluation.beir import same_split
 from relcomp.evaluation.comparison import quality_comparison
-from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss, gate_split
+from relcomp.evaluation.gate import (
+    GateResult,
+    QualityGateError,
+    check_max_ndcg_loss,
+    gate_split,
+    quality_gate,
+)
 from relcomp.evaluation.metrics import NDCG_AT_10
 from relcomp.evaluation.protocol import Protocol, resolve_protocol
-from relcomp.evaluation.sampling import calibration_dataset, calibration_pairs, calibration_triples
+from relcomp.evaluation.sampling import (
+    calibration_dataset,
+    calibration_pairs,
+    calibration_triples,
+    parity_groups,
+)
 from relcomp.evaluation.speed import measure_speed, model_size_bytes
 from relcomp.models import BiEncoder, RankingModel, load_model
 from relcomp.models.base import truncation_tally
@@ -72,6 +83,7 @@ __all__ = [
     "export",
     "load_scorer",
     "parse_budget_text",
+    "patch",
     "plan",
     "recover",
 ]
@@ -391,7 +403,7 @@ def export(
     """
     from relcomp.compression.actions import plan_needs_data
     from relcomp.data import DEMO_NAME, demo_path
-    from relcomp.export import export_bundle, parity_groups
+    from relcomp.export import export_bundle
 
     if max_ndcg_loss is not None and data_dir is None:
         raise ValueError(
@@ -416,6 +428,21 @@ def export(
     pairs = None
     if plan is not None and plan_needs_data(plan.entries):
         pairs = calibration_pairs(load_beir(data, split), calibration)
+
+    def gate(candidate: Any) -> GateResult:
+        assert data_dir is not None and max_ndcg_loss is not None
+        return quality_gate(
+            scorer,
+            candidate,
+            data_dir,
+            max_ndcg_loss=max_ndcg_loss,
+            split=split,
+            queries=queries,
+            depth=depth,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+        )
+
     return export_bundle(
         scorer,
         output_dir,
@@ -425,11 +452,7 @@ def export(
         parity_source=source,
         variant=variant,
         optimize=optimize,
-        data_dir=data_dir,
-        max_ndcg_loss=max_ndcg_loss,
-        gate_split=split,
-        gate_queries=queries,
-        gate_depth=depth,
+        gate=None if max_ndcg_loss is None else gate,
         exporter=exporter,  # type: ignore[arg-type]
         embeddings=embeddings,
         batch_size=batch_size,
@@ -457,6 +480,28 @@ def explain(
     with truncation_tally(scorer, "explain"):  # a truncated pair is a warning on the terminal
         [explanation] = explainer(scorer).attribute([query], [document])
     return explanation
+
+
+def patch(
+    model: str | RankingModel,
+    data_dir: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    max_length: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Activation patching, AtP and RelP on one split of a BEIR folder (``patching.json``'s payload).
+
+    Loads the model and the split, then runs
+    :func:`relcomp.attribution.patching.run_patching` with ``options`` (``pairs``,
+    ``corruption``, ``residual_positions``, ``show_progress_bar``…).
+    """
+    from relcomp.attribution.patching import run_patching
+
+    scorer = load_scorer(model, max_length)
+    if not isinstance(scorer, RankingModel):
+        raise ValueError("patching needs a neural model, not bm25")
+    return run_patching(scorer, load_beir(data_dir, split), **options)
 
 
 def component_relevance(
@@ -646,8 +691,9 @@ def compress(
     chosen, tried = flow.plans_tried()
     the_plan = flow.plan(chosen)
     # A step that changes the model before export (recovery: prune physically, distil
-    # back toward the reference, then quantize) goes here, as one more method whose
-    # settings include run.digest("plan") and which export() then takes its model from.
+    # back toward the reference, then quantize) goes here: one more CompressFlow method
+    # (and its name in FLOW_STEPS) whose settings include run.digest("plan"), and whose
+    # model export() then takes instead of the reference.
     flow.export(the_plan)
     gate = flow.quality_gate()
     reports = flow.evaluation()
@@ -819,8 +865,11 @@ class CompressFlow:
             "show_progress_bar": options.show_progress_bar,
         }
         self.data_identity = folder_identity(options.data_dir)
+        # what later steps read from earlier ones
         self.relevance: ComponentRelevance | None = None
-        self.compressed: Any = None
+        self.budget: dict[str, float] = dict(options.budgets[0])
+        self.gate_reports: tuple[QualityReport, QualityReport] | None = None  # plans tried's
+        self.compressed: Any = None  # the ONNX bundle, once exported
         self.names: tuple[str, str] = ("fp32 (torch)", "")
         logger.info(
             "compressing %s (%s, max length %d) on %s, budget %s, %s protocol",
@@ -1114,7 +1163,7 @@ class CompressFlow:
         return {**self._bundle_settings(), "plan": self.run.digest("plan")}
 
     def _export_to(self, the_plan: CompressionPlan, folder: Path) -> None:
-        from relcomp.export import export_bundle, parity_groups
+        from relcomp.export import export_bundle
 
         options = self.options
         groups, _ = parity_groups(
@@ -1149,8 +1198,6 @@ class CompressFlow:
         )
 
     # -- 5. the quality gate ----------------------------------------------------------------
-    gate_reports: tuple[QualityReport, QualityReport] | None = None
-
     def quality_gate(self) -> dict[str, Any] | None:
         """nDCG@10 lost on the calibration split, never on the reported one; fails the run past the allowance."""
         max_ndcg_loss = self.options.max_ndcg_loss

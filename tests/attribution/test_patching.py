@@ -358,7 +358,7 @@ def test_run_patching_on_a_toy_beir_folder(tiny_model, kind: str, tmp_path: Path
     model = tiny_model("bert", kind)
     payload = run_patching(
         model,
-        _write_beir(tmp_path / "toy"),
+        load_beir(_write_beir(tmp_path / "toy"), "test"),
         pairs=None,
         residual_positions=6,
         show_progress_bar=False,

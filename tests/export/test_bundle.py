@@ -17,8 +17,10 @@ from relcomp.export import (
     ExportBundle,
     QualityGateError,
     export_bundle,
+    quality_gate,
 )
 from relcomp.models import OnnxCrossEncoder, is_bundle, load_model
+from relcomp.pipeline import export
 from tests.fixtures import DOCUMENTS, QUERIES
 
 PAIRS_Q = list(QUERIES)
@@ -140,23 +142,19 @@ class _Oracle:
 
 
 def test_a_failed_gate_leaves_no_bundle(tiny_model, tmp_path, monkeypatch) -> None:
-    import relcomp.export.bundle as bundle_module
-
     monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-    real_gate = bundle_module.quality_gate
     seen = {}
 
-    def gate_against_an_oracle(reference, candidate, data_dir, **options):
+    def gate_against_an_oracle(candidate):
         seen["candidate"] = candidate  # the ONNX model, read from the unfinished bundle
-        return real_gate(_Oracle("train"), candidate, data_dir, **options)
+        return quality_gate(
+            _Oracle("train"), candidate, demo_path(), max_ndcg_loss=0.5, queries=6, depth=10
+        )
 
-    monkeypatch.setattr(bundle_module, "quality_gate", gate_against_an_oracle)
     model = tiny_model("bert", "cross-encoder")
     out = tmp_path / "bundle"
     with pytest.raises(QualityGateError) as raised:
-        export_bundle(
-            model, out, data_dir=demo_path(), max_ndcg_loss=0.5, gate_queries=6, gate_depth=10
-        )
+        export_bundle(model, out, gate=gate_against_an_oracle)
     message = str(raised.value)
     assert "points" in message and "at most 0.5 allowed" in message and "train" in message
     assert raised.value.result.loss_points > 0.5
@@ -168,9 +166,11 @@ def test_a_failed_gate_leaves_no_bundle(tiny_model, tmp_path, monkeypatch) -> No
 def test_a_passed_gate_is_recorded(tiny_model, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
     model = tiny_model("bert", "cross-encoder")
-    bundle = export_bundle(
-        model, tmp_path / "b", data_dir=demo_path(), max_ndcg_loss=0.5, gate_queries=5, gate_depth=5
-    )
+
+    def gate(candidate):
+        return quality_gate(model, candidate, demo_path(), max_ndcg_loss=0.5, queries=5, depth=5)
+
+    bundle = export_bundle(model, tmp_path / "b", gate=gate)
     assert bundle.gate["passed"] and bundle.gate["split"] == "train"
     assert abs(bundle.gate["loss_points"]) < 1e-6  # fp32 ranks as torch does
     saved = json.loads((tmp_path / "b" / EXPORT_BUNDLE_FILE).read_text())
@@ -194,6 +194,6 @@ def test_output_folder_rules(tiny_model, tmp_path) -> None:
     assert [p.name for p in (out / "onnx").iterdir()] == [second.onnx_file.split("/")[1]]
     with pytest.raises(ValueError, match="variant"):
         export_bundle(model, tmp_path / "bad", variant="no spaces/slashes")
-    with pytest.raises(ValueError, match="needs a BEIR folder"):
-        export_bundle(model, tmp_path / "bad", max_ndcg_loss=0.5)
+    with pytest.raises(ValueError, match="needs -d DATA_DIR"):
+        export(model, tmp_path / "bad", max_ndcg_loss=0.5)
     assert not (tmp_path / "bad").exists()

@@ -98,11 +98,11 @@ def test_a_negative_allowance_is_refused(tiny_model_path, tmp_path, capsys) -> N
 def test_a_failed_gate_exits_3_and_writes_nothing(
     tiny_model_path, tmp_path, capsys, monkeypatch
 ) -> None:
-    import relcomp.export.bundle as bundle_module
+    import relcomp.pipeline
 
-    real_gate = bundle_module.quality_gate
+    real_gate = relcomp.pipeline.quality_gate
     monkeypatch.setattr(
-        bundle_module,
+        relcomp.pipeline,
         "quality_gate",
         lambda reference, candidate, data_dir, **options: real_gate(
             _Oracle("train"), candidate, data_dir, **options

@@ -44,13 +44,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 import warnings
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -72,6 +71,9 @@ from relcomp.checks import require_finite
 from relcomp.models.base import RankingModel, batched, progress_enabled, truncation_since
 from relcomp.models.bi_encoder import BiEncoder
 from relcomp.models.cross_encoder import CrossEncoder
+
+if TYPE_CHECKING:  # read only; loading data is the pipeline's job
+    from relcomp.evaluation.beir import BeirDataset
 
 __all__ = [
     "COMPONENT_KINDS",
@@ -1008,12 +1010,11 @@ def clean_forward(
 
 
 def run_patching(
-    model: RankingModel | str | os.PathLike[str],
-    data_dir: str | os.PathLike[str],
+    model: RankingModel,
+    dataset: BeirDataset,
     *,
     pairs: int | None = 64,
     corruption: str = "doc-terms",
-    split: str = "test",
     seed: int = DEFAULT_SEED,
     show_progress_bar: bool | None = None,
     composite: str | Composite = "RelP",
@@ -1024,13 +1025,14 @@ def run_patching(
 ) -> dict[str, Any]:
     """Activation patching, AtP and RelP on one BEIR split; the payload of ``patching.json``.
 
+    :func:`relcomp.pipeline.patch` loads the model and the split and calls this.
+
     Args:
-        model: a loaded model, or what :func:`~relcomp.models.load_model` takes.
-        data_dir: a BEIR folder.
+        model: the model.
+        dataset: one split of a BEIR collection (:func:`relcomp.evaluation.load_beir`).
         pairs: how many judged queries to sample (seeded); each gives one pair with
             its best-judged document. ``None``: every judged query.
         corruption: ``"doc-terms"`` or ``"query-terms"``.
-        split: the qrels split.
         seed: the query sample and the replacement tokens.
         show_progress_bar: ``None`` follows relcomp's log level.
         composite: the LRP rules of RelP (:func:`relp_composite` by default).
@@ -1041,7 +1043,6 @@ def run_patching(
             position and pair (some 640 for a 6-layer model at 256 tokens), against
             about 50 for all heads and blocks.
         batch_size: patched copies per forward pass.
-        max_length: loading only: the longest input when ``model`` is a path.
         extra_composites: more LRP rule sets to compare, reported as
             ``relp_<name>`` (``relp_attnlrp`` for ``"AttnLRP"``) beside ``relp``.
 
@@ -1056,19 +1057,14 @@ def run_patching(
         :class:`~relcomp.artifacts.ComponentRelevance` dict) and the settings.
 
     Example:
-        >>> payload = run_patching("all-MiniLM-L6-v2", "../shared/assets/beir/scifact", pairs=2)  # doctest: +SKIP
+        >>> from relcomp.evaluation import load_beir
+        >>> from relcomp.models import load_model
+        >>> dataset = load_beir("../shared/assets/beir/scifact", "test")  # doctest: +SKIP
+        >>> payload = run_patching(load_model("all-MiniLM-L6-v2"), dataset, pairs=2)  # doctest: +SKIP
         >>> sorted(payload["correlations"])  # doctest: +SKIP
         ['attention', 'head', 'mlp', 'residual']
     """
-    # Reading BEIR data is the evaluation stage's job; imported at call time so that
-    # importing attribution never depends on a later stage.
-    from relcomp.evaluation.beir import load_beir
-
-    if not isinstance(model, RankingModel):
-        from relcomp.models.loading import load_model
-
-        model = load_model(model, max_length=max_length)
-    dataset = load_beir(data_dir, split)
+    split = dataset.split
     tally_before = dict(model.truncation)
     patching_pairs, skipped = build_pairs(model, dataset, pairs, corruption, seed)
     if not patching_pairs:

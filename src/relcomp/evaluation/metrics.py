@@ -16,6 +16,7 @@ from typing import Any
 import ir_measures
 import numpy as np
 
+from relcomp.artifacts import NDCG_AT_10
 from relcomp.errors import RelcompError
 from relcomp.evaluation._common import Qrels, ranked
 from relcomp.registry import Registry
@@ -33,8 +34,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The measure the quality gate, the plans tried and the report's headline use.
-NDCG_AT_10 = "nDCG@10"
 DEFAULT_MEASURES: tuple[str, ...] = (NDCG_AT_10, "RR@10", "R@100")
 
 

@@ -4,7 +4,9 @@
 * :func:`calibration_dataset`, :func:`calibration_pairs`, :func:`calibration_triples`
   — the (query, judged document[, hard negative]) pairs that relevance, plans,
   activation statistics and static quantization are calibrated on, from a dev or
-  train split, never from the evaluated one.
+  train split, never from the evaluated one (:func:`development_split`);
+* :func:`parity_groups` — the queries and BM25 candidates an export's parity is
+  measured on, from the same kind of split.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from relcomp.evaluation._common import ranked
 from relcomp.evaluation.beir import (
     BeirDataset,
     available_splits,
@@ -32,6 +35,7 @@ __all__ = [
     "calibration_pairs",
     "calibration_triples",
     "development_split",
+    "parity_groups",
     "sample_queries",
 ]
 
@@ -205,3 +209,42 @@ def _calibration_choice(dataset: Any, n: int, seed: int) -> list[tuple[str, str]
             f"{dataset.name}/{dataset.split}: no judged-relevant pairs to calibrate on"
         )
     return chosen
+
+
+def parity_groups(
+    data_dir: str | os.PathLike[str],
+    split: str | None = None,
+    *,
+    queries: int = 20,
+    depth: int = 30,
+    seed: int = 13,
+    show_progress_bar: bool | None = None,
+) -> tuple[dict[str, tuple[str, list[str]]], dict[str, Any]]:
+    """Real parity groups: a seeded sample of a split's queries with their BM25 top-``depth``.
+
+    ``split=None`` takes ``dev``, else ``train`` (:func:`development_split`);
+    ``test`` is refused. Returns ``(groups, source)``; queries BM25 finds nothing
+    for are left out.
+    """
+    split = development_split(
+        data_dir,
+        split,
+        purpose="for parity",
+        refusal="parity never looks at the test split (its figures are the reported ones); "
+        "use dev or train",
+    )
+    dataset = load_beir(data_dir, split)
+    query_ids = sample_queries(dataset.split_queries, queries, seed=seed)
+    run = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=show_progress_bar)
+    groups = {
+        query_id: (
+            dataset.query_text(query_id),
+            [dataset.document_text(doc_id) for doc_id, _ in ranked(run[query_id], depth)],
+        )
+        for query_id in query_ids
+        if run.get(query_id)
+    }
+    if not groups:
+        raise ValueError(f"{data_dir}/{split}: BM25 found no candidates for the sampled queries")
+    source = {"dataset": dataset.name, "split": split, "first_stage": "bm25", "depth": depth}
+    return groups, source

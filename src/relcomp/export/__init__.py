@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, CompressionPlan, ExportBundle, ParityReport
 
-# The gate is evaluation's; export runs it before a bundle may exist, and its names
-# stay importable from here.
+# The gate and the parity data are evaluation's (pipeline.export hands them to
+# export_bundle); their names stay importable from here.
 from relcomp.evaluation.gate import GateResult, QualityGateError, gate_split, quality_gate
+from relcomp.evaluation.sampling import parity_groups
 from relcomp.export.bundle import PARITY_FILE, PLAN_FILE, default_variant, export_bundle
 from relcomp.export.convert import EXPORTERS, export_onnx
 from relcomp.export.graph import linear_nodes, module_of_node, onnx_size, op_counts
@@ -40,7 +41,7 @@ from relcomp.export.ort_realise import (
     precision_label,
     realise_for_ort,
 )
-from relcomp.export.parity import ParityGroups, check_parity, parity_groups
+from relcomp.export.parity import ParityGroups, check_parity
 
 __all__ = [
     "EXPORTERS",

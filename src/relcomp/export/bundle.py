@@ -33,9 +33,9 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -61,7 +61,6 @@ from relcomp.compression import (
     resolve_plan,
 )
 from relcomp.errors import RelcompError
-from relcomp.evaluation.gate import quality_gate
 from relcomp.export.convert import Exporter, export_onnx
 from relcomp.export.first_token import first_token_last_layer
 from relcomp.export.graph import onnx_size
@@ -70,6 +69,9 @@ from relcomp.export.parity import ParityGroups, check_parity
 from relcomp.models.base import RankingModel
 from relcomp.models.onnx_backend import is_bundle, load_bundle
 from relcomp.models.saving import copy_model_files
+
+if TYPE_CHECKING:  # the gate is evaluation's; export only calls what it is given
+    from relcomp.evaluation.gate import GateResult
 
 __all__ = ["PARITY_FILE", "PLAN_FILE", "default_variant", "export_bundle"]
 
@@ -113,8 +115,6 @@ def _check_inputs(
     model: RankingModel,
     out_dir: Path,
     variant: str,
-    max_ndcg_loss: float | None,
-    data_dir: str | os.PathLike[str] | None,
 ) -> None:
     if getattr(model, "backend", "torch") != "torch":
         raise RelcompError(f"{model.name} is already an ONNX bundle; export the torch model")
@@ -129,8 +129,6 @@ def _check_inputs(
             f"variant {variant!r}: use letters, digits, '_', '-' and '.' (at most 64), "
             "it becomes onnx/model_<variant>.onnx"
         )
-    if max_ndcg_loss is not None and data_dir is None:
-        raise ValueError("the quality gate (max_ndcg_loss) needs a BEIR folder (data_dir / -d)")
     check_output_location(out_dir)  # read-only or under a file: refused before the export
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -327,11 +325,7 @@ def export_bundle(
     parity_source: Mapping[str, Any] | None = None,
     variant: str | None = None,
     optimize: bool = True,
-    data_dir: str | os.PathLike[str] | None = None,
-    max_ndcg_loss: float | None = None,
-    gate_split: str | None = None,
-    gate_queries: int | None = 100,
-    gate_depth: int = 30,
+    gate: Callable[[Any], GateResult] | None = None,
     exporter: Exporter = "auto",
     int4_accuracy_level: int | None = None,
     reduce_range: bool = False,
@@ -356,11 +350,10 @@ def export_bundle(
         parity_source: where the groups came from, recorded in ``parity.json``.
         variant: names ``onnx/model_<variant>.onnx``; from the plan by default.
         optimize: onnxruntime's transformer fusions (attention, LayerNorm, GELU).
-        data_dir: a BEIR folder for the quality gate.
-        max_ndcg_loss: the gate's allowance in nDCG@10 points; ``None``: no gate.
-        gate_split: the gate's split (``dev``, else ``train``; never ``test``).
-        gate_queries: the gate's seeded query sample (all when ``None``).
-        gate_depth: BM25 candidates per query in the gate.
+        gate: called with the ONNX model, read from the unfinished bundle, before the
+            bundle may exist: a quality gate (:func:`relcomp.evaluation.gate.quality_gate`,
+            composed by :func:`relcomp.pipeline.export`) that returns its result or
+            raises :class:`~relcomp.evaluation.gate.QualityGateError`; ``None``: no gate.
         exporter: ``auto`` (optimum, else ``torch.onnx``), ``optimum`` or ``torch``.
         int4_accuracy_level: ``MatMulNBits``' compute type: ``None`` float32 (default),
             4 int8 activations (faster only with VNNI).
@@ -374,15 +367,15 @@ def export_bundle(
             and feed-forward block at the first token only (the only one its head
             reads; :func:`~relcomp.export.first_token.first_token_last_layer`); the
             same scores for less work. Ignored, with a note, where it does not apply.
-        batch_size: pairs per forward pass for parity and the gate.
-        show_progress_bar: for parity and the gate.
+        batch_size: pairs per forward pass for parity.
+        show_progress_bar: for parity.
 
     Returns:
         The :class:`~relcomp.artifacts.ExportBundle`, also saved as ``relcomp_bundle.json``.
 
     Raises:
         PlanError: the plan does not fit the model (unknown module, impossible action).
-        QualityGateError: the ONNX model lost more than ``max_ndcg_loss`` points;
+        QualityGateError: ``gate`` failed the ONNX model;
             nothing is written.
 
     Example:
@@ -397,7 +390,7 @@ def export_bundle(
     if plan is not None and not isinstance(plan, CompressionPlan):
         plan = CompressionPlan.load(plan)
     variant = variant or default_variant(plan)
-    _check_inputs(model, out_dir, variant, max_ndcg_loss, data_dir)
+    _check_inputs(model, out_dir, variant)
     structural, rest = plan.split_structural() if plan is not None else (None, None)
     if plan is not None:
         resolve_plan(plan, model)  # the plan must fit before anything is written
@@ -515,20 +508,8 @@ def export_bundle(
             )
             atomic_write_json(folder / PARITY_FILE, parity.to_dict())
             bundle = dataclasses.replace(bundle, parity=parity.summary())
-        if max_ndcg_loss is not None:
-            assert data_dir is not None
-            gate = quality_gate(
-                model,
-                candidate,
-                data_dir,
-                max_ndcg_loss=max_ndcg_loss,
-                split=gate_split,
-                queries=gate_queries,
-                depth=gate_depth,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-            )
-            bundle = dataclasses.replace(bundle, gate=gate.summary())
+        if gate is not None:
+            bundle = dataclasses.replace(bundle, gate=gate(candidate).summary())
         bundle.save(folder / EXPORT_BUNDLE_FILE)
     logger.info(
         "exported %s to %s (%s, %.2f MB)", model.name, out_dir, onnx_file, bundle.size_bytes / 1e6

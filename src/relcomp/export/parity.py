@@ -10,7 +10,6 @@ its BM25 candidates.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from relcomp.artifacts import ParityReport
 from relcomp.checks import require_finite, require_finite_tree
 from relcomp.models.base import Scorer, truncation_since
 
-__all__ = ["ParityGroups", "check_parity", "parity_groups"]
+__all__ = ["ParityGroups", "check_parity"]
 
 #: ``{query id: (query text, [candidate document texts])}``
 ParityGroups = Mapping[str, tuple[str, Sequence[str]]]
@@ -150,39 +149,3 @@ def _truncation(
         if hasattr(model, "truncation")
     }
     return {"truncation": counted} if counted else {}
-
-
-def parity_groups(
-    data_dir: str | os.PathLike[str],
-    split: str | None = None,
-    *,
-    queries: int = 20,
-    depth: int = 30,
-    seed: int = 13,
-    show_progress_bar: bool | None = None,
-) -> tuple[dict[str, tuple[str, list[str]]], dict[str, Any]]:
-    """Real parity groups: a seeded sample of a split's queries with their BM25 top-``depth``.
-
-    ``split=None`` takes ``dev``, else ``train`` (:func:`relcomp.export.gate_split`);
-    ``test`` is refused. Returns ``(groups, source)``; queries BM25 finds nothing
-    for are left out.
-    """
-    from relcomp.evaluation import bm25_retrieve, load_beir, ranked, sample_queries
-    from relcomp.evaluation.gate import gate_split
-
-    split = gate_split(data_dir, split)
-    dataset = load_beir(data_dir, split)
-    query_ids = sample_queries(dataset.split_queries, queries, seed=seed)
-    run = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=show_progress_bar)
-    groups = {
-        query_id: (
-            dataset.query_text(query_id),
-            [dataset.document_text(doc_id) for doc_id, _ in ranked(run[query_id], depth)],
-        )
-        for query_id in query_ids
-        if run.get(query_id)
-    }
-    if not groups:
-        raise ValueError(f"{data_dir}/{split}: BM25 found no candidates for the sampled queries")
-    source = {"dataset": dataset.name, "split": split, "first_stage": "bm25", "depth": depth}
-    return groups, source

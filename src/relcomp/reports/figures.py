@@ -43,7 +43,13 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import FancyBboxPatch
 
-from relcomp.artifacts import ComponentRelevance, CompressionPlan, TokenInteractions, TokenRelevance
+from relcomp.artifacts import (
+    NDCG_AT_10,
+    ComponentRelevance,
+    CompressionPlan,
+    TokenInteractions,
+    TokenRelevance,
+)
 
 __all__ = [
     "RELEVANCE_CMAP",
@@ -610,7 +616,7 @@ def pareto(
     x: str = "size_mb",
     *,
     reference: Mapping[str, Any] | None = None,
-    measure: str = "nDCG@10",
+    measure: str = NDCG_AT_10,
 ) -> Figure:
     """Quality against size (``x="size_mb"``) or latency (``x="latency_ms"``), frontier drawn.
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from relcomp._io import atomic_write_bytes, atomic_write_text
-from relcomp.artifacts import ComponentRelevance, TokenInteractions, TokenRelevance
+from relcomp.artifacts import NDCG_AT_10, ComponentRelevance, TokenInteractions, TokenRelevance
 from relcomp.reports.figures import (
     component_heatmap,
     figure_png,
@@ -575,9 +575,9 @@ def write_explanation_report(
 def _main_measure(quality: Mapping[str, Any]) -> str:
     measures = list(quality.get("measures") or quality["reference"]["measures"])
     for name in measures:
-        if name.lower() == "ndcg@10":
+        if name.lower() == NDCG_AT_10.lower():
             return str(name)
-    return str(measures[0]) if measures else "nDCG@10"
+    return str(measures[0]) if measures else NDCG_AT_10
 
 
 def _difference(quality: Mapping[str, Any], measure: str) -> dict[str, Any]:
