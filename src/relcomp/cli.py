@@ -861,6 +861,26 @@ def _add_compress(verbs: Verbs) -> None:
         "--explanations", type=int, default=3, help="(query, top document) pairs to explain"
     )
     _add_resume(compress)
+    compress.add_argument(
+        "--recover",
+        type=_positive_int,
+        default=None,
+        metavar="STEPS",
+        help="after structural compression, distil the pruned model back toward the "
+        "original for STEPS steps on train/dev and corpus pseudo-queries (never test)",
+    )
+    compress.add_argument(
+        "--recovery-max-length",
+        type=_positive_int,
+        default=128,
+        help="input length while recovering (default: 128)",
+    )
+    compress.add_argument(
+        "--quantize",
+        default=None,
+        help="then quantize: a precision everywhere (int8, int4, fp16) or a bits budget "
+        "(6bits, mixed precision planned on the recovered model)",
+    )
     compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
     _add_verbosity(compress)
     compress.set_defaults(command=_cmd_compress)
@@ -892,6 +912,9 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             first_stage=args.first_stage,
             explanations=args.explanations,
             resume=not args.no_resume,
+            recover=args.recover,
+            quantize=args.quantize,
+            recovery_max_length=args.recovery_max_length,
             show_progress_bar=not args.quiet,
         ),
     )

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from relcomp.artifacts import (
 )
 from relcomp.budgets import budget_label, budget_text, parse_budget_text, parse_budgets
 from relcomp.checks import check_output_location, check_texts
+from relcomp.compression import plan_after_pruning
 from relcomp.evaluation import (
     BM25,
     DEFAULT_MEASURES,
@@ -566,6 +568,7 @@ FLOW_STEPS = (
     "component relevance",
     "plans tried",
     "plan",
+    "recovery",
     "export",
     "quality gate",
     "evaluation",
@@ -614,6 +617,9 @@ def compress(
     report: bool = True,
     resume: bool = True,
     threads: int = 2,
+    recover: int | None = None,
+    quantize: str | None = None,
+    recovery_max_length: int = 128,
     show_progress_bar: bool | None = None,
 ) -> CompressResult:
     """The whole flow: explain, plan, compress, export, gate, evaluate, explain, report.
@@ -684,16 +690,14 @@ def compress(
         protocol=protocol_settings, split=split, calibration_split=calibration_split,
         calibration=calibration, queries=queries, depth=depth, max_length=max_length,
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,
-        threads=threads, show_progress_bar=show_progress_bar,
+        threads=threads, recover=recover, quantize=quantize,
+        recovery_max_length=recovery_max_length, show_progress_bar=show_progress_bar,
     )  # fmt: skip
     flow = CompressFlow(options)
     flow.component_relevance()
     chosen, tried = flow.plans_tried()
     the_plan = flow.plan(chosen)
-    # A step that changes the model before export (recovery: prune physically, distil
-    # back toward the reference, then quantize) goes here: one more CompressFlow method
-    # (and its name in FLOW_STEPS) whose settings include run.digest("plan"), and whose
-    # model export() then takes instead of the reference.
+    the_plan = flow.recovery(the_plan)
     flow.export(the_plan)
     gate = flow.quality_gate()
     reports = flow.evaluation()
@@ -789,11 +793,25 @@ class CompressOptions:
     report: bool = True
     resume: bool = True
     threads: int = 2
+    recover: int | None = None
+    quantize: str | None = None
+    recovery_max_length: int = 128
     show_progress_bar: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_ndcg_loss is not None:
             check_max_ndcg_loss(self.max_ndcg_loss)
+        if self.recover is not None:
+            from relcomp.recovery import RecoverySettings
+
+            RecoverySettings(steps=self.recover, max_length=self.recovery_max_length)
+            if len(self.budgets) > 1:
+                raise ValueError(
+                    "--recover takes one budget: several budgets would each need their own "
+                    "recovery, which compress does not run yet"
+                )
+        if self.quantize is not None:
+            parse_quantize(self.quantize)
         if self.explanations < 0:
             raise ValueError(f"explanations must be ≥ 0, got {self.explanations}")
         if self.threads < 1:
@@ -1131,7 +1149,124 @@ class CompressFlow:
             calibration=self.options.calibration,
         )
 
-    # (recovery goes here: a `recover(the_plan)` step between plan and export)
+    # -- 3b. recovery ------------------------------------------------------------------------
+    def recovery(self, the_plan: CompressionPlan) -> CompressionPlan:
+        """Prune physically, distil back toward the reference, then the plan export realises.
+
+        Without ``recover`` the plan is returned as it is (with ``quantize`` added).
+        With it, the plan's heads, neurons and layers are removed from a copy of the
+        reference, which is distilled on the collection's train/dev queries (the
+        gate's queries left out) and corpus pseudo-queries → ``recovered/`` (a model
+        folder with ``recovery_log.json``); export then takes that model, and the
+        returned plan holds what is left to realise on it (``quantize``). A checkpoint
+        in ``.recovery/`` lets an interrupted run resume mid-training.
+        """
+        options = self.options
+        if options.recover is None:
+            self.run.forget("recovery")
+            return self._with_quantization(the_plan, self.reference)
+        structural, rest = the_plan.split_structural()
+        if not structural.entries:
+            raise ValueError(
+                f"--recover follows structural compression (prune-structured, drop-layers); "
+                f"the {options.method} plan removes nothing to recover from"
+            )
+        self.progress("recovery", f"{options.recover} steps toward the reference")
+        settings = {
+            "plan": self.run.digest("plan"),
+            "steps": options.recover,
+            "max_length": options.recovery_max_length,
+            "data": self.data_identity,
+            "gate": [self.calibration_split, self.evaluation_settings["queries"]],
+        }
+        folder = self.run.path / "recovered"
+
+        steps = options.recover
+
+        def make() -> list[str]:
+            from relcomp.compression import prune_physically
+            from relcomp.models import save_model
+            from relcomp.recovery import recover as train
+            from relcomp.recovery import recovery_data
+
+            gate_queries = self.evaluation_settings["queries"]
+            excluded = (
+                sample_queries(self.calibration_data.split_queries, gate_queries)
+                if (gate_queries)
+                else list(self.calibration_data.split_queries)
+            )
+            data = recovery_data(
+                self.reference,
+                options.data_dir,
+                exclude=excluded,
+                max_length=options.recovery_max_length,
+                show_progress_bar=options.show_progress_bar,
+            )
+            checkpoints = self.run.path / ".recovery"
+            recovered, log = train(
+                prune_physically(self.reference, structural),
+                self.reference,
+                data,
+                steps=steps,
+                max_length=options.recovery_max_length,
+                checkpoint_dir=checkpoints,
+                show_progress_bar=options.show_progress_bar,
+            )
+            save_model(recovered, folder, extra_files={RECOVERY_LOG_FILE: log.to_json()})
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            return sorted(
+                str(p.relative_to(self.run.path)) for p in folder.rglob("*") if p.is_file()
+            )
+
+        self.run.step("recovery", settings, make, what=f"the recovered model in {folder}")
+        student = load_model(folder, max_length=self.reference.max_length)
+        self.source = student
+        moved = plan_after_pruning(rest, self.reference, structural)
+        return self._with_quantization(moved, student)
+
+    def _recovery_provenance(self) -> dict[str, Any]:
+        """What ``quality.json`` says of recovery and quantization (nothing when neither ran)."""
+        extra: dict[str, Any] = {}
+        if self.options.quantize:
+            extra["quantize"] = self.options.quantize
+        log_file = self.run.path / "recovered" / RECOVERY_LOG_FILE
+        if self.options.recover and log_file.is_file():
+            from relcomp.artifacts import RecoveryLog
+
+            log = RecoveryLog.load(log_file)
+            extra["recovery"] = {
+                "steps": log.steps,
+                "pairs_seen": log.pairs_seen,
+                "seconds": log.seconds,
+                "device": log.device,
+                "max_length": log.max_length,
+                "loss": log.loss,
+                "heldout_loss": [log.checkpoints[0].get("heldout_loss"), log.final_heldout_loss],
+                "data": dict(log.data),
+            }
+        return extra
+
+    def _with_quantization(self, the_plan: CompressionPlan, model: RankingModel) -> CompressionPlan:
+        """``the_plan`` with ``quantize`` added: one action everywhere, or a mixed-precision plan."""
+        quantize = self.options.quantize
+        if quantize is None:
+            return the_plan
+        kind, value = parse_quantize(quantize)
+        if kind == "action":
+            extra: tuple[tuple[str, str], ...] = (("_default", str(value)),)
+        else:
+            relevance = component_relevance(
+                model,
+                self.options.data_dir,
+                split=self.calibration_split,
+                calibration=self.options.calibration,
+                show_progress_bar=self.options.show_progress_bar,
+            )
+            mixed = plan(model, "mixed-precision", value, relevance=relevance)
+            extra = tuple(mixed.entries)
+        return dataclasses.replace(
+            the_plan, entries=(*the_plan.entries, *extra), method=f"{the_plan.method}+{quantize}"
+        )
 
     # -- 4. export ------------------------------------------------------------------------
     def export(self, the_plan: CompressionPlan) -> None:
@@ -1160,7 +1295,12 @@ class CompressFlow:
         }
 
     def _export_settings(self) -> dict[str, Any]:
-        return {**self._bundle_settings(), "plan": self.run.digest("plan")}
+        return {
+            **self._bundle_settings(),
+            "plan": self.run.digest("plan"),
+            **({"recovery": self.run.digest("recovery")} if self.options.recover else {}),
+            **({"quantize": self.options.quantize} if self.options.quantize else {}),
+        }
 
     def _export_to(self, the_plan: CompressionPlan, folder: Path) -> None:
         from relcomp.export import export_bundle
@@ -1174,7 +1314,7 @@ class CompressFlow:
             show_progress_bar=options.show_progress_bar,
         )
         export_bundle(
-            self.reference,
+            self.source,
             folder,
             plan=the_plan,
             calibration_pairs=self.calibration_pairs,
@@ -1389,6 +1529,7 @@ class CompressFlow:
                 "importance": options.importance,
                 "embeddings": options.embeddings,
                 "relcomp": _relcomp_version(),
+                **self._recovery_provenance(),
             },
             candidates=tried,
         )
@@ -1427,6 +1568,27 @@ class _FlowProgress:
             detail,
             time.perf_counter() - self.started,
         )
+
+
+def parse_quantize(text: str) -> tuple[str, Any]:
+    """``--quantize``: one precision action everywhere (``int8``) or a bits budget (``6bits``).
+
+    Example:
+        >>> parse_quantize("int8"), parse_quantize("6bits")
+        (('action', Int8(per_channel=True, activations=False, channelwise=False)), ('budget', {'bits_per_weight': 6.0}))
+    """
+    from relcomp.compression import PrecisionAction, parse_action
+
+    cleaned = text.strip().lower()
+    if cleaned.endswith(("bits", "bit")) or cleaned.startswith("bits_per_weight"):
+        return "budget", parse_budget_text(text, "mixed-precision")
+    action = parse_action(text)
+    if not isinstance(action, PrecisionAction):
+        raise ValueError(
+            f"--quantize {text!r}: give a precision (int8, int4, fp16, int8(activations=True)) "
+            "or a bits budget (6bits)"
+        )
+    return "action", action
 
 
 def _dataset_name(data_dir: str | os.PathLike[str]) -> str:

@@ -1,0 +1,88 @@
+"""``compress --recover STEPS --quantize int8``: prune, recover, quantize, export, gate, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from relcomp import pipeline
+from relcomp.artifacts import RecoveryLog
+from relcomp.models import load_model
+from tests.fixtures import DOCUMENTS, QUERIES
+from tests.recovery.test_recovery import write_collection
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder"])
+def test_compress_with_recovery_exports_the_recovered_model(
+    tiny_model_path: Any, tmp_path: Path, kind: str
+) -> None:
+    collection = write_collection(tmp_path / "collection")
+    out = tmp_path / "run"
+    settings: dict[str, Any] = {
+        "method": "prune-structured",
+        "importance": "magnitude",
+        "max_ndcg_loss": 100.0,
+        "calibration": 3,
+        "queries": 2,  # the gate's queries, kept out of the recovery data
+        "explanations": 1,
+        "threads": 1,
+        "recover": 3,
+        "quantize": "int8",
+        "recovery_max_length": 32,
+        "show_progress_bar": False,
+    }
+    result = pipeline.compress(
+        tiny_model_path("minilm", kind), collection, "params_removed=0.3", out, **settings
+    )
+    log = RecoveryLog.load(out / "recovered" / "recovery_log.json")
+    assert log.steps == 3 and log.data["excluded_queries"] == 2
+    recovered = load_model(out / "recovered")
+    original = load_model(tiny_model_path("minilm", kind))
+    assert sum(p.numel() for p in recovered.model.parameters()) < sum(
+        p.numel() for p in original.model.parameters()
+    )
+    provenance = result.quality["provenance"] if isinstance(result.quality, dict) else None
+    quality = json.loads((out / "quality.json").read_text())
+    assert quality["provenance"]["recovery"]["steps"] == 3
+    assert quality["provenance"]["quantize"] == "int8"
+    assert provenance is None or provenance["recovery"]["steps"] == 3
+    bundle = load_model(out)
+    scores = bundle.score(list(QUERIES[:3]), list(DOCUMENTS[:3]))
+    assert np.isfinite(scores).all()
+    assert not (out / ".recovery").exists()
+    # a second run resumes every step, the recovery included
+    again = pipeline.compress(
+        tiny_model_path("minilm", kind), collection, "params_removed=0.3", out, **settings
+    )
+    assert again.quality == result.quality or again.output_dir == out
+
+
+def test_recover_needs_a_structural_plan_and_one_budget(
+    tiny_model_path: Any, tmp_path: Path
+) -> None:
+    collection = write_collection(tmp_path / "collection")
+    common: dict[str, Any] = {"recover": 2, "threads": 1, "show_progress_bar": False}
+    with pytest.raises(ValueError, match="removes nothing to recover from"):
+        pipeline.compress(
+            tiny_model_path("minilm"), collection, "8bits", tmp_path / "a",
+            method="mixed-precision", max_ndcg_loss=None, **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="one budget"):
+        pipeline.compress(
+            tiny_model_path("minilm"), collection, ["0.2", "0.3"], tmp_path / "b",
+            method="prune-structured", **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="--quantize"):
+        pipeline.compress(
+            tiny_model_path("minilm"), collection, "0.2", tmp_path / "c",
+            method="prune-structured", quantize="prune_heads(1)", **common,
+        )  # fmt: skip
