@@ -267,7 +267,10 @@ def _p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def markdown(payload: Mapping[str, Any]) -> str:
+def markdown(payload: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
+    """The result file's tables as markdown (one result file, or a list holding one)."""
+    if not isinstance(payload, Mapping):
+        [payload] = payload
     lines: list[str] = []
     for name in COLLECTIONS:
         if name not in payload:

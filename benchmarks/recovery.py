@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import beir_path, machine, reranker_path, set_threads, write_json
 from relcomp.compression import parameter_count, prune_physically
 from relcomp.evaluation import paired_test
 from relcomp.models import load_model, save_model
@@ -58,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/recovery"))
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--markdown", type=Path, help="print a result file's table as markdown")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return 0
+    if args.output is None:
+        parser.error("--output is required to run the benchmark")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     set_threads(args.threads)
     started = time.perf_counter()
@@ -117,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
 
     systems = {"reference": teacher, "pruned": pruned, "recovered": recovered}
     results: dict[str, Any] = {}
-    rows = []
     for collection in COLLECTIONS:
         reports = {
             name: evaluate(
@@ -141,17 +146,6 @@ def main(argv: list[str] | None = None) -> int:
                 "p_value": test["p_values"][MEASURE] if name != "reference" else None,
                 "n_queries": report.n_queries,
             }
-            rows.append(
-                [
-                    collection + (" (trained on)" if collection == args.train else ""),
-                    name,
-                    f"{report.measures[MEASURE]:.4f}",
-                    f"{results[collection][name]['loss_points']:+.2f}"
-                    if name != "reference"
-                    else "–",
-                    f"{test['p_values'][MEASURE]:.3f}" if name != "reference" else "–",
-                ]
-            )
     payload = {
         "_meta": {
             "protocol": "quick" if args.queries == 100 and args.depth == 30 else "custom",
@@ -188,9 +182,48 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     write_json(args.output, payload)
-    print_table(rows, ["collection", "system", MEASURE, "points lost", "p"])
-    print(json.dumps(payload["_meta"]["recovery"], indent=1, default=str)[:2000])
+    print(markdown([payload]))
     return 0
+
+
+HEADER = ["trained on", "model", "evaluated on", "system", MEASURE, "points lost", "p", "queries"]
+
+
+def _rows(payload: dict[str, Any]) -> list[list[str]]:
+    meta = payload["_meta"]
+    plan = meta["plan"]
+    model = Path(meta["model"]).name
+    rows = []
+    for collection, systems in payload["results"].items():
+        for system, figures in systems.items():
+            label = {
+                "reference": "uncompressed",
+                "pruned": f"{plan['importance']} {100 * plan['params_removed']:g} % pruned",
+                "recovered": f"… + {meta['recovery']['steps']} recovery steps",
+            }[system]
+            rows.append(
+                [
+                    meta["train_collection"],
+                    model,
+                    collection,
+                    label,
+                    f"{figures[MEASURE]:.4f}",
+                    "–" if figures["p_value"] is None else f"{figures['loss_points']:+.2f}",
+                    "–" if figures["p_value"] is None else f"{figures['p_value']:.3f}",
+                    str(figures["n_queries"]),
+                ]
+            )
+    return rows
+
+
+def markdown(payloads: list[dict[str, Any]] | dict[str, Any]) -> str:
+    """The result files' table (one row per collection and system), as markdown."""
+    if isinstance(payloads, dict):
+        payloads = [payloads]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for payload in payloads:
+        lines += ["| " + " | ".join(row) + " |" for row in _rows(payload)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

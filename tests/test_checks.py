@@ -30,7 +30,7 @@ from relcomp.checks import (
 from relcomp.errors import ModelLoadError, NonFiniteError, OutputLocationError, RelcompError
 from relcomp.evaluation import quality_report
 from relcomp.evaluation.beir import BeirDataset
-from relcomp.export.gate import GateResult
+from relcomp.evaluation.gate import GateResult
 from relcomp.export.parity import check_parity
 
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])

@@ -17,7 +17,7 @@ import pytest
 
 import relcomp.data
 import relcomp.models
-from relcomp import flow, pipeline
+from relcomp import pipeline
 from relcomp.cli import main
 from tests.fixtures import DOCUMENTS, QUERIES
 
@@ -97,7 +97,7 @@ def test_every_readme_command_runs_on_the_tiny_models(
     # wherever the flow reads them; a random tiny model has no quality to keep, so no
     # gate may stop it
     retriever = str(tiny_model_path("minilm", "bi-encoder"))
-    for module in (relcomp.models, relcomp.data, pipeline, flow):
+    for module in (relcomp.models, relcomp.data, pipeline):
         for name, value in (
             ("DEFAULT_RETRIEVER", retriever),
             ("demo_path", lambda: toy),

@@ -32,11 +32,12 @@ COMPRESSION_BUDGETS: dict[str, str] = {
     "bits_per_weight": "mean bits per stored Linear weight, scales included",
     "params_removed": "share of the Linear layers' weights removed by pruning or factorisation",
     "sparsity": "share of Linear input activations zeroed (sparsify), weighted by weights",
+    "layers_dropped": "whole transformer layers removed (drop-layers)",
 }
 
 _UNITS = (("mb", "size_mb"), ("bits", "bits_per_weight"), ("bit", "bits_per_weight"))
 # a bare ratio is the activation sparsity for these planners, params_removed for the others
-_RATIO_BUDGET = {"sparsify": "sparsity", "r-sparse": "sparsity"}
+_RATIO_BUDGET = {"sparsify": "sparsity", "r-sparse": "sparsity", "drop-layers": "layers_dropped"}
 
 
 def _check_names(budget: Mapping[str, Any]) -> None:
@@ -152,6 +153,8 @@ def check_budget_values(budget: Mapping[str, Any]) -> None:
             )
         if key in ("params_removed", "sparsity") and not 0 <= value < 1:
             raise PlanError(f"impossible budget: {key}={value} must be in [0, 1)")
+        if key == "layers_dropped" and (value < 1 or value != int(value)):
+            raise PlanError(f"impossible budget: layers_dropped={value} must be a whole number ≥ 1")
 
 
 def budget_text(budget: Mapping[str, float]) -> str:

@@ -107,3 +107,20 @@ def test_size_and_bad_plans(tiny_model: Any) -> None:
         resolve_plan(
             CompressionPlan("m", {model.layer_modules()[0].layer: "drop_layers(0)"}), model
         )
+
+
+def test_the_planner_drops_the_least_important_layers(tiny_model: Any) -> None:
+    from relcomp.budgets import parse_budget_text
+    from relcomp.compression.planners import make_plan
+
+    model = tiny_model("minilm")  # 3 layers
+    layer_list = model.layer_modules()[0].layer.rsplit(".", 1)[0]
+    blind = make_plan(model, "drop-layers", {"layers_dropped": 1}, importance="uniform")
+    assert blind.entries == ((layer_list, "drop_layers(2)"),)  # no information: the top layer
+    assert parse_budget_text("2", "drop-layers") == {"layers_dropped": 2.0}
+    scored = make_plan(model, "drop-layers", {"layers_dropped": 2}, importance="random", seed=3)
+    assert len(DropLayers.parse(scored.entries[0][1]).layers) == 2  # type: ignore[attr-defined]
+    with pytest.raises(PlanError, match="drop 1 to 2"):
+        make_plan(model, "drop-layers", {"layers_dropped": 3}, importance="uniform")
+    with pytest.raises(PlanError, match="layers_dropped=1.5"):
+        make_plan(model, "drop-layers", {"layers_dropped": 1.5}, importance="uniform")

@@ -404,6 +404,44 @@ def _ladder(ladder: Sequence[PrecisionAction | str]) -> tuple[PrecisionAction, .
 
 
 # -- structured pruning -------------------------------------------------------------------
+@PLANNERS.register("drop-layers", "layer-dropping")
+def layer_dropping_plan(
+    model: RankingModel, importance: Importance, budget: Mapping[str, float]
+) -> CompressionPlan:
+    """Drop the ``layers_dropped`` whole layers with the lowest total score.
+
+    A layer's score is the sum of its Linears' scores (``importance.linears``): with
+    AttnLRP relevance, the relevance that flows through the layer's projections. Ties
+    go to the higher layer, so ``uniform`` importance drops the top layers, the blind
+    rule Sajjad et al. found best for fine-tuned encoders. The last layer is kept
+    unless its score says otherwise; at least one layer always stays.
+
+    Example:
+        >>> from relcomp.models import load_model
+        >>> from relcomp.compression.importance import importance_scores
+        >>> model = load_model("all-MiniLM-L6-v2")
+        >>> plan = layer_dropping_plan(model, importance_scores(model, "uniform"), {"layers_dropped": 2})
+        >>> plan.entries
+        (('encoder.layer', 'drop_layers(4,5)'),)
+    """
+    _, count = _one_budget("drop-layers", budget, ("layers_dropped",))
+    layers = model.layer_modules()
+    if not 1 <= count < len(layers) or count != int(count):
+        raise PlanError(
+            f"impossible budget layers_dropped={count:g}: the model has {len(layers)} layers; "
+            f"drop 1 to {len(layers) - 1}"
+        )
+    scores = [
+        sum(float(importance.linears.get(name, 0.0)) for name in layer.linears().values())
+        for layer in layers
+    ]
+    order = sorted(range(len(layers)), key=lambda index: (scores[index], -index))
+    dropped = sorted(order[: int(count)])
+    layer_list = layers[0].layer.rsplit(".", 1)[0]
+    entries = [(layer_list, f"drop_layers({','.join(map(str, dropped))})")]
+    return _finish(model, entries, "drop-layers", importance, budget)
+
+
 @PLANNERS.register("prune-structured", "structured")
 def structured_pruning_plan(
     model: RankingModel,
