@@ -75,6 +75,8 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("speed_size", "markdown", ["speed_size_retriever.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
+    "recovery.md": [("recovery", "markdown", ["recovery_reranker_scifact.json"])],
+    "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
 }
 
 

@@ -367,12 +367,20 @@ class ParityReport(Artifact):
     tie_rate_candidate: float
     per_query: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
     source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: explanation parity: AttnLRP token-relevance agreement (Spearman, top-k overlap) of
+    #: the compressed model's torch twin with the uncompressed model, per pair and mean
+    explanation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """The headline figures, without ``per_query``."""
-        return {
+        """The headline figures, without ``per_query`` or per-pair explanation figures."""
+        summary = {
             k: v for k, v in self.to_dict().items() if k not in ("kind", "version", "per_query")
         }
+        if summary.get("explanation"):
+            summary["explanation"] = {
+                k: v for k, v in summary["explanation"].items() if k != "per_pair"
+            }
+        return summary
 
 
 #: The headline measure: what the quality gate, the plans tried and the report read,

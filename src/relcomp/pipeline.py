@@ -888,6 +888,8 @@ class CompressFlow:
         self.budget: dict[str, float] = dict(options.budgets[0])
         self.gate_reports: tuple[QualityReport, QualityReport] | None = None  # plans tried's
         self.compressed: Any = None  # the ONNX bundle, once exported
+        #: what export compresses: the reference, or the recovered model
+        self.source: RankingModel = self.reference
         self.names: tuple[str, str] = ("fp32 (torch)", "")
         logger.info(
             "compressing %s (%s, max length %d) on %s, budget %s, %s protocol",
@@ -1319,6 +1321,7 @@ class CompressFlow:
             plan=the_plan,
             calibration_pairs=self.calibration_pairs,
             parity_groups=groups,
+            explain_against=self.reference,
             embeddings=options.embeddings,
             show_progress_bar=options.show_progress_bar,
         )

@@ -115,6 +115,8 @@ class RunFolder:
         return steps if isinstance(steps, dict) else {}
 
     def _write_manifest(self) -> None:
+        if not self.manifest and not (self.path / MANIFEST).is_file():
+            return  # nothing recorded yet: a run that fails before its first step leaves no file
         atomic_write_json(
             self.path / MANIFEST,
             {"kind": "relcomp_run", "version": MANIFEST_VERSION, "steps": self.manifest},

@@ -69,6 +69,7 @@ def plan_for(setting: dict[str, Any], family: str, source: str, **kwargs: Any) -
 
 def test_registries_name_every_planner_and_source():
     assert PLANNERS.names() == [
+        "drop-layers",
         "mixed-precision",
         "prune-structured",
         "prune-unstructured",

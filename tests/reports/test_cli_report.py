@@ -40,7 +40,7 @@ def test_report_on_a_bad_folder_names_the_file_and_exits_2(
 
 def test_report_on_a_missing_folder_exits_2(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path / "nowhere")]) == 2
-    assert "not a folder" in capsys.readouterr().err
+    assert "no such run folder" in capsys.readouterr().err
 
 
 def test_explain_writes_an_html_page_beside_the_json(

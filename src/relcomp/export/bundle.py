@@ -292,6 +292,42 @@ def _calibration_feeds(
     return feeds
 
 
+#: Parity groups whose first candidate is explained for explanation parity.
+EXPLANATION_PAIRS = 8
+
+
+def _explanation_parity(
+    reference: RankingModel,
+    working: RankingModel,
+    rest: CompressionPlan | None,
+    groups: ParityGroups,
+) -> dict[str, Any]:
+    """AttnLRP agreement of the bundle's torch twin with ``reference``; the reason if it cannot be had."""
+    from relcomp.attribution.agreement import explanation_agreement
+    from relcomp.compression.actions import plan_needs_data
+
+    pairs = [(query, documents[0]) for query, documents in groups.values() if documents]
+    pairs = pairs[:EXPLANATION_PAIRS]
+    if rest is not None and rest.entries and plan_needs_data(rest.entries):
+        return {"skipped": "the plan's torch twin needs calibration statistics"}
+    previous = working.max_length
+    working.max_length = reference.max_length  # the same tokens on both sides
+    try:
+        twin = compress_(working, rest) if rest is not None and rest.entries else None
+        try:
+            return explanation_agreement(
+                reference, working, [q for q, _ in pairs], [d for _, d in pairs]
+            )
+        finally:
+            if twin is not None:
+                twin.remove()
+    except RelcompError as error:  # said in parity.json and the log, never dropped silently
+        logger.warning("explanation parity not measured: %s", error)
+        return {"skipped": str(error)}
+    finally:
+        working.max_length = previous
+
+
 def _save_onnx(model: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if model.ByteSize() > _TWO_GB:
@@ -332,6 +368,7 @@ def export_bundle(
     int8_weight_type: str = "uint8",
     embeddings: str = "fp32",
     first_token: bool = False,
+    explain_against: RankingModel | None = None,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
 ) -> ExportBundle:
@@ -367,6 +404,11 @@ def export_bundle(
             and feed-forward block at the first token only (the only one its head
             reads; :func:`~relcomp.export.first_token.first_token_last_layer`); the
             same scores for less work. Ignored, with a note, where it does not apply.
+        explain_against: with ``parity_groups``, explanation parity is measured too:
+            the AttnLRP token relevance of the bundle's torch twin (``model`` with the
+            plan simulated by ``compress_``) against this model's, on the first
+            candidate of up to 8 groups (``parity.json``'s ``explanation``). ``model``
+            itself by default; the uncompressed model when ``model`` is a recovered one.
         batch_size: pairs per forward pass for parity.
         show_progress_bar: for parity.
 
@@ -506,6 +548,10 @@ def export_bundle(
                 show_progress_bar=show_progress_bar,
                 source=parity_source,
             )
+            explanation = _explanation_parity(
+                explain_against or model, working, rest, parity_groups
+            )
+            parity = dataclasses.replace(parity, explanation=explanation)
             atomic_write_json(folder / PARITY_FILE, parity.to_dict())
             bundle = dataclasses.replace(bundle, parity=parity.summary())
         if gate is not None:
