@@ -55,6 +55,20 @@ logger = logging.getLogger("low_rank")
 FFN = r"re:.*encoder\.layer\.\d+\.(intermediate|output)\.dense"
 RANKS = (256, 128, 64)
 
+HEADER = [
+    "model",
+    "system",
+    "params (M)",
+    "MB",
+    "torch pairs/s",
+    "vs fp32",
+    "ORT pairs/s",
+    "vs fp32",
+    "ORT p50 ms (batch 1)",
+    "Kendall tau",
+    "score error",
+]
+
 
 def run_model(
     model_path: str, args: argparse.Namespace, folder: Path
@@ -166,22 +180,7 @@ def main() -> None:
             write_json(args.output, payload)
     payload["_meta"]["wall_s"] = round(time.time() - started, 1)
     write_json(args.output, payload)
-    print_table(
-        table,
-        [
-            "model",
-            "system",
-            "params (M)",
-            "MB",
-            "torch pairs/s",
-            "vs fp32",
-            "ORT pairs/s",
-            "vs fp32",
-            "ORT p50 ms (batch 1)",
-            "Kendall tau",
-            "score error",
-        ],
-    )
+    print_table(table, HEADER)
 
 
 def markdown(payloads: list[dict[str, Any]]) -> str:
@@ -209,20 +208,7 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
                         f"{s['score_error']:.3f}",
                     ]
                 )
-    header = [
-        "model",
-        "system",
-        "params (M)",
-        "MB",
-        "torch pairs/s",
-        "vs fp32",
-        "ORT pairs/s",
-        "vs fp32",
-        "ORT p50 ms (batch 1)",
-        "Kendall tau",
-        "score error",
-    ]
-    return markdown_table(header, rows)
+    return markdown_table(HEADER, rows)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,14 @@ HEADER = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params-removed", type=float, default=0.5)
+    parser.add_argument(
+        "--params-removed",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="pruning levels; the first gets every lever, the others int8 with and without "
+        "the first-token last layer",
+    )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
@@ -77,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(reranker_path(), max_length=args.max_length)
     scifact = beir_path("scifact")
     relevance = component_relevance(model, scifact, split="train", calibration=64)
-    structural = plan(
-        model, "prune-structured", {"params_removed": args.params_removed}, relevance=relevance
-    )
-    pruned = prune_physically(model, structural)
+    pruned_models = {
+        share: prune_physically(
+            model,
+            plan(model, "prune-structured", {"params_removed": share}, relevance=relevance),
+        )
+        for share in args.params_removed
+    }
+    first, *others = args.params_removed
+    pruned = pruned_models[first]
     calibration = calibration_pairs(load_beir(scifact, "train"), 64)
 
     def with_default(action: str) -> CompressionPlan:
@@ -110,6 +122,26 @@ def main(argv: list[str] | None = None) -> int:
             pruned,
             {"plan": with_default("int4"), "int4_accuracy_level": 4},
         ),
+    ]
+    for share in others:
+        label = f"pruned {100 * share:g}% + int8"
+        variants += [
+            (label, "base", pruned_models[share], {"plan": with_default("int8")}),
+            (
+                label,
+                "first token",
+                pruned_models[share],
+                {"plan": with_default("int8"), "first_token": True},
+            ),
+        ]
+    variants = [
+        (
+            f"pruned {100 * first:g}% {system.split(' ', 1)[1]}"
+            if system.startswith("pruned +")
+            else system,
+            *rest,
+        )
+        for system, *rest in variants
     ]
     queries, documents = timing_pairs("scifact", 32, 30)
     systems: dict[str, Any] = {}

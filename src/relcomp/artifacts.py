@@ -487,6 +487,9 @@ class CompressionPlan(Artifact):
     budget: Mapping[str, float] = dataclasses.field(default_factory=dict)
     achieved: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     relevance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: the planner's own calibration pairs (Taylor scores, Wanda and TEAL statistics):
+    #: how many, from which split, and how many the model truncated; empty without any
+    calibration: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from relcomp.compression.actions import parse_action

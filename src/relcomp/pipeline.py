@@ -333,14 +333,14 @@ def plan(
         )
     pairs = None
     if data_dir is not None:
-        pairs = calibration_pairs(
-            calibration_dataset(data_dir, calibration_split, "test"), calibration
-        )
+        calibration_data = calibration_dataset(data_dir, calibration_split, "test")
+        calibration_split = calibration_data.split
+        pairs = calibration_pairs(calibration_data, calibration)
     options: dict[str, Any] = {} if rank is None else {"rank": rank}
     if activations:
         options["activations"] = True
-    with truncation_tally(scorer, "plan calibration"):  # Taylor, Wanda and TEAL score pairs
-        return make_plan(
+    with truncation_tally(scorer, "plan calibration") as tally:  # Taylor, Wanda, TEAL score pairs
+        made = make_plan(
             scorer,
             method,
             parsed,
@@ -351,6 +351,11 @@ def plan(
             within=within,
             **options,
         )
+    if pairs is None:
+        return made
+    return dataclasses.replace(
+        made, calibration={"pairs": len(pairs), "split": calibration_split, "truncation": tally}
+    )
 
 
 def export(
