@@ -52,7 +52,7 @@ HEADER = [
     "vs base",
     "vs torch fp32",
     "p50 ms (batch 1)",
-    "max |Δscore|",
+    "max abs Δscore",
     "Kendall τ",
 ]
 

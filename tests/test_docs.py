@@ -76,6 +76,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
     "recovery.md": [("recovery", "markdown", ["recovery_reranker_scifact.json"])],
+    "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
 }
 
