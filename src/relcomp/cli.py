@@ -117,6 +117,15 @@ def _add_embeddings(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--embeddings", choices=EMBEDDINGS, default=EMBEDDINGS[0], help=help)
 
 
+def _add_first_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--first-token",
+        action="store_true",
+        help="cross-encoders: export the last layer at the first token only (the same scores, "
+        "1.1-1.2x faster; ignored, with a note, for bi-encoders)",
+    )
+
+
 def _add_resume(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-resume", action="store_true", help="run every step again, ignoring OUT_DIR"
@@ -641,6 +650,7 @@ def _add_export(verbs: Verbs) -> None:
     )
     _add_max_length(export)
     _add_embeddings(export, "word embeddings: fp32 as the plan (default) or int8 as well")
+    _add_first_token(export)
     export.add_argument(
         "--exporter", choices=EXPORTERS, default=EXPORTERS[0], help=f"default: {EXPORTERS[0]}"
     )
@@ -670,6 +680,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
             calibration=args.calibration,
             max_length=args.max_length,
             embeddings=args.embeddings,
+            first_token=args.first_token,
             exporter=args.exporter,
             optimize=not args.no_optimize,
             variant=args.variant,
@@ -826,6 +837,7 @@ def _add_compress(verbs: Verbs) -> None:
     )
     _add_planning(compress, method_required=False)
     _add_embeddings(compress, "word embeddings in the bundle: fp32 as the plan (default) or int8")
+    _add_first_token(compress)
     compress.add_argument(
         "--max-ndcg-loss",
         type=_non_negative_float,
@@ -901,6 +913,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             method=args.method,
             importance=args.importance,
             embeddings=args.embeddings,
+            first_token=args.first_token,
             max_ndcg_loss=None if args.no_gate else args.max_ndcg_loss,
             protocol=args.protocol,
             split=args.split,

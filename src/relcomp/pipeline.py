@@ -372,6 +372,7 @@ def export(
     calibration: int = 64,
     max_length: int | None = None,
     embeddings: str = "fp32",
+    first_token: bool = False,
     exporter: str = "auto",
     optimize: bool = True,
     variant: str | None = None,
@@ -399,6 +400,7 @@ def export(
         calibration: pairs calibrating ``int8(activations=True)``.
         max_length: longest input in tokens.
         embeddings: ``fp32`` or ``int8`` word embeddings.
+        first_token: a cross-encoder's last layer at the first token only (the same scores, less work).
         exporter: ``auto``, ``optimum`` or ``torch``.
         optimize: onnxruntime's transformer fusions.
         variant: names ``onnx/model_<variant>.onnx``.
@@ -462,6 +464,7 @@ def export(
         gate=None if max_ndcg_loss is None else gate,
         exporter=exporter,  # type: ignore[arg-type]
         embeddings=embeddings,
+        first_token=first_token,
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
     )
@@ -625,6 +628,7 @@ def compress(
     recover: int | None = None,
     quantize: str | None = None,
     recovery_max_length: int = 128,
+    first_token: bool = False,
     show_progress_bar: bool | None = None,
 ) -> CompressResult:
     """The whole flow: explain, plan, compress, export, gate, evaluate, explain, report.
@@ -696,7 +700,8 @@ def compress(
         calibration=calibration, queries=queries, depth=depth, max_length=max_length,
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,
         threads=threads, recover=recover, quantize=quantize,
-        recovery_max_length=recovery_max_length, show_progress_bar=show_progress_bar,
+        recovery_max_length=recovery_max_length, first_token=first_token,
+        show_progress_bar=show_progress_bar,
     )  # fmt: skip
     flow = CompressFlow(options)
     flow.component_relevance()
@@ -801,6 +806,7 @@ class CompressOptions:
     recover: int | None = None
     quantize: str | None = None
     recovery_max_length: int = 128
+    first_token: bool = False
     show_progress_bar: bool | None = None
 
     def __post_init__(self) -> None:
@@ -1299,6 +1305,7 @@ class CompressFlow:
             "calibration": self.options.calibration,
             "calibration_split": self.calibration_split,
             "embeddings": self.options.embeddings,
+            **({"first_token": True} if self.options.first_token else {}),
         }
 
     def _export_settings(self) -> dict[str, Any]:
@@ -1328,6 +1335,7 @@ class CompressFlow:
             parity_groups=groups,
             explain_against=self.reference,
             embeddings=options.embeddings,
+            first_token=options.first_token,
             show_progress_bar=options.show_progress_bar,
         )
 
