@@ -59,6 +59,9 @@ def test_compress_with_recovery_exports_the_recovered_model(
     scores = bundle.score(list(QUERIES[:3]), list(DOCUMENTS[:3]))
     assert np.isfinite(scores).all()
     assert not (out / ".recovery").exists()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="recovery"' in page and "Loss at each checkpoint" in page
+    assert "Explanation parity" in page
     # a second run resumes every step, the recovery included
     again = pipeline.compress(
         tiny_model_path("minilm", kind), collection, "params_removed=0.3", out, **settings

@@ -1124,13 +1124,95 @@ def _parity_section(run: CompressionRun) -> str:
         "agree (a Kendall τ and a top-10 overlap of 1 mean identical rankings).</p>"
     ]
     if run.parity is not None:
-        rows = _key_value_rows(run.parity, _PARITY_LABELS, frozenset({"per_query", "source"}))
+        rows = _key_value_rows(
+            run.parity, _PARITY_LABELS, frozenset({"per_query", "source", "explanation"})
+        )
         parts.append("<h3>Parity</h3>" + _kv_table(rows))
+        parts.append(_explanation_parity(run.parity.get("explanation")))
     else:
         parts.append(f"<p class='muted'>Parity against torch: {NOT_MEASURED}.</p>")
     if run.bundle is not None:
         parts.append("<h3>Bundle</h3>" + _kv_table(_bundle_rows(run.bundle)))
     return "".join(parts)
+
+
+def _explanation_parity(explanation: Any) -> str:
+    """Whether the compressed model ranks for the same reasons: AttnLRP agreement per pair."""
+    if not isinstance(explanation, Mapping) or not explanation:
+        return f"<p class='muted'>Explanation parity: {NOT_MEASURED}.</p>"
+    if "skipped" in explanation:
+        return (
+            f"<p class='muted'>Explanation parity not measured: {_e(explanation['skipped'])}.</p>"
+        )
+    head = (
+        "<h3>Explanation parity</h3><p>AttnLRP token relevance of the compressed model's torch "
+        "twin against the uncompressed model's, on the same pairs: Spearman's ρ over the "
+        f"tokens and the overlap of their top-{_e(explanation.get('k'))} tokens (1 means the "
+        "same evidence in the same order).</p>"
+    )
+    rows = [
+        ["pairs", _plain_value(explanation.get("n_pairs"))],
+        ["mean Spearman ρ", _plain_value(explanation.get("spearman"))],
+        ["mean top-k overlap", _plain_value(explanation.get("top_k_overlap"))],
+    ]
+    per_pair = explanation.get("per_pair") or []
+    rows += [
+        [
+            _e(str(pair.get("query", ""))),
+            _e(f"ρ {pair.get('spearman', 0):.3f}, overlap {pair.get('top_k_overlap', 0):.2f}"),
+        ]
+        for pair in per_pair
+        if isinstance(pair, Mapping)
+    ]
+    return head + _kv_table(rows)
+
+
+def _recovery_section(run: CompressionRun) -> str | None:
+    """The recovery's log, when the run recovered a pruned model before export."""
+    log_file = run.folder / "recovered" / "recovery_log.json"
+    if not log_file.is_file():
+        return None
+    log = _read_log(log_file)
+    intro = (
+        "<p class='lead'>The pruned model was distilled back toward the uncompressed one on "
+        "the collection's train/dev queries and corpus pseudo-queries (never the reported "
+        "split; the gate's queries left out) before it was quantized and exported.</p>"
+    )
+    summary = _kv_table(
+        [
+            ["steps", _plain_value(log.get("steps"))],
+            ["pairs seen", _plain_value(log.get("pairs_seen"))],
+            ["training time (s)", _plain_value(log.get("seconds"))],
+            ["device", _plain_value(log.get("device"))],
+            ["input length", _plain_value(log.get("max_length"))],
+            ["loss", _plain_value(log.get("loss"))],
+        ]
+    )
+    checkpoints = [c for c in log.get("checkpoints") or [] if isinstance(c, Mapping)]
+    names = sorted({k for c in checkpoints for k in c if k != "step"})
+    header = "".join(f"<th>{_e(n.replace('_', ' '))}</th>" for n in names)
+    body = "".join(
+        "<tr><td>"
+        + _e(c.get("step"))
+        + "</td>"
+        + "".join(f"<td>{_plain_value(c.get(n))}</td>" for n in names)
+        + "</tr>"
+        for c in checkpoints
+    )
+    curve = (
+        f"<h3>Loss at each checkpoint</h3><table><tr><th>step</th>{header}</tr>{body}</table>"
+        if checkpoints
+        else ""
+    )
+    return intro + summary + curve
+
+
+def _read_log(path: Path) -> Mapping[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        return {"steps": f"unreadable ({error})"}
+    return data if isinstance(data, Mapping) else {}
 
 
 def _provenance_section(run: CompressionRun) -> str:
@@ -1219,6 +1301,9 @@ def _build_compression(run: CompressionRun) -> _Page:
     page.section("plan", "The plan", _plan_section(run))
     page.section("components", "Component relevance", _components_section(page, run))
     page.section("explanations", "Token explanations", _explanations_section(page, run))
+    recovery = _recovery_section(run)
+    if recovery is not None:
+        page.section("recovery", "Recovery", recovery)
     page.section("parity", "Parity of the exported model", _parity_section(run))
     page.section("provenance", "Provenance", _provenance_section(run))
     return page
