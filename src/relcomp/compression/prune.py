@@ -43,8 +43,10 @@ from relcomp.models.base import RankingModel
 from relcomp.models.pruned import (
     FFN_WIDTH_KEY,
     apply_pruned_ffn_widths,
+    linear_at,
     load_pruned_model,
     repair_pruned_heads,
+    replace_module,
 )
 
 __all__ = [
@@ -121,17 +123,17 @@ def prune_physically(model: RankingModel, plan: CompressionPlan) -> RankingModel
         mask = keep.get(layer.ffn_in)
         if mask is not None and mask.rows is not None:
             index: Any = torch.nonzero(mask.rows).flatten()
-            _replace(
+            replace_module(
                 torch_model,
                 layer.ffn_in,
-                prune_linear_layer(_get(torch_model, layer.ffn_in), index, dim=0),
+                prune_linear_layer(linear_at(torch_model, layer.ffn_in), index, dim=0),
             )
-            _replace(
+            replace_module(
                 torch_model,
                 layer.ffn_out,
-                prune_linear_layer(_get(torch_model, layer.ffn_out), index, dim=1),
+                prune_linear_layer(linear_at(torch_model, layer.ffn_out), index, dim=1),
             )
-        widths.append(int(_get(torch_model, layer.ffn_in).out_features))
+        widths.append(int(linear_at(torch_model, layer.ffn_in).out_features))
     _record_ffn_widths(torch_model.config, widths)
     dropped = [layer.index for layer in dropped_layers(resolved, structure)]
     if dropped:
@@ -204,7 +206,7 @@ def _drop_layers(model: nn.Module, layer_list: str, dropped: list[int]) -> None:
     config: Any = model.config
     layers: Any = model.get_submodule(layer_list)
     kept = [index for index in range(len(layers)) if index not in set(dropped)]
-    _replace(model, layer_list, nn.ModuleList([layers[index] for index in kept]))
+    replace_module(model, layer_list, nn.ModuleList([layers[index] for index in kept]))
     new_index = {old: new for new, old in enumerate(kept)}
     remaining: Any = model.get_submodule(layer_list)
     for new, layer in enumerate(remaining):
@@ -224,17 +226,6 @@ def _drop_layers(model: nn.Module, layer_list: str, dropped: list[int]) -> None:
         setattr(config, FFN_WIDTH_KEY, [widths[index] for index in kept])
         if len(set(getattr(config, FFN_WIDTH_KEY))) == 1:  # the rest share one width now
             _record_ffn_widths(config, list(getattr(config, FFN_WIDTH_KEY)))
-
-
-def _get(model: nn.Module, name: str) -> nn.Linear:
-    module = model.get_submodule(name)
-    assert isinstance(module, nn.Linear)
-    return module
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def _width_field(config: Any) -> str:

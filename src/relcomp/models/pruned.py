@@ -23,21 +23,25 @@ from relcomp.models.adapters import ArchitectureAdapter, adapter_for
 __all__ = [
     "FFN_WIDTH_KEY",
     "apply_pruned_ffn_widths",
+    "linear_at",
     "load_pruned_model",
     "repair_pruned_heads",
+    "replace_module",
 ]
 
 #: The config field that holds per-layer FFN widths after non-uniform neuron pruning.
 FFN_WIDTH_KEY = "pruned_intermediate_sizes"
 
 
-def _get(model: nn.Module, name: str) -> nn.Linear:
+def linear_at(model: nn.Module, name: str) -> nn.Linear:
+    """The Linear module at dotted ``name`` (an assertion error if it is anything else)."""
     module = model.get_submodule(name)
     assert isinstance(module, nn.Linear)
     return module
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the module at dotted ``name`` was."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -59,11 +63,11 @@ def apply_pruned_ffn_widths(model: nn.Module, adapter: ArchitectureAdapter | Non
             f"config.{FFN_WIDTH_KEY} has {len(widths)} widths for {len(layers)} layers"
         )
     for layer, width in zip(layers, widths, strict=True):
-        ffn_in, ffn_out = _get(model, layer.ffn_in), _get(model, layer.ffn_out)
-        _replace(
+        ffn_in, ffn_out = linear_at(model, layer.ffn_in), linear_at(model, layer.ffn_out)
+        replace_module(
             model, layer.ffn_in, nn.Linear(ffn_in.in_features, width, bias=ffn_in.bias is not None)
         )
-        _replace(
+        replace_module(
             model,
             layer.ffn_out,
             nn.Linear(width, ffn_out.out_features, bias=ffn_out.bias is not None),
