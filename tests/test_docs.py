@@ -75,7 +75,13 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("speed_size", "markdown", ["speed_size_retriever.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
-    "recovery.md": [("recovery", "markdown", ["recovery_reranker_scifact.json"])],
+    "recovery.md": [
+        (
+            "recovery",
+            "markdown",
+            ["recovery_reranker_scifact.json", "recovery_reranker_scifact_70.json"],
+        )
+    ],
     "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
 }
