@@ -122,5 +122,5 @@ def test_the_planner_drops_the_least_important_layers(tiny_model: Any) -> None:
     assert len(DropLayers.parse(scored.entries[0][1]).layers) == 2  # type: ignore[attr-defined]
     with pytest.raises(PlanError, match="drop 1 to 2"):
         make_plan(model, "drop-layers", {"layers_dropped": 3}, importance="uniform")
-    with pytest.raises(PlanError, match="layers_dropped=1.5"):
+    with pytest.raises(PlanError, match=r"layers_dropped=1\.5"):
         make_plan(model, "drop-layers", {"layers_dropped": 1.5}, importance="uniform")
