@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,20 @@ def beir_path(name: str) -> Path:
     return assets_dir() / "beir" / name
 
 
+def relative(text: str | os.PathLike[str]) -> str:
+    """``text`` with an absolute path made relative to the repo: results files hold no machine path."""
+    path = Path(text)
+    return os.path.relpath(path, REPO) if path.is_absolute() else str(text)
+
+
 def display_name(model: Any) -> str:
     """A model's name for results files: paths relative to the repo, never a machine path."""
-    name = str(model.name)
-    path = Path(name)
-    if path.is_absolute():
-        return os.path.relpath(path, REPO)
-    return name
+    return relative(str(model.name))
+
+
+def command_line() -> str:
+    """The command that is running, its paths relative to the repo."""
+    return " ".join(relative(word) if word.startswith("/") else word for word in sys.argv)
 
 
 def result_key(model: Any) -> str:

@@ -29,7 +29,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import beir_path, machine, reranker_path, set_threads, write_json
+from _common import (
+    beir_path,
+    command_line,
+    machine,
+    relative,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.compression import parameter_count, prune_physically
 from relcomp.evaluation import paired_test
 from relcomp.models import load_model, save_model
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "queries": args.queries,
             "depth": args.depth,
             "eval_max_length": args.eval_max_length,
-            "model": str(path),
+            "model": relative(path),
             "train_collection": args.train,
             "plan": {
                 "method": "prune-structured",
@@ -172,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": log.seconds,
                 "data_seconds": round(data_seconds, 1),
                 "device": log.device,
-                "data": dict(log.data),
+                "data": {**dict(log.data), "collection": relative(log.data["collection"])},
                 "heldout_loss": [dict(c) for c in log.checkpoints],
             },
             "machine": machine(),
             "wall_seconds": round(time.perf_counter() - started, 1),
-            "command": " ".join(sys.argv),
+            "command": command_line(),
         },
         "results": results,
     }

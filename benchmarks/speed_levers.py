@@ -36,7 +36,16 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import beir_path, machine, print_table, reranker_path, set_threads, write_json
+from _common import (
+    beir_path,
+    command_line,
+    machine,
+    print_table,
+    relative,
+    reranker_path,
+    set_threads,
+    write_json,
+)
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression import prune_physically
 from relcomp.evaluation import load_beir
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     payload = {
         "_meta": {
-            "model": str(reranker_path()),
+            "model": relative(reranker_path()),
             "params_removed": args.params_removed,
             "max_length": args.max_length,
             "repeats": args.repeats,
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": len(queries),
             "machine": machine(),
             "wall_seconds": round(time.perf_counter() - started, 1),
-            "command": " ".join(sys.argv),
+            "command": command_line(),
         },
         "rows": rows,
     }

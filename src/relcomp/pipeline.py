@@ -1172,7 +1172,7 @@ class CompressFlow:
         gate's queries left out) and corpus pseudo-queries → ``recovered/`` (a model
         folder with ``recovery_log.json``); export then takes that model, and the
         returned plan holds what is left to realise on it (``quantize``). A checkpoint
-        in ``.recovery/`` lets an interrupted run resume mid-training.
+        (``.recovered.recovery/``) lets an interrupted run resume mid-training.
         """
         options = self.options
         if options.recover is None:
@@ -1198,35 +1198,24 @@ class CompressFlow:
 
         def make() -> list[str]:
             from relcomp.compression import prune_physically
-            from relcomp.models import save_model
-            from relcomp.recovery import recover as train
-            from relcomp.recovery import recovery_data
 
             gate_queries = self.evaluation_settings["queries"]
-            excluded = (
-                sample_queries(self.calibration_data.split_queries, gate_queries)
-                if (gate_queries)
-                else list(self.calibration_data.split_queries)
-            )
-            data = recovery_data(
-                self.reference,
-                options.data_dir,
-                exclude=excluded,
-                max_length=options.recovery_max_length,
-                show_progress_bar=options.show_progress_bar,
-            )
-            checkpoints = self.run.path / ".recovery"
-            recovered, log = train(
+            split_queries = self.calibration_data.split_queries
+            recover(
                 prune_physically(self.reference, structural),
                 self.reference,
-                data,
+                options.data_dir,
+                folder,
                 steps=steps,
                 max_length=options.recovery_max_length,
-                checkpoint_dir=checkpoints,
+                exclude=(
+                    sample_queries(split_queries, gate_queries)
+                    if gate_queries
+                    else list(split_queries)
+                ),
+                gate_queries=0,  # the flow's own gate judges the exported model afterwards
                 show_progress_bar=options.show_progress_bar,
             )
-            save_model(recovered, folder, extra_files={RECOVERY_LOG_FILE: log.to_json()})
-            shutil.rmtree(checkpoints, ignore_errors=True)
             return sorted(
                 str(p.relative_to(self.run.path)) for p in folder.rglob("*") if p.is_file()
             )
@@ -1727,6 +1716,7 @@ def recover(
     pseudo: int | None = None,
     loss: str | None = None,
     temperature: float | None = None,
+    exclude: Sequence[str] = (),
     gate_queries: int = 50,
     gate_depth: int = 30,
     gate_max_length: int = 256,
@@ -1763,6 +1753,7 @@ def recover(
         pseudo: pseudo-queries from the corpus (default: as many as split queries).
         loss: ``listwise-kl``, ``margin-mse`` (cross-encoders) or ``embedding`` (bi-encoders).
         temperature: the loss's softmax temperature.
+        exclude: more query ids kept out of the recovery data (a later gate's, say).
         gate_queries: held-out dev/train queries evaluated at each checkpoint (0: none).
         gate_depth: BM25 depth of that evaluation.
         gate_max_length: its input length (the quick protocol's 256 by default).
@@ -1819,7 +1810,7 @@ def recover(
         data_dir,
         candidates=candidates,
         pseudo=pseudo,
-        exclude=gate_ids,
+        exclude=[*gate_ids, *exclude],
         seed=seed,
         max_length=max_length,
         show_progress_bar=show_progress_bar,
@@ -1865,8 +1856,6 @@ def recover(
         log, data={**dict(log.data), "gate_split": gate_split, "gate_queries": len(gate_ids)}
     )
     save_model(recovered, output, extra_files={RECOVERY_LOG_FILE: log.to_json()})
-    import shutil
-
     shutil.rmtree(checkpoints, ignore_errors=True)
     logger.info("recovered model saved to %s", output)
     return RecoverResult(output, log, load_model(output))

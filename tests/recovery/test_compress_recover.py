@@ -58,7 +58,7 @@ def test_compress_with_recovery_exports_the_recovered_model(
     bundle = load_model(out)
     scores = bundle.score(list(QUERIES[:3]), list(DOCUMENTS[:3]))
     assert np.isfinite(scores).all()
-    assert not (out / ".recovery").exists()
+    assert not (out / ".recovered.recovery").exists()
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="recovery"' in page and "Loss at each checkpoint" in page
     assert "Explanation parity" in page
