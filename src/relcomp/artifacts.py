@@ -915,7 +915,9 @@ class RecoveryLog(Artifact):
     gate was given, its measure, e.g. ``gate_nDCG@10``). ``pairs_seen`` counts
     (query, document) pairs the student scored in training; ``seconds`` is training
     wall time summed over resumed runs; ``data`` says what the groups were made from
-    (collection, splits, pseudo-queries, candidates, teacher).
+    (collection, splits, pseudo-queries, candidates, teacher). ``quantization_aware``
+    is the plan whose rounding the student trained through (its JSON), or ``None``
+    for fp32 training.
 
     Example:
         >>> log = RecoveryLog(student="s", teacher="t", loss="listwise-kl", steps=2,
@@ -942,6 +944,7 @@ class RecoveryLog(Artifact):
     checkpoints: tuple[Mapping[str, Any], ...] = ()
     temperature: float = 1.0
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    quantization_aware: Mapping[str, Any] | None = None
 
     @property
     def final_heldout_loss(self) -> float | None:

@@ -52,9 +52,11 @@ from relcomp.compression.prune import (
 )
 from relcomp.compression.quantize import (
     fake_quantize_activations,
+    fake_quantize_dynamic_uint8,
     fake_quantize_fp16,
     fake_quantize_int4,
     fake_quantize_int8,
+    fake_quantize_int8_onnx,
 )
 from relcomp.compression.resolve import (
     ModelStructure,
@@ -121,9 +123,11 @@ __all__ = [
     "estimate_size",
     "factorise_physically",
     "fake_quantize_activations",
+    "fake_quantize_dynamic_uint8",
     "fake_quantize_fp16",
     "fake_quantize_int4",
     "fake_quantize_int8",
+    "fake_quantize_int8_onnx",
     "head_counts",
     "load_pruned_model",
     "matrix_bytes",

@@ -12,12 +12,15 @@ import torch
 
 __all__ = [
     "fake_quantize_activations",
+    "fake_quantize_dynamic_uint8",
     "fake_quantize_fp16",
     "fake_quantize_int4",
     "fake_quantize_int8",
+    "fake_quantize_int8_onnx",
 ]
 
 INT8_MAX = 127
+UINT8_MAX = 255
 INT4_MAX = 7
 
 
@@ -102,3 +105,44 @@ def fake_quantize_activations(x: torch.Tensor, scale: float | torch.Tensor) -> t
         scale = scale.to(device=x.device, dtype=x.dtype)
     quantized = torch.clamp(torch.round(x / scale), -INT8_MAX, INT8_MAX) * scale
     return x + (quantized - x).detach()
+
+
+def fake_quantize_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Round ``x`` as ONNX's ``DynamicQuantizeLinear`` does before a dynamic int8 MatMul.
+
+    One asymmetric uint8 scale for the whole tensor, from its minimum and maximum
+    with zero always in range: ``scale = (max(x, 0) - min(x, 0)) / 255``, zero point
+    ``round(-min / scale)``, values rounded half to even and saturated to [0, 255].
+    The gradient passes straight through (for quantization-aware training).
+
+    Example:
+        >>> fake_quantize_dynamic_uint8(torch.tensor([-1.0, 0.0, 0.3, 2.0]))
+        tensor([-1.0000,  0.0000,  0.3059,  2.0000])
+    """
+    with torch.no_grad():
+        low = torch.clamp(x.amin(), max=0.0)
+        high = torch.clamp(x.amax(), min=0.0)
+        scale = (high - low) / UINT8_MAX
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.clamp(torch.round(-low / scale), 0, UINT8_MAX)
+        rounded = (torch.clamp(torch.round(x / scale) + zero, 0, UINT8_MAX) - zero) * scale
+    return x + (rounded - x).detach()
+
+
+def fake_quantize_int8_onnx(weight: torch.Tensor) -> torch.Tensor:
+    """Round a Linear's weight (``[out, in]``) as onnxruntime's ``quantize_dynamic`` stores it.
+
+    Per output channel, symmetric, on the full signed range: ``scale = max|w| / 127.5``
+    and ``q = clamp(round(w / scale), -128, 127)`` (stored as uint8 with zero point
+    128, or int8). Slightly finer than :func:`fake_quantize_int8`'s ±127 grid, and
+    bit-exact with the exported graph's weights, which quantization-aware training
+    needs.
+
+    Example:
+        >>> fake_quantize_int8_onnx(torch.tensor([[1.0, -0.5, 0.3]]))
+        tensor([[ 0.9961, -0.5020,  0.2980]])
+    """
+    source = weight.float()
+    absmax = source.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(absmax > 0, absmax / 127.5, torch.ones_like(absmax))
+    return (torch.clamp(torch.round(source / scale), -128, 127) * scale).to(weight.dtype)

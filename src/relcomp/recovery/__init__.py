@@ -10,7 +10,9 @@ export and gate.
   scores (cross-encoders) or embeddings (bi-encoders), cached like evaluations;
 * :func:`recover` — the training loop, checkpointed and resumable, returning the
   student and a :class:`~relcomp.artifacts.RecoveryLog`;
-* :data:`LOSSES` — ``listwise-kl``, ``margin-mse`` and ``embedding``.
+* :data:`LOSSES` — ``listwise-kl``, ``margin-mse`` and ``embedding``;
+* :class:`QuantizationAware` — the export's rounding installed for training
+  (``recover(..., quantize=plan)``), so the quantized model is what recovers.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 from relcomp.artifacts import RecoveryLog
 from relcomp.recovery.data import PSEUDO_QUERY_PREFIX, RecoveryData, pseudo_queries, recovery_data
 from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse
+from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
 from relcomp.recovery.train import CHECKPOINT_FILE, RecoverySettings, check_teacher, recover
 
 __all__ = [
     "CHECKPOINT_FILE",
     "LOSSES",
     "PSEUDO_QUERY_PREFIX",
+    "QuantizationAware",
     "RecoveryData",
     "RecoveryLog",
     "RecoverySettings",
@@ -32,6 +36,7 @@ __all__ = [
     "listwise_kl",
     "margin_mse",
     "pseudo_queries",
+    "quantization_actions",
     "recover",
     "recovery_data",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -24,13 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from relcomp.artifacts import RecoveryLog
+from relcomp.artifacts import CompressionPlan, RecoveryLog
 from relcomp.compression import active_compression
 from relcomp.errors import RelcompError
 from relcomp.models import BiEncoder, RankingModel
 from relcomp.models.base import progress_enabled
 from relcomp.recovery.data import RecoveryData
 from relcomp.recovery.losses import LOSSES, embedding_loss
+from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
 
 __all__ = ["CHECKPOINT_FILE", "RecoverySettings", "check_teacher", "recover"]
 
@@ -129,6 +131,7 @@ def recover(
     warmup: float = 0.1,
     heldout: int | None = None,
     gate: Callable[[RankingModel], Mapping[str, float]] | None = None,
+    quantize: CompressionPlan | None = None,
     show_progress_bar: bool | None = None,
 ) -> tuple[RankingModel, RecoveryLog]:
     """Distil ``student`` toward ``teacher`` on ``data``; returns the trained copy and its log.
@@ -161,6 +164,12 @@ def recover(
             checkpoint (0: none); by default a tenth of the groups, at most 32.
         gate: called with the student (eval mode) at the start and at every
             checkpoint; returns measures to log (``{"nDCG@10": 0.61}``).
+        quantize: quantization-aware recovery: the precision plan the model will be
+            exported with (e.g. ``int8`` on every Linear), whose rounding the student
+            trains through (:class:`~relcomp.recovery.QuantizationAware`: weights on
+            the plan's grid, dynamic int8 inputs as ONNX Runtime rounds them,
+            straight-through gradients); the gate then judges the quantized twin. The
+            returned model holds the trained fp32 weights, for the export to quantize.
         show_progress_bar: tqdm bar with loss and pairs/s; ``None`` follows the logger.
 
     Returns:
@@ -193,6 +202,8 @@ def recover(
         checkpoint_every=checkpoint_every,
     ).for_model(student.kind)
     _check_models(student, teacher, data)
+    if quantize is not None:
+        quantization_actions(quantize, student)  # a plan it cannot simulate fails here
     training, held = data.split(settings.heldout, seed) if settings.heldout else (data, None)
     target = torch.device(device) if device is not None else torch.device("cpu")
     identity = {
@@ -201,12 +212,14 @@ def recover(
         "teacher": teacher.cache_key,
         "data": data.digest,
         **{k: v for k, v in dataclasses.asdict(settings).items()},
+        "quantize": quantize.fingerprint() if quantize is not None else None,
     }
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
 
     working = copy.deepcopy(student)
     working.model.to(target)
     working.device = target
+    aware = QuantizationAware(working, quantize) if quantize is not None else None
     parameters = [p for p in working.model.parameters() if p.requires_grad]
     if not parameters:
         raise RelcompError(f"{student.name} has no trainable parameter")
@@ -275,6 +288,8 @@ def recover(
                     _save_checkpoint(checkpoint, identity, working, optimizer, scheduler, state)
     finally:
         bar.close()
+        if aware is not None:
+            aware.remove()
     working.model.eval()
     working.model.to("cpu")
     working.device = torch.device("cpu")
@@ -300,6 +315,7 @@ def recover(
             "heldout_groups": settings.heldout,
             "pairs": data.pairs,
         },
+        quantization_aware=json.loads(quantize.to_json()) if quantize is not None else None,
     )
     return working, log
 
