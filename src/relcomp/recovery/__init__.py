@@ -18,12 +18,19 @@ from __future__ import annotations
 from relcomp.artifacts import RecoveryLog
 from relcomp.recovery.data import PSEUDO_QUERY_PREFIX, RecoveryData, pseudo_queries, recovery_data
 from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse
-from relcomp.recovery.train import CHECKPOINT_FILE, RecoverySettings, check_teacher, recover
+from relcomp.recovery.train import (
+    CHECKPOINT_FILE,
+    RECOVERY_LOG_FILE,
+    RecoverySettings,
+    check_teacher,
+    recover,
+)
 
 __all__ = [
     "CHECKPOINT_FILE",
     "LOSSES",
     "PSEUDO_QUERY_PREFIX",
+    "RECOVERY_LOG_FILE",
     "RecoveryData",
     "RecoveryLog",
     "RecoverySettings",
