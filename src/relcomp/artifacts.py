@@ -33,6 +33,7 @@ __all__ = [
     "COMPRESSION_BUDGETS",
     "EMBEDDINGS",
     "EXPORT_BUNDLE_FILE",
+    "INDEX_QUALITY_FILE",
     "INDEX_SETTINGS_FILE",
     "NDCG_AT_10",
     "Artifact",
@@ -954,6 +955,8 @@ class RecoveryLog(Artifact):
 
 #: Where :class:`IndexSettings` is saved: beside the index's quality JSON, or in a bundle.
 INDEX_SETTINGS_FILE = "index.json"
+#: The index's bytes and quality against the float index, written beside ``index.json``.
+INDEX_QUALITY_FILE = "index_quality.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1014,3 +1017,17 @@ class IndexSettings(Artifact):
             return -(-self.kept // 8)
         width = {"float32": 4, "float16": 2, "int8": 1}.get(self.precision, 4)
         return width * self.kept
+
+    @property
+    def rescore_bytes_per_document(self) -> int:
+        """Bytes of the extra document vectors rescoring reads (0 when it reads the index's own)."""
+        if self.rescore == 1 or self.rescore_with == "index":
+            return 0
+        if self.rescore_with == "int8" and self.precision == "int8":
+            return 0
+        return (1 if self.rescore_with == "int8" else 4) * self.kept
+
+    @property
+    def float32_bytes_per_document(self) -> int:
+        """Bytes of one document in the uncompressed index: every dimension in float32."""
+        return 4 * self.dimension

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from relcomp._io import atomic_write_bytes, atomic_write_json, file_digest
-from relcomp.artifacts import INDEX_SETTINGS_FILE, IndexSettings
+from relcomp.artifacts import INDEX_QUALITY_FILE, INDEX_SETTINGS_FILE, IndexSettings
 from relcomp.errors import IndexSettingsError
 from relcomp.evaluation import (
     BeirDataset,
@@ -68,7 +68,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INDEX_QUALITY_FILE = "index_quality.json"
 PROJECTION_FILE = "index_projection.npy"
 #: What the index's quality JSON reports, against the float index.
 INDEX_MEASURES: tuple[str, ...] = ("nDCG@10", "R@100")

@@ -48,7 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from relcomp._io import atomic_write_bytes, atomic_write_text
-from relcomp.artifacts import NDCG_AT_10, ComponentRelevance, TokenInteractions, TokenRelevance
+from relcomp.artifacts import (
+    INDEX_QUALITY_FILE,
+    NDCG_AT_10,
+    ComponentRelevance,
+    TokenInteractions,
+    TokenRelevance,
+)
 from relcomp.reports.figures import (
     component_heatmap,
     figure_png,
@@ -1207,6 +1213,129 @@ def _recovery_section(run: CompressionRun) -> str | None:
     return intro + summary + curve
 
 
+def _bytes_text(value: float) -> str:
+    """Bytes as a reader reads them: ``1.54 KB``, ``15.4 MB`` (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:g} B"
+
+
+def _smaller_text(float_bytes: float, stored: float) -> str:
+    return f"{float_bytes / stored:.3g}× smaller" if stored else ""
+
+
+def _index_section(run: CompressionRun) -> str | None:
+    """The retriever's compressed corpus index, when the bundle carries an ``index.json``.
+
+    Bytes per document come from the settings; bytes in total and the quality against
+    the float index from ``index_quality.json`` (the corpus size and the measurement),
+    shown as "not measured" when that file is absent.
+    """
+    settings = run.index
+    if settings is None:
+        return None
+    measured = run.index_quality or {}
+    per_document = settings.bytes_per_document
+    rescore_per_document = settings.rescore_bytes_per_document
+    float_per_document = settings.float32_bytes_per_document
+    with_rescore = per_document + rescore_per_document
+    selection = "all" if settings.kept == settings.dimension else settings.selection
+    rescoring = (
+        f"{settings.rescore}× the candidates, rescored with the float query against "
+        f"{settings.rescore_with} document vectors"
+        if settings.rescore > 1
+        else "none"
+    )
+
+    def stored(per: float, documents: float | None = None) -> str:
+        count = documents if documents is not None else 1.0
+        text = _bytes_text(per * count) if documents is not None else f"{per:g}"
+        if rescore_per_document:
+            extra = rescore_per_document * count
+            text += f" + {_bytes_text(extra) if documents is not None else f'{extra:g}'} to rescore"
+        return text
+
+    documents = _number(measured.get("n_documents"))
+    rows = [
+        ["precision", _e(settings.precision)],
+        ["dimensions kept", _e(f"{settings.kept} of {settings.dimension} ({selection})")],
+        ["rescoring", _e(rescoring)],
+        [
+            "bytes per document",
+            _e(
+                f"{stored(per_document)} against {float_per_document} in float32 "
+                f"({_smaller_text(float_per_document, per_document)}"
+                + (
+                    f"; {_smaller_text(float_per_document, with_rescore)} with the rescoring vectors)"
+                    if rescore_per_document
+                    else ")"
+                )
+            ),
+        ],
+        [
+            "bytes in total",
+            _e(
+                f"{stored(per_document, documents)} against "
+                f"{_bytes_text(float_per_document * documents)} in float32, "
+                f"{documents:.0f} documents"
+            )
+            if documents is not None
+            else _missing(),
+        ],
+    ]
+    lead = (
+        "<p class='lead'>The bundle carries a compressed index of the corpus embeddings "
+        "(<code>index.json</code>): <code>relcomp evaluate -m</code> on this folder retrieves "
+        "through it. The model itself is the same; what shrinks is what grows with the corpus.</p>"
+    )
+    values = measured.get("measures")
+    if not (
+        isinstance(values, Mapping)
+        and isinstance(values.get("float32"), Mapping)
+        and isinstance(values.get("index"), Mapping)
+    ):
+        return (
+            lead
+            + _kv_table(rows)
+            + "<p class='muted'>Quality against the float index: "
+            + _e(NOT_MEASURED)
+            + f" ({_e(INDEX_QUALITY_FILE)} is not beside index.json).</p>"
+        )
+    test = measured.get("paired_test")
+    p_values = test.get("p_values") if isinstance(test, Mapping) else None
+    p_values = p_values if isinstance(p_values, Mapping) else {}
+    table_rows = []
+    for measure in values["index"]:
+        old, new = _number(values["float32"].get(measure)), _number(values["index"].get(measure))
+        table_rows.append(
+            [
+                _e(measure),
+                _fixed(old, 4),
+                _fixed(new, 4),
+                _fixed(None if old is None or new is None else new - old, 4, signed=True),
+                _fixed(None if not old or new is None else 100 * new / old, 1, unit=" %"),
+                _p_value(p_values.get(measure)),
+            ]
+        )
+    where = " / ".join(
+        str(measured[key]) for key in ("dataset", "split") if measured.get(key) is not None
+    )
+    queries = _number(measured.get("n_queries"))
+    caption = (
+        f"The same model's float32 index against this one on {_e(where or NOT_MEASURED)}"
+        + (f", {queries:.0f} queries" if queries is not None else "")
+        + "; Δ is this index − float32, p the paired test."
+    )
+    quality = _table(
+        ["measure", "float32 index", "this index", "Δ", "kept", "p"],
+        table_rows,
+        numeric=(1, 2, 3, 4, 5),
+        caption=caption,
+    )
+    return lead + _kv_table(rows) + quality
+
+
 def _read_log(path: Path) -> Mapping[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -1305,6 +1434,9 @@ def _build_compression(run: CompressionRun) -> _Page:
     if recovery is not None:
         page.section("recovery", "Recovery", recovery)
     page.section("parity", "Parity of the exported model", _parity_section(run))
+    index = _index_section(run)
+    if index is not None:
+        page.section("index", "Index", index)
     page.section("provenance", "Provenance", _provenance_section(run))
     return page
 
@@ -1336,7 +1468,8 @@ def compression_report(run_dir: str | os.PathLike[str]) -> str:
     significance, the quality gate), Quality, size and latency (reference against
     compressed, Δ, p-value), Plans tried (Pareto plots, when ``quality.json`` lists two
     or more candidates), The plan, Component relevance, Token explanations, Parity of the
-    exported model, Provenance. A value the run did not record is shown as
+    exported model, Index (a retriever's compressed corpus index, when the folder holds an
+    ``index.json``), Provenance. A value the run did not record is shown as
     "not measured".
 
     Raises:

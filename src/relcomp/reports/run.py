@@ -17,6 +17,10 @@ file                                      needed    what it is
                                                     ``bundle/``)
 ``run.json``                              no        the flow's manifest: each step's settings and
                                                     when it finished
+``index.json``, ``index_quality.json``    no        a retriever's compressed corpus index
+                                                    (:class:`~relcomp.artifacts.IndexSettings`) and
+                                                    its bytes and quality against the float index
+                                                    (in the folder, ``onnx/`` or ``bundle/``)
 ========================================  ========  ==============================================
 
 A missing needed file, or any file that is present but malformed, raises
@@ -33,7 +37,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relcomp.artifacts import ComponentRelevance, CompressionPlan, TokenInteractions, TokenRelevance
+from relcomp.artifacts import (
+    INDEX_QUALITY_FILE,
+    INDEX_SETTINGS_FILE,
+    ComponentRelevance,
+    CompressionPlan,
+    IndexSettings,
+    TokenInteractions,
+    TokenRelevance,
+)
 from relcomp.errors import DataFormatError, RelcompError
 
 __all__ = ["QUALITY_KIND", "CompressionRun", "load_run"]
@@ -60,6 +72,8 @@ class CompressionRun:
     parity: Mapping[str, Any] | None
     manifest: Mapping[str, Any] | None
     files: tuple[Path, ...]
+    index: IndexSettings | None = None
+    index_quality: Mapping[str, Any] | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -192,6 +206,16 @@ def load_run(run_dir: str | os.PathLike[str]) -> CompressionRun:
             manifest = recorded
             files.append(folder / "run.json")
 
+    index = index_quality = None
+    index_path = _find_bundle_file(folder, INDEX_SETTINGS_FILE)
+    if index_path is not None:
+        index = IndexSettings.load(index_path)
+        files.append(index_path)
+        quality_file = index_path.parent / INDEX_QUALITY_FILE
+        if quality_file.is_file():
+            index_quality = _read_object(quality_file)
+            files.append(quality_file)
+
     return CompressionRun(
         folder=folder,
         quality=quality,
@@ -203,4 +227,6 @@ def load_run(run_dir: str | os.PathLike[str]) -> CompressionRun:
         parity=parity,
         manifest=manifest,
         files=tuple(files),
+        index=index,
+        index_quality=index_quality,
     )
