@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -70,6 +71,7 @@ FLOW_STEPS = (
     "recovery",
     "export",
     "quality gate",
+    "index",
     "evaluation",
     "speed",
     "explanations",
@@ -152,6 +154,10 @@ class CompressOptions:
     recovery_max_length: int = 128
     first_token: bool = False
     show_progress_bar: bool | None = None
+    index: str | None = None
+    index_dims: int | None = None
+    index_rescore: int = 1
+    index_dim_selection: str = "relevance"
 
     def __post_init__(self) -> None:
         if self.max_ndcg_loss is not None:
@@ -173,6 +179,28 @@ class CompressOptions:
             raise ValueError(f"threads must be ≥ 1, got {self.threads}")
         if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be 'fp32' or 'int8', got {self.embeddings!r}")
+        self._check_index()
+
+    def _check_index(self) -> None:
+        """The index settings a user typed, before any model is loaded (the model's are checked by the flow)."""
+        from relcomp.errors import IndexSettingsError
+        from relcomp.index import DIMENSION_SELECTIONS, check_index_settings
+        from relcomp.index.build import default_rescore_with
+
+        if self.index is None:
+            if self.index_dims is not None or self.index_rescore != 1:
+                raise IndexSettingsError(
+                    "--index-dims and --index-rescore shape an index: give --index PRECISION too"
+                )
+            return
+        check_index_settings(self.index, self.index_rescore, default_rescore_with(self.index))
+        DIMENSION_SELECTIONS.get(self.index_dim_selection)
+        if self.index_dims is not None and (
+            isinstance(self.index_dims, bool) or self.index_dims < 1
+        ):
+            raise IndexSettingsError(
+                f"--index-dims must be between 1 and the model's dimension, got {self.index_dims!r}"
+            )
 
 
 class CompressFlow:
@@ -194,6 +222,8 @@ class CompressFlow:
        ``load_model`` and sentence-transformers load);
     5. :meth:`quality_gate`: nDCG@10 of the torch fp32 reference and of the bundle on
        the calibration split → ``evaluation/gate_*.json``;
+    5b. :meth:`index` (a bi-encoder, with ``index``): its compressed corpus index and its
+       quality against the float index → ``index.json``, ``index_quality.json``;
     6. :meth:`evaluation` of both on the reported split (same queries, same
        candidates) → ``evaluation/<split>_reference.json``, ``…_compressed.json``;
     7. :meth:`speed`: latency p50/p95 at batch 1, pairs/s at batch 32, on real pairs
@@ -224,6 +254,8 @@ class CompressFlow:
 
         for parsed in options.budgets:  # an impossible budget fails before relevance is computed
             check_budget(self.reference, options.method, parsed)
+        if options.index is not None:  # a cross-encoder has no index; dims fit the model
+            self._check_index_model()
         # made only once the inputs are known to be good: a failed start leaves no folder
         self.run = RunFolder(options.output_dir, resume=options.resume)
         protocol = options.protocol
@@ -267,6 +299,15 @@ class CompressFlow:
         elif (limit := self.options.protocol.max_length_for(reference.kind)) is not None:
             reference.max_length = min(reference.max_length, limit)
         return reference
+
+    def _check_index_model(self) -> None:
+        from relcomp.index import encode_queries, require_bi_encoder
+        from relcomp.index.dimensions import check_dims
+
+        require_bi_encoder(self.reference)
+        if self.options.index_dims is not None:
+            probe = encode_queries(self.reference, ["dimension probe"], show_progress_bar=False)
+            check_dims(self.options.index_dims, int(probe.shape[1]))
 
     @property
     def calibration_split(self) -> str:
@@ -718,7 +759,7 @@ class CompressFlow:
 
     def _withdraw_bundle(self) -> None:
         """After a failed gate: delete the bundle and everything made from it (see :func:`compress`)."""
-        self.run.forget("export", "evaluation", "speed")
+        self.run.forget("export", "index", "evaluation", "speed")
         for name in ("quality.json", "report.html"):
             with contextlib.suppress(FileNotFoundError):
                 (self.run.path / name).unlink()
@@ -728,6 +769,89 @@ class CompressFlow:
                 png.unlink()
             with contextlib.suppress(OSError):
                 figures.rmdir()
+
+    # -- 5b. the index --------------------------------------------------------------------
+    def index(self) -> Mapping[str, Any] | None:
+        """A retriever's compressed corpus index for the bundle → ``index.json``, ``index_quality.json``.
+
+        With ``index`` (a precision), the bundle's corpus embeddings are stored at that
+        precision, ``index_dims`` of them kept (chosen by ``index_dim_selection``, relevance
+        on calibration queries, never the reported split) and ``index_rescore`` × the
+        candidates rescored (:func:`relcomp.index.build_index`). The index is measured
+        against the same bundle's float index on the evaluation's split and queries. The
+        run folder, a bundle, then carries ``index.json``: ``relcomp evaluate -m`` on it
+        retrieves through the index. Without ``index`` an earlier run's index is removed.
+
+        Returns:
+            ``index_quality.json``'s content, or ``None`` without ``index``.
+        """
+        from relcomp.artifacts import INDEX_QUALITY_FILE, INDEX_SETTINGS_FILE
+
+        options = self.options
+        if options.index is None:
+            self.progress("index", "skipped (no --index)")
+            self.run.forget("index")
+            return None
+        precision = options.index
+        dims = "all dimensions" if options.index_dims is None else f"{options.index_dims} dims"
+        self.progress(
+            "index",
+            f"{options.index}, {dims}, rescore ×{options.index_rescore}, on {options.split}",
+        )
+        by_relevance = (
+            options.index_dims is not None
+            and options.index_dim_selection.strip().lower() == "relevance"
+        )
+        settings = {
+            "bundle": self.run.digest("export"),
+            **self.data_identity,
+            "split": options.split,
+            "queries": self.evaluation_settings["queries"],
+            "precision": options.index,
+            "dims": options.index_dims,
+            "dim_selection": options.index_dim_selection,
+            "rescore": options.index_rescore,
+            "calibration_split": self.calibration_split if by_relevance else None,
+        }
+
+        def make() -> list[str]:
+            from relcomp.index import build_index
+
+            with staging_folder(self.run, "index") as staging:
+                result = build_index(
+                    self.compressed,
+                    options.data_dir,
+                    precision=precision,
+                    dims=options.index_dims,
+                    dim_selection=options.index_dim_selection,
+                    rescore=options.index_rescore,
+                    split=options.split,
+                    calibration_split=settings["calibration_split"],
+                    queries=self.evaluation_settings["queries"],
+                    show_progress_bar=options.show_progress_bar,
+                    output=staging,
+                )
+                # index.json last: a bundle holding it is a bundle with a complete index
+                names = sorted(
+                    (p.name for p in result.paths), key=lambda n: n == INDEX_SETTINGS_FILE
+                )
+                for name in names:
+                    os.replace(staging / name, self.run.path / name)
+            return names
+
+        self.run.step("index", settings, make)
+        quality: dict[str, Any] = json.loads(
+            (self.run.path / INDEX_QUALITY_FILE).read_text(encoding="utf-8")
+        )
+        measures = quality["measures"]
+        logger.info(
+            "  %g bytes per document (float32: %g), nDCG@10 %.4f → %.4f",
+            quality["bytes_per_document"]["index"],
+            quality["bytes_per_document"]["float32"],
+            measures["float32"][NDCG_AT_10],
+            measures["index"][NDCG_AT_10],
+        )
+        return quality
 
     # -- 6. evaluation ----------------------------------------------------------------------
     def evaluation(self) -> tuple[QualityReport, QualityReport]:

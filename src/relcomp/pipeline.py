@@ -579,6 +579,10 @@ def compress(
     recovery_max_length: int = 128,
     first_token: bool = False,
     show_progress_bar: bool | None = None,
+    index: str | None = None,
+    index_dims: int | None = None,
+    index_rescore: int = 1,
+    index_dim_selection: str = "relevance",
 ) -> CompressResult:
     """The whole flow: explain, plan, compress, export, gate, evaluate, explain, report.
 
@@ -627,6 +631,12 @@ def compress(
         resume: skip steps already done under the same settings.
         threads: torch and ONNX Runtime threads while timing (BENCHMARKS.md: 2).
         show_progress_bar: tqdm bars; ``None`` follows the logger level.
+        index: a bi-encoder's corpus index built with the bundle after the gate:
+            ``float32``, ``float16``, ``int8`` or ``binary`` (``None``: none); see
+            :meth:`CompressFlow.index <relcomp.compress_flow.CompressFlow.index>`.
+        index_dims: dimensions the index keeps (all by default).
+        index_rescore: candidates rescored per result (1: none).
+        index_dim_selection: how ``index_dims`` are chosen (``relevance`` or a blind rule).
 
     Returns:
         A :class:`CompressResult`.
@@ -650,7 +660,8 @@ def compress(
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,
         threads=threads, recover=recover, quantize=quantize,
         recovery_max_length=recovery_max_length, first_token=first_token,
-        show_progress_bar=show_progress_bar,
+        show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
+        index_rescore=index_rescore, index_dim_selection=index_dim_selection,
     )  # fmt: skip
     flow = CompressFlow(options, _flow_verbs())
     flow.component_relevance()
@@ -659,6 +670,7 @@ def compress(
     the_plan = flow.recovery(the_plan)
     flow.export(the_plan)
     gate = flow.quality_gate()
+    flow.index()
     reports = flow.evaluation()
     speed = flow.speed()
     flow.explanations(reports[0])
