@@ -351,3 +351,19 @@ def test_a_malformed_index_json_is_named(run_folder: Path) -> None:
     (run_folder / "index.json").write_text('{"kind": "index_settings", "version": 1}')
     with pytest.raises(DataFormatError, match=r"index\.json"):
         load_run(run_folder)
+
+
+def test_quality_json_is_read_as_the_typed_comparison(run_folder: Path) -> None:
+    from relcomp.artifacts import QualityComparison
+
+    quality = load_run(run_folder).quality
+    assert isinstance(quality, QualityComparison)
+    assert quality.reference.size_mb == 90.9 and quality.compressed.latency_ms == {
+        "p50": 5.1,
+        "p95": pytest.approx(7.14),
+    }
+    # candidates of a file written before they recorded their split and the choice
+    assert [c.split for c in quality.candidates] == [None, None, None]
+    assert not any(c.chosen for c in quality.candidates)
+    assert quality.first_stage is None and quality.provenance == {}  # keys this file lacks
+    assert QualityComparison.from_json(quality.to_json()) == quality

@@ -24,8 +24,9 @@ file                                      needed    what it is
 ========================================  ========  ==============================================
 
 A missing needed file, or any file that is present but malformed, raises
-:class:`~relcomp.errors.DataFormatError` naming it. Optional keys of ``quality.json``
-(latency, candidates, gate…) may be absent: the report says "not measured".
+:class:`~relcomp.errors.DataFormatError` naming it. ``quality.json`` is read as a
+:class:`~relcomp.artifacts.QualityComparison`; keys an older file lacks (latency,
+candidates, gate…) read as ``None`` and the report says "not measured".
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from relcomp.artifacts import (
     ComponentRelevance,
     CompressionPlan,
     IndexSettings,
+    QualityComparison,
     TokenInteractions,
     TokenRelevance,
 )
@@ -51,8 +53,7 @@ from relcomp.errors import DataFormatError, RelcompError
 __all__ = ["QUALITY_KIND", "CompressionRun", "load_run"]
 
 #: The ``kind`` of the quality comparison the compress flow writes.
-QUALITY_KIND = "quality_comparison"
-QUALITY_VERSION = 1
+QUALITY_KIND = QualityComparison.KIND
 
 #: Where the export step may have put its bundle description and parity figures.
 _BUNDLE_FOLDERS = (".", "onnx", "bundle")
@@ -63,7 +64,7 @@ class CompressionRun:
     """Everything a compression report shows, read from one run folder."""
 
     folder: Path
-    quality: Mapping[str, Any]
+    quality: QualityComparison
     plan: CompressionPlan
     relevance: ComponentRelevance | None
     explanations: tuple[TokenRelevance, ...]
@@ -92,35 +93,6 @@ def _read_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataFormatError(path, None, "expected a JSON object")
     return data
-
-
-def _check_quality(path: Path, quality: Mapping[str, Any]) -> None:
-    kind = quality.get("kind", QUALITY_KIND)
-    if kind != QUALITY_KIND:
-        raise DataFormatError(
-            path, None, f"expected a {QUALITY_KIND!r} (reference vs compressed), found {kind!r}"
-        )
-    version = quality.get("version", QUALITY_VERSION)
-    if version != QUALITY_VERSION:
-        raise DataFormatError(
-            path,
-            None,
-            f"{QUALITY_KIND} version {version!r} is not supported (expected {QUALITY_VERSION})",
-        )
-    for side in ("reference", "compressed"):
-        entry = quality.get(side)
-        if not isinstance(entry, Mapping):
-            raise DataFormatError(path, None, f"missing the {side!r} object")
-        if not isinstance(entry.get("measures"), Mapping):
-            raise DataFormatError(path, None, f"{side!r} has no 'measures' object")
-    for key in ("difference", "gate", "provenance"):
-        if quality.get(key) is not None and not isinstance(quality[key], Mapping):
-            raise DataFormatError(path, None, f"{key!r} must be an object or null")
-    candidates = quality.get("candidates")
-    if candidates is not None and not (
-        isinstance(candidates, list) and all(isinstance(c, Mapping) for c in candidates)
-    ):
-        raise DataFormatError(path, None, "'candidates' must be a list of objects")
 
 
 def _find_bundle_file(folder: Path, name: str) -> Path | None:
@@ -159,8 +131,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> CompressionRun:
                 "(and component_relevance.json, explanations/)",
             )
     quality_path = folder / "quality.json"
-    quality = _read_object(quality_path)
-    _check_quality(quality_path, quality)
+    quality = QualityComparison.from_dict(_read_object(quality_path), source=quality_path)
     files.append(quality_path)
     plan = CompressionPlan.load(folder / "plan.json")
     files.append(folder / "plan.json")
