@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from relcomp._io import atomic_write_bytes, atomic_write_json, file_digest
-from relcomp.artifacts import INDEX_QUALITY_FILE, INDEX_SETTINGS_FILE, IndexSettings
+from relcomp.artifacts import INDEX_QUALITY_FILE, INDEX_SETTINGS_FILE, NDCG_AT_10, IndexSettings
 from relcomp.errors import IndexSettingsError
 from relcomp.evaluation import (
     BeirDataset,
@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 PROJECTION_FILE = "index_projection.npy"
 #: What the index's quality JSON reports, against the float index.
-INDEX_MEASURES: tuple[str, ...] = ("nDCG@10", "R@100")
+INDEX_MEASURES: tuple[str, ...] = (NDCG_AT_10, "R@100")
 
 
 # -- models ----------------------------------------------------------------------------
