@@ -76,6 +76,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["nan_tensor"] = _with_nan(good, root / "nan")  # type: ignore[assignment]
     made["nan"] = root / "nan"
     bi = make_tiny_model_dir(root, "bert", "bi-encoder", name="good-bi")
+    made["good_bi"] = bi
     _with_nan(bi, root / "nan-bi", suffix="output.dense.weight")
     made["nan_bi"] = root / "nan-bi"
     made["no_tokenizer"] = _copy(good, root / "no-tokenizer")
@@ -197,6 +198,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compress", ["-m", "{good}", "-d", "{data}", "--budget", "oops", "-o", "{out}"], "--budget 'oops'"),
     ("compress", ["-m", "{three_labels}", "-d", "{data}", "--budget", "6bits", "-o", "{out}"], "head has 3 outputs"),
     ("compress", ["-m", "{overflow}", "-d", "{data}", "--budget", "6bits", "-o", "{out}"], "not finite"),
+    ("compress", ["-m", "{good}", "-d", "{data}", "--budget", "6bits", "--index", "int8", "-o", "{out}"], "only a bi-encoder"),
+    ("compress", ["-m", "{good_bi}", "-d", "{data}", "--budget", "6bits", "--index", "int8", "--index-dims", "999", "-o", "{out}"], "dims must be between 1 and 32"),
+    ("compress", ["-m", "{good_bi}", "-d", "{data}", "--budget", "6bits", "--index", "binary", "--index-rescore", "0", "-o", "{out}"], "rescore must be a whole number"),
+    ("compress", ["-m", "{good_bi}", "-d", "{data}", "--budget", "6bits", "--index", "int4", "-o", "{out}"], "Valid names"),
+    ("compress", ["-m", "{good_bi}", "-d", "{data}", "--budget", "6bits", "--index-dims", "8", "-o", "{out}"], "give --index PRECISION too"),
     # report and demo
     ("report", ["{out}"], "no such run folder"),
     ("report", ["{file}"], "no such run folder"),

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from relcomp import pipeline
+from relcomp.artifacts import PlansTried, QualityComparison, SpeedReport
 from tests.test_flow import _compress, toy  # noqa: F401  (toy is a fixture)
 
 RECORDED = Path(__file__).parent / "data" / "flow_keys.json"
@@ -72,19 +73,27 @@ def test_compress_writes_json_files_with_the_recorded_keys(
     toy: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    runs = {
-        "one budget": _written(
-            _compress(tiny_model_path("bert"), toy, tmp_path / "one").output_dir
-        ),
-        "several budgets": _written(
-            _compress(
-                tiny_model_path("bert", "bi-encoder"),
-                toy,
-                tmp_path / "several",
-                budget=["bits_per_weight=6", "bits_per_weight=8"],
-            ).output_dir
-        ),
+    folders = {
+        "one budget": _compress(tiny_model_path("bert"), toy, tmp_path / "one").output_dir,
+        "several budgets": _compress(
+            tiny_model_path("bert", "bi-encoder"),
+            toy,
+            tmp_path / "several",
+            budget=["bits_per_weight=6", "bits_per_weight=8"],
+        ).output_dir,
     }
+    runs = {run: _written(folder) for run, folder in folders.items()}
+    # the end of the flow's files read as their typed artifacts and write back the same JSON
+    typed = {
+        "quality.json": QualityComparison,
+        "evaluation/speed.json": SpeedReport,
+        "evaluation/candidates.json": PlansTried,
+    }
+    for folder in folders.values():
+        for name, artifact in typed.items():
+            if (folder / name).is_file():
+                written = json.loads((folder / name).read_text())
+                assert artifact.load(folder / name).to_dict() == written, name
     if os.environ.get("RELCOMP_RECORD_KEYS"):
         RECORDED.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
     recorded = json.loads(RECORDED.read_text())

@@ -33,6 +33,7 @@ __all__ = [
     "COMPRESSION_BUDGETS",
     "EMBEDDINGS",
     "EXPORT_BUNDLE_FILE",
+    "INDEX_QUALITY_FILE",
     "INDEX_SETTINGS_FILE",
     "NDCG_AT_10",
     "Artifact",
@@ -593,6 +594,26 @@ def _number_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _recorded_number(value: Any) -> float | None:
+    """A finite number a file recorded; ``None`` when it lacks one (files written before the key)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _recorded_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _recorded_mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _p50_latency(value: Any) -> float | None:
+    """A latency recorded as a number or as percentiles (of which ``p50``)."""
+    return _recorded_number(value.get("p50") if isinstance(value, Mapping) else value)
+
+
 @dataclasses.dataclass(frozen=True)
 class SystemSpeed:
     """One system's timing: latency at batch 1 (ms) and throughput at ``batch_size`` (pairs/s)."""
@@ -697,6 +718,8 @@ class PlanCandidate:
     ``budget_values``, ``achieved``, ``pairs_per_s`` and ``loss_points`` are known for
     the plans tried with several budgets and left out of the JSON (``None``) for the
     one compressed model of a single-budget run. ``passed`` is ``None`` without a gate.
+    ``split`` is ``None`` (and ``chosen`` false) for a candidate read from a file written
+    before candidates recorded them.
     """
 
     name: str
@@ -705,7 +728,7 @@ class PlanCandidate:
     latency_ms: float | None
     ndcg_at_10: float
     passed: bool | None
-    split: str
+    split: str | None
     chosen: bool
     budget_values: Mapping[str, float] | None = None
     achieved: Mapping[str, float] | None = None
@@ -734,11 +757,11 @@ class PlanCandidate:
             name=str(data["name"]),
             budget=str(data["budget"]),
             size_mb=float(data["size_mb"]),
-            latency_ms=_number_or_none(data.get("latency_ms")),
+            latency_ms=_p50_latency(data.get("latency_ms")),
             ndcg_at_10=float(data[_NDCG_KEY]),
-            passed=data.get("passed"),
-            split=str(data["split"]),
-            chosen=bool(data["chosen"]),
+            passed=data.get("passed") if isinstance(data.get("passed"), bool) else None,
+            split=_recorded_text(data.get("split")),
+            chosen=bool(data.get("chosen", False)),
             budget_values=data.get("budget_values"),
             achieved=data.get("achieved"),
             pairs_per_s=_number_or_none(data.get("pairs_per_s")),
@@ -787,13 +810,17 @@ class PlansTried(_FileLayout):
 
 @dataclasses.dataclass(frozen=True)
 class SystemQuality:
-    """One side of a quality comparison: a system's measures, per query, size and speed."""
+    """One side of a quality comparison: a system's measures, per query, size and speed.
 
-    name: str
-    model: str
+    Read from a file written before a key existed, that key is ``None`` (maps: empty);
+    only ``measures`` is needed.
+    """
+
+    name: str | None
+    model: str | None
     measures: Mapping[str, float]
     per_query: Mapping[str, Mapping[str, float]]  # {measure: {query id: value}}
-    size_mb: float
+    size_mb: float | None
     latency_ms: Mapping[str, float] | None  # {"p50", "p95"}
     pairs_per_s: float | None
     tie_rate: float | None
@@ -816,7 +843,21 @@ class SystemQuality:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SystemQuality:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        latency = data.get("latency_ms")
+        if latency is not None and not isinstance(latency, Mapping):
+            latency = {"p50": latency}  # an early file's single latency
+        return cls(
+            name=_recorded_text(data.get("name")),
+            model=_recorded_text(data.get("model")),
+            measures=data["measures"],
+            per_query=_recorded_mapping(data.get("per_query")),
+            size_mb=_recorded_number(data.get("size_mb")),
+            latency_ms=latency,
+            pairs_per_s=_recorded_number(data.get("pairs_per_s")),
+            tie_rate=_recorded_number(data.get("tie_rate")),
+            truncation=_recorded_mapping(data.get("truncation")),
+            by_depth=_recorded_mapping(data.get("by_depth")),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -827,16 +868,26 @@ class QualityComparison(_FileLayout):
     test's ``p_value`` and ``significant``; ``candidates`` every compressed system
     tried, ``candidates_reference`` the reference on the gate split when several
     plans were tried.
+
+    :meth:`from_dict` reads what every version of the compress flow wrote: a key a file
+    lacks (it was written before the key existed) reads as ``None`` (maps: empty,
+    ``measures``: the reference's); what a file holds must have the right shape.
+
+    Example:
+        >>> side = {"measures": {"nDCG@10": 0.66}}
+        >>> old = QualityComparison.from_dict({"reference": side, "compressed": side})
+        >>> old.measures, old.reference.size_mb, old.gate, old.candidates
+        (('nDCG@10',), None, None, ())
     """
 
     KIND: ClassVar[str] = "quality_comparison"
     VERSION: ClassVar[int] = 1
 
-    model: str
-    dataset: str
-    split: str
-    protocol: str
-    n_queries: int
+    model: str | None
+    dataset: str | None
+    split: str | None
+    protocol: str | None
+    n_queries: int | None
     first_stage: str | None
     depth: int | None
     max_length: int | None
@@ -844,7 +895,7 @@ class QualityComparison(_FileLayout):
     reference: SystemQuality
     compressed: SystemQuality
     difference: Mapping[str, Mapping[str, Any]]
-    significance: Mapping[str, Any]
+    significance: Mapping[str, Any] | None
     gate: Mapping[str, Any] | None
     candidates: tuple[PlanCandidate, ...]
     candidates_reference: ReferencePoint | None
@@ -866,7 +917,7 @@ class QualityComparison(_FileLayout):
             "reference": self.reference.to_dict(),
             "compressed": self.compressed.to_dict(),
             "difference": {m: dict(v) for m, v in self.difference.items()},
-            "significance": dict(self.significance),
+            "significance": None if self.significance is None else dict(self.significance),
             "gate": None if self.gate is None else dict(self.gate),
             "candidates": [c.to_dict() for c in self.candidates],
             "candidates_reference": (
@@ -877,33 +928,63 @@ class QualityComparison(_FileLayout):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: object = "<dict>") -> QualityComparison:
-        if data.get("kind") != cls.KIND or data.get("version") != cls.VERSION:
+        kind = data.get("kind", cls.KIND)
+        if kind != cls.KIND:
+            raise DataFormatError(
+                source, None, f"expected a {cls.KIND!r} (reference vs compressed), found {kind!r}"
+            )
+        version = data.get("version", cls.VERSION)
+        if version != cls.VERSION:
             raise DataFormatError(
                 source,
                 None,
-                f"expected a {cls.KIND!r} version {cls.VERSION}, found "
-                f"{data.get('kind')!r} version {data.get('version')!r}",
+                f"{cls.KIND} version {version!r} is not supported (expected {cls.VERSION})",
             )
+        for side in ("reference", "compressed"):
+            entry = data.get(side)
+            if not isinstance(entry, Mapping):
+                raise DataFormatError(source, None, f"missing the {side!r} object")
+            if not isinstance(entry.get("measures"), Mapping):
+                raise DataFormatError(source, None, f"{side!r} has no 'measures' object")
+        for key in ("difference", "gate", "provenance"):
+            if data.get(key) is not None and not isinstance(data[key], Mapping):
+                raise DataFormatError(source, None, f"{key!r} must be an object or null")
+        candidates = data.get("candidates")
+        if candidates is not None and not (
+            isinstance(candidates, list) and all(isinstance(c, Mapping) for c in candidates)
+        ):
+            raise DataFormatError(source, None, "'candidates' must be a list of objects")
+        n_queries = data.get("n_queries")
         reference = data.get("candidates_reference")
-        return cls(
-            model=data["model"],
-            dataset=data["dataset"],
-            split=data["split"],
-            protocol=data["protocol"],
-            n_queries=data["n_queries"],
-            first_stage=data["first_stage"],
-            depth=data["depth"],
-            max_length=data["max_length"],
-            measures=tuple(data["measures"]),
-            reference=SystemQuality.from_dict(data["reference"]),
-            compressed=SystemQuality.from_dict(data["compressed"]),
-            difference=data["difference"],
-            significance=data["significance"],
-            gate=data["gate"],
-            candidates=tuple(PlanCandidate.from_dict(c) for c in data["candidates"]),
-            candidates_reference=None if reference is None else ReferencePoint.from_dict(reference),
-            provenance=data["provenance"],
-        )
+        significance = data.get("significance")
+        try:
+            return cls(
+                model=_recorded_text(data.get("model")),
+                dataset=_recorded_text(data.get("dataset")),
+                split=_recorded_text(data.get("split")),
+                protocol=_recorded_text(data.get("protocol")),
+                n_queries=n_queries
+                if isinstance(n_queries, int) and not isinstance(n_queries, bool)
+                else None,
+                first_stage=_recorded_text(data.get("first_stage")),
+                depth=data.get("depth") if isinstance(data.get("depth"), int) else None,
+                max_length=data.get("max_length")
+                if isinstance(data.get("max_length"), int)
+                else None,
+                measures=tuple(data.get("measures") or data["reference"]["measures"]),
+                reference=SystemQuality.from_dict(data["reference"]),
+                compressed=SystemQuality.from_dict(data["compressed"]),
+                difference=_recorded_mapping(data.get("difference")),
+                significance=significance if isinstance(significance, Mapping) else None,
+                gate=data.get("gate"),
+                candidates=tuple(PlanCandidate.from_dict(c) for c in candidates or ()),
+                candidates_reference=None
+                if reference is None
+                else ReferencePoint.from_dict(reference),
+                provenance=_recorded_mapping(data.get("provenance")),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataFormatError(source, None, f"malformed {cls.KIND}: {error!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -957,6 +1038,8 @@ class RecoveryLog(Artifact):
 
 #: Where :class:`IndexSettings` is saved: beside the index's quality JSON, or in a bundle.
 INDEX_SETTINGS_FILE = "index.json"
+#: The index's bytes and quality against the float index, written beside ``index.json``.
+INDEX_QUALITY_FILE = "index_quality.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1017,3 +1100,17 @@ class IndexSettings(Artifact):
             return -(-self.kept // 8)
         width = {"float32": 4, "float16": 2, "int8": 1}.get(self.precision, 4)
         return width * self.kept
+
+    @property
+    def rescore_bytes_per_document(self) -> int:
+        """Bytes of the extra document vectors rescoring reads (0 when it reads the index's own)."""
+        if self.rescore == 1 or self.rescore_with == "index":
+            return 0
+        if self.rescore_with == "int8" and self.precision == "int8":
+            return 0
+        return (1 if self.rescore_with == "int8" else 4) * self.kept
+
+    @property
+    def float32_bytes_per_document(self) -> int:
+        """Bytes of one document in the uncompressed index: every dimension in float32."""
+        return 4 * self.dimension

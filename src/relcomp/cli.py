@@ -10,6 +10,7 @@ traceback and no partial output file.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
@@ -754,7 +755,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _print_compression(result: Any) -> None:
     """The quality / size / speed table of a compress run, then where its files are."""
-    from relcomp.artifacts import NDCG_AT_10
+    from relcomp.artifacts import INDEX_QUALITY_FILE, NDCG_AT_10
 
     quality = result.quality
     reference, compressed = quality["reference"], quality["compressed"]
@@ -802,6 +803,17 @@ def _print_compression(result: Any) -> None:
         print(
             f"quality gate: {gate['loss_points']:.2f} nDCG@10 points lost on "
             f"{gate['split']} (at most {gate['max_ndcg_loss']:g}): passed"
+        )
+    index_file = Path(result.output_dir) / INDEX_QUALITY_FILE
+    if index_file.is_file():
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        settings, measures = index["index"], index["measures"]
+        print(
+            f"index: {settings['precision']}, {settings['dims']} dims, rescore x"
+            f"{settings['rescore']}: {index['bytes_per_document']['index']:g} bytes per document "
+            f"(float32: {index['bytes_per_document']['float32']:g}), nDCG@10 "
+            f"{measures['float32'][NDCG_AT_10]:.4f} -> {measures['index'][NDCG_AT_10]:.4f} "
+            "against the float index"
         )
     print(f"bundle: {result.output_dir}")
     print(f"report: {result.report if result.report else result.output_dir / 'quality.json'}")
@@ -893,9 +905,37 @@ def _add_compress(verbs: Verbs) -> None:
         help="then quantize: a precision everywhere (int8, int4, fp16) or a bits budget "
         "(6bits, mixed precision planned on the recovered model)",
     )
+    _add_compress_index(compress)
     compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
     _add_verbosity(compress)
     compress.set_defaults(command=_cmd_compress)
+
+
+def _add_compress_index(compress: argparse.ArgumentParser) -> None:
+    """``relcomp index``'s settings, for the bundle ``compress`` makes (bi-encoders)."""
+    from relcomp.index import DIMENSION_SELECTIONS, PRECISIONS
+
+    index = compress.add_argument_group(
+        "index (bi-encoders)",
+        "after the gate, build the bundle's corpus index and measure it against the float index",
+    )
+    index.add_argument(
+        "--index", default=None, metavar="PRECISION", help=f"{', '.join(PRECISIONS)}"
+    )
+    index.add_argument(
+        "--index-dims",
+        type=int,
+        default=None,
+        help="coordinates to keep, 1..dimension (default: all)",
+    )
+    index.add_argument(
+        "--index-rescore", type=int, default=1, help="rescore R x k candidates (default 1: none)"
+    )
+    index.add_argument(
+        "--index-dim-selection",
+        default="relevance",
+        help=f"how --index-dims are chosen: {', '.join(n for n in DIMENSION_SELECTIONS if n != 'all')}",
+    )
 
 
 def _cmd_compress(args: argparse.Namespace) -> None:
@@ -929,6 +969,10 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             quantize=args.quantize,
             recovery_max_length=args.recovery_max_length,
             show_progress_bar=not args.quiet,
+            index=args.index,
+            index_dims=args.index_dims,
+            index_rescore=args.index_rescore,
+            index_dim_selection=args.index_dim_selection,
         ),
     )
 

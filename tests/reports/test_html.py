@@ -279,3 +279,91 @@ def test_load_run_refuses_a_missing_folder(tmp_path: Path) -> None:
 def test_an_explanation_saved_by_the_artifact_class_is_read_back(run_folder: Path) -> None:
     saved = TokenRelevance.load(run_folder / "explanations" / "pair_1.json")
     assert load_run(run_folder).explanations == (saved,)
+
+
+# -- the index: a retriever's bundle carrying index.json ----------------------------------------
+def _index_settings(**changes: object) -> dict:
+    from relcomp.artifacts import IndexSettings
+
+    settings = IndexSettings(
+        model="tiny-retriever",
+        model_identity="bi-encoder-00",
+        dimension=384,
+        similarity="cosine",
+        precision="binary",
+        dims=tuple(range(256)),
+        selection="relevance",
+        rescore=4,
+        rescore_with="int8",
+        ranges=tuple((-1.0, 1.0) for _ in range(256)),
+    )
+    return {**settings.to_dict(), **changes}
+
+
+def test_the_index_section_shows_bytes_and_quality_against_the_float_index(
+    run_folder: Path,
+) -> None:
+    (run_folder / "index.json").write_text(json.dumps(_index_settings()))
+    quality = {
+        "kind": "index_quality",
+        "dataset": "scifact",
+        "split": "test",
+        "n_queries": 300,
+        "n_documents": 5183,
+        "measures": {
+            "float32": {"nDCG@10": 0.6451, "R@100": 0.925},
+            "index": {"nDCG@10": 0.6322, "R@100": 0.9117},
+        },
+        "paired_test": {"test": "student", "p_values": {"nDCG@10": 0.02, "R@100": 0.0004}},
+    }
+    (run_folder / "index_quality.json").write_text(json.dumps(quality))
+    page = compression_report(run_folder)
+    assert "Index" in _h2(page)
+    index = page[page.index('id="index"') : page.index('id="provenance"')]
+    assert "binary" in index and "256 of 384 (relevance)" in index
+    assert "4× the candidates" in index and "int8 document vectors" in index
+    # 256 bits = 32 bytes, 256 int8 rescoring bytes, against 384 × 4 = 1536 float32 bytes
+    assert "32 + 256 to rescore against 1536 in float32 (48× smaller" in index
+    assert "5.33× smaller with the rescoring vectors" in index
+    assert "5183 documents" in index and "7.96 MB in float32" in index  # 5183 × 1536 B
+    assert "0.6451" in index and "0.6322" in index and "−0.0129" in index
+    assert "98.0 %" in index and "&lt; 0.001" in index  # kept; R@100's p
+    assert "scifact / test, 300 queries" in index
+
+
+def test_the_index_section_says_not_measured_without_its_quality_file(run_folder: Path) -> None:
+    (run_folder / "index.json").write_text(
+        json.dumps(_index_settings(precision="int8", rescore=1, dims=list(range(384))))
+    )
+    index = compression_report(run_folder)
+    index = index[index.index('id="index"') : index.index('id="provenance"')]
+    assert "384 of 384 (all)" in index and "<td>none</td>" in index
+    assert "384 against 1536 in float32 (4× smaller)" in index
+    assert "Quality against the float index: not measured" in index
+    assert index.count("not measured") == 2  # bytes in total need the corpus size too
+
+
+def test_a_run_without_an_index_has_no_index_section(run_folder: Path) -> None:
+    assert "Index" not in _h2(compression_report(run_folder))
+
+
+def test_a_malformed_index_json_is_named(run_folder: Path) -> None:
+    (run_folder / "index.json").write_text('{"kind": "index_settings", "version": 1}')
+    with pytest.raises(DataFormatError, match=r"index\.json"):
+        load_run(run_folder)
+
+
+def test_quality_json_is_read_as_the_typed_comparison(run_folder: Path) -> None:
+    from relcomp.artifacts import QualityComparison
+
+    quality = load_run(run_folder).quality
+    assert isinstance(quality, QualityComparison)
+    assert quality.reference.size_mb == 90.9 and quality.compressed.latency_ms == {
+        "p50": 5.1,
+        "p95": pytest.approx(7.14),
+    }
+    # candidates of a file written before they recorded their split and the choice
+    assert [c.split for c in quality.candidates] == [None, None, None]
+    assert not any(c.chosen for c in quality.candidates)
+    assert quality.first_stage is None and quality.provenance == {}  # keys this file lacks
+    assert QualityComparison.from_json(quality.to_json()) == quality

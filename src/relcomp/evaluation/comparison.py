@@ -90,7 +90,7 @@ def quality_comparison(
     alone = PlanCandidate(
         name=names[1],
         budget=budget,
-        size_mb=compressed_side.size_mb,
+        size_mb=sizes[1] / 1e6,
         latency_ms=(compressed_side.latency_ms or {}).get("p50"),
         ndcg_at_10=compressed_side.measures[headline],
         passed=bool(gate["passed"]) if gate is not None else None,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from relcomp._io import atomic_write_bytes, atomic_write_json, file_digest
-from relcomp.artifacts import INDEX_SETTINGS_FILE, IndexSettings
+from relcomp.artifacts import INDEX_QUALITY_FILE, INDEX_SETTINGS_FILE, NDCG_AT_10, IndexSettings
 from relcomp.errors import IndexSettingsError
 from relcomp.evaluation import (
     BeirDataset,
@@ -34,6 +34,7 @@ from relcomp.evaluation import (
     load_beir,
     paired_test,
     parse_measures,
+    sample_queries,
     top_k,
 )
 from relcomp.index.dimensions import (
@@ -68,10 +69,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INDEX_QUALITY_FILE = "index_quality.json"
 PROJECTION_FILE = "index_projection.npy"
 #: What the index's quality JSON reports, against the float index.
-INDEX_MEASURES: tuple[str, ...] = ("nDCG@10", "R@100")
+INDEX_MEASURES: tuple[str, ...] = (NDCG_AT_10, "R@100")
 
 
 # -- models ----------------------------------------------------------------------------
@@ -456,6 +456,7 @@ def build_index(
     negatives: int = 10,
     seed: int = 13,
     depth: int = 100,
+    queries: int | None = None,
     max_length: int | None = None,
     batch_size: int = 32,
     use_cache: bool = True,
@@ -478,6 +479,8 @@ def build_index(
         negatives: hard negatives per calibration query (0: judged documents only).
         seed: ``random`` selection's seed.
         depth: retrieval depth of the quality check (R@100 needs 100).
+        queries: measure on the same seeded sample of this many of ``split``'s queries
+            that :func:`relcomp.pipeline.evaluate` takes (all by default).
         max_length: longest input in tokens (the model's own by default).
         output: a folder for ``index.json``, ``index_quality.json`` (and the PCA projection).
 
@@ -583,7 +586,14 @@ def build_index(
             seed=seed,
         )
     quality = index_quality(
-        model, dataset, settings, projection, documents, depth=depth, batch_size=batch_size
+        model,
+        dataset,
+        settings,
+        projection,
+        documents,
+        depth=depth,
+        batch_size=batch_size,
+        query_ids=sample_queries(dataset.split_queries, queries) if queries else None,
     )
     paths: tuple[Path, ...] = ()
     if output is not None:
@@ -604,9 +614,13 @@ def index_quality(
     *,
     depth: int = 100,
     batch_size: int = 32,
+    query_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Bytes and quality (nDCG@10, R@100, paired p) of an index against the float index."""
-    query_ids = list(dataset.split_queries)
+    """Bytes and quality (nDCG@10, R@100, paired p) of an index against the float index.
+
+    ``query_ids``: the queries measured (all of the split's by default).
+    """
+    query_ids = list(dataset.split_queries) if query_ids is None else list(query_ids)
     queries = encode_queries(
         model, [dataset.queries[qid] for qid in query_ids], batch_size=batch_size
     )

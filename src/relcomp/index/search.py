@@ -219,12 +219,7 @@ class CompressedIndex:
     @property
     def rescore_bytes(self) -> int:
         """Bytes of the extra document vectors rescoring reads (0 when it reads the index's own)."""
-        if self.settings.rescore == 1 or self.settings.rescore_with == "index":
-            return 0
-        width = 1 if self.settings.rescore_with == "int8" else 4
-        if self.settings.rescore_with == "int8" and self.settings.precision == "int8":
-            return 0
-        return self.size * width * self.settings.kept
+        return self.size * self.settings.rescore_bytes_per_document
 
     # -- search ------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

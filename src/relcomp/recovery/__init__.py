@@ -21,12 +21,19 @@ from relcomp.artifacts import RecoveryLog
 from relcomp.recovery.data import PSEUDO_QUERY_PREFIX, RecoveryData, pseudo_queries, recovery_data
 from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse
 from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
-from relcomp.recovery.train import CHECKPOINT_FILE, RecoverySettings, check_teacher, recover
+from relcomp.recovery.train import (
+    CHECKPOINT_FILE,
+    RECOVERY_LOG_FILE,
+    RecoverySettings,
+    check_teacher,
+    recover,
+)
 
 __all__ = [
     "CHECKPOINT_FILE",
     "LOSSES",
     "PSEUDO_QUERY_PREFIX",
+    "RECOVERY_LOG_FILE",
     "QuantizationAware",
     "RecoveryData",
     "RecoveryLog",

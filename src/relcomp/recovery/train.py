@@ -34,12 +34,14 @@ from relcomp.recovery.data import RecoveryData
 from relcomp.recovery.losses import LOSSES, embedding_loss
 from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
 
-__all__ = ["CHECKPOINT_FILE", "RecoverySettings", "check_teacher", "recover"]
+__all__ = ["CHECKPOINT_FILE", "RECOVERY_LOG_FILE", "RecoverySettings", "check_teacher", "recover"]
 
 logger = logging.getLogger(__name__)
 
 #: The one file a run's checkpoint lives in (written atomically) inside ``checkpoint_dir``.
 CHECKPOINT_FILE = "recovery-checkpoint.pt"
+#: The file a recovered model folder keeps its RecoveryLog in.
+RECOVERY_LOG_FILE = "recovery_log.json"
 _CHECKPOINT_FORMAT = 1
 _CROSS_ENCODER_LOSSES = ("listwise-kl", "margin-mse")
 

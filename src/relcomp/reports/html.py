@@ -48,7 +48,15 @@ from pathlib import Path
 from typing import Any
 
 from relcomp._io import atomic_write_bytes, atomic_write_text
-from relcomp.artifacts import NDCG_AT_10, ComponentRelevance, TokenInteractions, TokenRelevance
+from relcomp.artifacts import (
+    INDEX_QUALITY_FILE,
+    NDCG_AT_10,
+    ComponentRelevance,
+    QualityComparison,
+    SystemQuality,
+    TokenInteractions,
+    TokenRelevance,
+)
 from relcomp.reports.figures import (
     component_heatmap,
     figure_png,
@@ -572,21 +580,21 @@ def write_explanation_report(
 # -- compression report ------------------------------------------------------------------
 
 
-def _main_measure(quality: Mapping[str, Any]) -> str:
-    measures = list(quality.get("measures") or quality["reference"]["measures"])
+def _main_measure(quality: QualityComparison) -> str:
+    measures = list(quality.measures or quality.reference.measures)
     for name in measures:
         if name.lower() == NDCG_AT_10.lower():
             return str(name)
     return str(measures[0]) if measures else NDCG_AT_10
 
 
-def _difference(quality: Mapping[str, Any], measure: str) -> dict[str, Any]:
+def _difference(quality: QualityComparison, measure: str) -> dict[str, Any]:
     """Δ, p-value and significance of one measure; Δ from the means when not recorded."""
-    recorded = (quality.get("difference") or {}).get(measure) or {}
+    recorded = quality.difference.get(measure) or {}
     delta = _number(recorded.get("delta"))
     if delta is None:
-        reference = _number(quality["reference"]["measures"].get(measure))
-        compressed = _number(quality["compressed"]["measures"].get(measure))
+        reference = _number(quality.reference.measures.get(measure))
+        compressed = _number(quality.compressed.measures.get(measure))
         if reference is not None and compressed is not None:
             delta = compressed - reference
     return {
@@ -598,11 +606,8 @@ def _difference(quality: Mapping[str, Any], measure: str) -> dict[str, Any]:
     }
 
 
-def _latency(entry: Mapping[str, Any], percentile: str) -> float | None:
-    latency = entry.get("latency_ms")
-    if isinstance(latency, Mapping):
-        return _number(latency.get(percentile))
-    return _number(latency) if percentile == "p50" else None
+def _latency(side: SystemQuality, percentile: str) -> float | None:
+    return _number((side.latency_ms or {}).get(percentile))
 
 
 def _gate_state(gate: Any) -> str:
@@ -619,12 +624,12 @@ def _gate_badge(gate: Any) -> str:
 
 def _summary(run: CompressionRun) -> str:
     quality = run.quality
-    reference, compressed = quality["reference"], quality["compressed"]
+    reference, compressed = quality.reference, quality.compressed
     measure = _main_measure(quality)
     difference = _difference(quality, measure)
-    model = quality.get("model") or run.plan.model
+    model = quality.model or run.plan.model
     sentences = []
-    size_r, size_c = _number(reference.get("size_mb")), _number(compressed.get("size_mb"))
+    size_r, size_c = _number(reference.size_mb), _number(compressed.size_mb)
     method = run.plan.method
     if size_r is not None and size_c is not None and size_c > 0:
         sentences.append(
@@ -637,14 +642,14 @@ def _summary(run: CompressionRun) -> str:
             f"The compressed <strong>{_e(model)}</strong> ({_e(method)} plan); its size against "
             f"the reference was {NOT_MEASURED}."
         )
-    value_r = _number(reference["measures"].get(measure))
-    value_c = _number(compressed["measures"].get(measure))
+    value_r = _number(reference.measures.get(measure))
+    value_c = _number(compressed.measures.get(measure))
     where = (
-        " ".join(str(part) for part in (quality.get("dataset"), quality.get("split")) if part)
+        " ".join(str(part) for part in (quality.dataset, quality.split) if part)
         or "the evaluation set"
     )
-    n_queries = quality.get("n_queries")
-    queries = f", {n_queries} queries" if isinstance(n_queries, int) else ""
+    n_queries = quality.n_queries
+    queries = f", {n_queries} queries" if n_queries is not None else ""
     if value_r is not None and value_c is not None:
         delta = difference["delta"] if difference["delta"] is not None else value_c - value_r
         if difference["significant"] is None:
@@ -661,7 +666,7 @@ def _summary(run: CompressionRun) -> str:
         )
     else:
         sentences.append(f"{_e(measure)} of the two models: {NOT_MEASURED}.")
-    gate = quality.get("gate")
+    gate = quality.gate
     state = _gate_state(gate)
     if not isinstance(gate, Mapping):
         sentences.append("No quality gate was set.")
@@ -742,8 +747,8 @@ def _untested_row(label: str, old: float | None, new: float | None, digits: int)
 
 def _quality_section(run: CompressionRun) -> str:
     quality = run.quality
-    reference, compressed = quality["reference"], quality["compressed"]
-    measures = list(quality.get("measures") or reference["measures"])
+    reference, compressed = quality.reference, quality.compressed
+    measures = list(quality.measures or reference.measures)
     rows = []
     for measure in measures:
         difference = _difference(quality, measure)
@@ -751,8 +756,8 @@ def _quality_section(run: CompressionRun) -> str:
         rows.append(
             [
                 _e(measure),
-                _fixed(reference["measures"].get(measure), 4),
-                _fixed(compressed["measures"].get(measure), 4),
+                _fixed(reference.measures.get(measure), 4),
+                _fixed(compressed.measures.get(measure), 4),
                 _fixed(difference["delta"], 4, signed=True),
                 _p_value(difference["p_value"]),
                 _missing() if significant is None else ("yes" if significant else "no"),
@@ -760,12 +765,9 @@ def _quality_section(run: CompressionRun) -> str:
         )
 
     main = _main_measure(quality)
-    shallower = reference.get("by_depth") or {}
+    shallower = reference.by_depth
     for k in shallower:  # the same scores, had only the first stage's top-k been re-ranked
-        old, new = (
-            _number((side.get("by_depth") or {}).get(k, {}).get(main))
-            for side in (reference, compressed)
-        )
+        old, new = (_number(side.by_depth.get(k, {}).get(main)) for side in (reference, compressed))
         rows.append(_untested_row(_e(f"{main}, top-{k} re-ranked"), old, new, 4))
 
     def ratio_text(old: float | None, new: float | None, smaller: str, larger: str) -> str:
@@ -774,7 +776,7 @@ def _quality_section(run: CompressionRun) -> str:
         ratio = old / new
         return f" ({ratio:.2f}× {smaller})" if ratio >= 1 else f" ({1 / ratio:.2f}× {larger})"
 
-    size_r, size_c = _number(reference.get("size_mb")), _number(compressed.get("size_mb"))
+    size_r, size_c = _number(reference.size_mb), _number(compressed.size_mb)
     rows.append(
         [
             "size (MB)",
@@ -806,31 +808,31 @@ def _quality_section(run: CompressionRun) -> str:
                 "—",
             ]
         )
-    old, new = _number(reference.get("pairs_per_s")), _number(compressed.get("pairs_per_s"))
+    old, new = _number(reference.pairs_per_s), _number(compressed.pairs_per_s)
     rows.append(_untested_row("throughput (pairs/s)", old, new, 1))
-    n_queries = quality.get("n_queries")
-    significance = quality.get("significance")
+    n_queries = quality.n_queries
+    significance = quality.significance
     test = "the paired test recorded in quality.json"
-    if isinstance(significance, Mapping) and significance.get("test"):
+    if significance is not None and significance.get("test"):
         test = f"a paired {significance['test']}"
         if _number(significance.get("alpha")) is not None:
             test += f", significant below {significance['alpha']}"
     caption = (
-        f"{_e(quality.get('dataset', 'dataset ' + NOT_MEASURED))} / "
-        f"{_e(quality.get('split', 'split ' + NOT_MEASURED))}, "
+        f"{_e(quality.dataset or 'dataset ' + NOT_MEASURED)} / "
+        f"{_e(quality.split or 'split ' + NOT_MEASURED)}, "
         f"{_e(n_queries if n_queries is not None else NOT_MEASURED)} queries, "
-        f"protocol {_e(quality.get('protocol', NOT_MEASURED))}. Δ is compressed − reference; "
+        f"protocol {_e(quality.protocol or NOT_MEASURED)}. Δ is compressed − reference; "
         f"p-values from {_e(test)}, over the same queries; — means not applicable."
     )
     if shallower:
         caption += (
             f" The top-k rows re-read the same scores as if only the first stage's top-k of "
-            f"each query had been re-ranked (the full depth is {_e(quality.get('depth'))})."
+            f"each query had been re-ranked (the full depth is {_e(quality.depth)})."
         )
     header = (
         "",
-        f"reference: {reference.get('name', 'reference')}",
-        f"compressed: {compressed.get('name', 'compressed')}",
+        f"reference: {reference.name or 'reference'}",
+        f"compressed: {compressed.name or 'compressed'}",
         "Δ",
         "p-value",
         "significant",
@@ -844,23 +846,29 @@ def _quality_section(run: CompressionRun) -> str:
     return intro + _table(header, rows, numeric=(1, 2, 3, 4), caption=caption)
 
 
-def _cost(candidate: Mapping[str, Any], axis: str) -> float | None:
-    return _latency(candidate, "p50") if axis == "latency_ms" else _number(candidate.get(axis))
+def _reference_point(quality: QualityComparison) -> dict[str, Any]:
+    """The uncompressed model as a Pareto point: on the gate split, else the reported one."""
+    if quality.candidates_reference is not None:
+        return quality.candidates_reference.to_dict()
+    reference = quality.reference.to_dict()
+    reference["name"] = quality.reference.name or "reference"
+    reference["latency_ms"] = _latency(quality.reference, "p50")
+    return reference
 
 
 def _candidates_section(page: _Page, run: CompressionRun) -> str | None:
     """Pareto plots and a table of every plan tried; ``None`` when fewer than two were."""
-    candidates = run.quality.get("candidates") or []
-    if len(candidates) < 2:
+    tried = run.quality.candidates
+    if len(tried) < 2:
         return None
-    reference = dict(run.quality.get("candidates_reference") or run.quality["reference"])
-    reference["latency_ms"] = _latency(reference, "p50")
+    candidates = [candidate.to_dict() for candidate in tried]  # points, as pareto() reads them
+    reference = _reference_point(run.quality)
     measure = _main_measure(run.quality)
-    split = candidates[0].get("split") or run.quality.get("split")
+    split = tried[0].split or run.quality.split
     where = f" on the {split} split" if split else ""
     plots, notes = [], []
     for axis, name in (("size_mb", "size"), ("latency_ms", "latency")):
-        measured = [c for c in candidates if _cost(c, axis) is not None]
+        measured = [c for c in candidates if _number(c.get(axis)) is not None]
         if len(measured) < 2:
             notes.append(f"{measure} against {name}: {NOT_MEASURED} for two or more plans.")
             continue
@@ -875,18 +883,17 @@ def _candidates_section(page: _Page, run: CompressionRun) -> str | None:
             )
         )
     rows = []
-    for candidate in candidates:
-        passed = candidate.get("passed")
-        budget = candidate.get("budget")
-        kept = " (kept)" if candidate.get("chosen") and len(candidates) > 1 else ""
+    for candidate, point in zip(tried, candidates, strict=True):
+        passed = candidate.passed
+        kept = " (kept)" if candidate.chosen and len(tried) > 1 else ""
         rows.append(
             [
-                _e(str(candidate.get("name", "?")) + kept),
-                _missing() if budget is None else _e(budget),
-                _fixed(candidate.get("size_mb"), 1),
-                _fixed(_latency(candidate, "p50"), 2),
-                _fixed(point_measure(candidate, measure), 4),
-                _missing() if not isinstance(passed, bool) else ("passed" if passed else "failed"),
+                _e(candidate.name + kept),
+                _e(candidate.budget),
+                _fixed(candidate.size_mb, 1),
+                _fixed(candidate.latency_ms, 2),
+                _fixed(point_measure(point, measure), 4),
+                _missing() if passed is None else ("passed" if passed else "failed"),
             ]
         )
     return (
@@ -1207,6 +1214,129 @@ def _recovery_section(run: CompressionRun) -> str | None:
     return intro + summary + curve
 
 
+def _bytes_text(value: float) -> str:
+    """Bytes as a reader reads them: ``1.54 KB``, ``15.4 MB`` (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:g} B"
+
+
+def _smaller_text(float_bytes: float, stored: float) -> str:
+    return f"{float_bytes / stored:.3g}× smaller" if stored else ""
+
+
+def _index_section(run: CompressionRun) -> str | None:
+    """The retriever's compressed corpus index, when the bundle carries an ``index.json``.
+
+    Bytes per document come from the settings; bytes in total and the quality against
+    the float index from ``index_quality.json`` (the corpus size and the measurement),
+    shown as "not measured" when that file is absent.
+    """
+    settings = run.index
+    if settings is None:
+        return None
+    measured = run.index_quality or {}
+    per_document = settings.bytes_per_document
+    rescore_per_document = settings.rescore_bytes_per_document
+    float_per_document = settings.float32_bytes_per_document
+    with_rescore = per_document + rescore_per_document
+    selection = "all" if settings.kept == settings.dimension else settings.selection
+    rescoring = (
+        f"{settings.rescore}× the candidates, rescored with the float query against "
+        f"{settings.rescore_with} document vectors"
+        if settings.rescore > 1
+        else "none"
+    )
+
+    def stored(per: float, documents: float | None = None) -> str:
+        count = documents if documents is not None else 1.0
+        text = _bytes_text(per * count) if documents is not None else f"{per:g}"
+        if rescore_per_document:
+            extra = rescore_per_document * count
+            text += f" + {_bytes_text(extra) if documents is not None else f'{extra:g}'} to rescore"
+        return text
+
+    documents = _number(measured.get("n_documents"))
+    rows = [
+        ["precision", _e(settings.precision)],
+        ["dimensions kept", _e(f"{settings.kept} of {settings.dimension} ({selection})")],
+        ["rescoring", _e(rescoring)],
+        [
+            "bytes per document",
+            _e(
+                f"{stored(per_document)} against {float_per_document} in float32 "
+                f"({_smaller_text(float_per_document, per_document)}"
+                + (
+                    f"; {_smaller_text(float_per_document, with_rescore)} with the rescoring vectors)"
+                    if rescore_per_document
+                    else ")"
+                )
+            ),
+        ],
+        [
+            "bytes in total",
+            _e(
+                f"{stored(per_document, documents)} against "
+                f"{_bytes_text(float_per_document * documents)} in float32, "
+                f"{documents:.0f} documents"
+            )
+            if documents is not None
+            else _missing(),
+        ],
+    ]
+    lead = (
+        "<p class='lead'>The bundle carries a compressed index of the corpus embeddings "
+        "(<code>index.json</code>): <code>relcomp evaluate -m</code> on this folder retrieves "
+        "through it. The model itself is the same; what shrinks is what grows with the corpus.</p>"
+    )
+    values = measured.get("measures")
+    if not (
+        isinstance(values, Mapping)
+        and isinstance(values.get("float32"), Mapping)
+        and isinstance(values.get("index"), Mapping)
+    ):
+        return (
+            lead
+            + _kv_table(rows)
+            + "<p class='muted'>Quality against the float index: "
+            + _e(NOT_MEASURED)
+            + f" ({_e(INDEX_QUALITY_FILE)} is not beside index.json).</p>"
+        )
+    test = measured.get("paired_test")
+    p_values = test.get("p_values") if isinstance(test, Mapping) else None
+    p_values = p_values if isinstance(p_values, Mapping) else {}
+    table_rows = []
+    for measure in values["index"]:
+        old, new = _number(values["float32"].get(measure)), _number(values["index"].get(measure))
+        table_rows.append(
+            [
+                _e(measure),
+                _fixed(old, 4),
+                _fixed(new, 4),
+                _fixed(None if old is None or new is None else new - old, 4, signed=True),
+                _fixed(None if not old or new is None else 100 * new / old, 1, unit=" %"),
+                _p_value(p_values.get(measure)),
+            ]
+        )
+    where = " / ".join(
+        str(measured[key]) for key in ("dataset", "split") if measured.get(key) is not None
+    )
+    queries = _number(measured.get("n_queries"))
+    caption = (
+        f"The same model's float32 index against this one on {_e(where or NOT_MEASURED)}"
+        + (f", {queries:.0f} queries" if queries is not None else "")
+        + "; Δ is this index − float32, p the paired test."
+    )
+    quality = _table(
+        ["measure", "float32 index", "this index", "Δ", "kept", "p"],
+        table_rows,
+        numeric=(1, 2, 3, 4, 5),
+        caption=caption,
+    )
+    return lead + _kv_table(rows) + quality
+
+
 def _read_log(path: Path) -> Mapping[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -1218,10 +1348,9 @@ def _read_log(path: Path) -> Mapping[str, Any]:
 def _provenance_section(run: CompressionRun) -> str:
     quality = run.quality
     provenance: dict[str, Any] = {}
-    for source in (run.bundle or {}, quality):
-        recorded = source.get("provenance")
-        if isinstance(recorded, Mapping):
-            provenance.update(recorded)
+    recorded = (run.bundle or {}).get("provenance")
+    for source in (recorded if isinstance(recorded, Mapping) else {}, quality.provenance):
+        provenance.update(source)
     steps = (run.manifest or {}).get("steps") or {}
     finished = sorted(
         str(entry["finished"])
@@ -1230,11 +1359,11 @@ def _provenance_section(run: CompressionRun) -> str:
     )
     run_date = provenance.get("date") or (finished[-1] if finished else None)
     rows = [
-        ["model", _e(quality.get("model") or run.plan.model)],
-        ["dataset", _plain_value(quality.get("dataset"))],
-        ["split", _plain_value(quality.get("split"))],
-        ["protocol", _plain_value(quality.get("protocol"))],
-        ["queries", _plain_value(quality.get("n_queries"))],
+        ["model", _e(quality.model or run.plan.model)],
+        ["dataset", _plain_value(quality.dataset)],
+        ["split", _plain_value(quality.split)],
+        ["protocol", _plain_value(quality.protocol)],
+        ["queries", _plain_value(quality.n_queries)],
         [
             "command",
             f"<code>{_e(provenance['command'])}</code>"
@@ -1244,9 +1373,13 @@ def _provenance_section(run: CompressionRun) -> str:
         ["run finished", _e(run_date) if run_date else _missing("not recorded")],
         ["plan fingerprint", f"<code>{_e(run.plan.fingerprint())}</code>"],
     ]
-    for key in ("first_stage", "depth", "max_length"):
-        if quality.get(key) is not None:
-            rows.append([_e(key.replace("_", " ")), _plain_value(quality[key])])
+    for key, value in (
+        ("first_stage", quality.first_stage),
+        ("depth", quality.depth),
+        ("max_length", quality.max_length),
+    ):
+        if value is not None:
+            rows.append([_e(key.replace("_", " ")), _plain_value(value)])
     for key, value in provenance.items():
         if key not in ("command", "date", "versions"):
             rows.append([_e(key.replace("_", " ")), _plain_value(value)])
@@ -1305,6 +1438,9 @@ def _build_compression(run: CompressionRun) -> _Page:
     if recovery is not None:
         page.section("recovery", "Recovery", recovery)
     page.section("parity", "Parity of the exported model", _parity_section(run))
+    index = _index_section(run)
+    if index is not None:
+        page.section("index", "Index", index)
     page.section("provenance", "Provenance", _provenance_section(run))
     return page
 
@@ -1312,16 +1448,15 @@ def _build_compression(run: CompressionRun) -> _Page:
 def _render_compression(run: CompressionRun, page: _Page) -> str:
     quality = run.quality
     meta = [
-        ("model", str(quality.get("model") or run.plan.model)),
+        ("model", str(quality.model or run.plan.model)),
         (
             "dataset",
-            " / ".join(str(p) for p in (quality.get("dataset"), quality.get("split")) if p)
-            or NOT_MEASURED,
+            " / ".join(str(p) for p in (quality.dataset, quality.split) if p) or NOT_MEASURED,
         ),
         ("plan", run.plan.method),
         ("date", _now()),
     ]
-    model = quality.get("model") or run.plan.model
+    model = quality.model or run.plan.model
     return page.render(
         title=f"Compression report: {_shorten(str(model), 80)}",
         kicker="relcomp · compression report",
@@ -1336,7 +1471,8 @@ def compression_report(run_dir: str | os.PathLike[str]) -> str:
     significance, the quality gate), Quality, size and latency (reference against
     compressed, Δ, p-value), Plans tried (Pareto plots, when ``quality.json`` lists two
     or more candidates), The plan, Component relevance, Token explanations, Parity of the
-    exported model, Provenance. A value the run did not record is shown as
+    exported model, Index (a retriever's compressed corpus index, when the folder holds an
+    ``index.json``), Provenance. A value the run did not record is shown as
     "not measured".
 
     Raises:

@@ -17,11 +17,16 @@ file                                      needed    what it is
                                                     ``bundle/``)
 ``run.json``                              no        the flow's manifest: each step's settings and
                                                     when it finished
+``index.json``, ``index_quality.json``    no        a retriever's compressed corpus index
+                                                    (:class:`~relcomp.artifacts.IndexSettings`) and
+                                                    its bytes and quality against the float index
+                                                    (in the folder, ``onnx/`` or ``bundle/``)
 ========================================  ========  ==============================================
 
 A missing needed file, or any file that is present but malformed, raises
-:class:`~relcomp.errors.DataFormatError` naming it. Optional keys of ``quality.json``
-(latency, candidates, gate…) may be absent: the report says "not measured".
+:class:`~relcomp.errors.DataFormatError` naming it. ``quality.json`` is read as a
+:class:`~relcomp.artifacts.QualityComparison`; keys an older file lacks (latency,
+candidates, gate…) read as ``None`` and the report says "not measured".
 """
 
 from __future__ import annotations
@@ -33,14 +38,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relcomp.artifacts import ComponentRelevance, CompressionPlan, TokenInteractions, TokenRelevance
+from relcomp.artifacts import (
+    INDEX_QUALITY_FILE,
+    INDEX_SETTINGS_FILE,
+    ComponentRelevance,
+    CompressionPlan,
+    IndexSettings,
+    QualityComparison,
+    TokenInteractions,
+    TokenRelevance,
+)
 from relcomp.errors import DataFormatError, RelcompError
 
 __all__ = ["QUALITY_KIND", "CompressionRun", "load_run"]
 
 #: The ``kind`` of the quality comparison the compress flow writes.
-QUALITY_KIND = "quality_comparison"
-QUALITY_VERSION = 1
+QUALITY_KIND = QualityComparison.KIND
 
 #: Where the export step may have put its bundle description and parity figures.
 _BUNDLE_FOLDERS = (".", "onnx", "bundle")
@@ -51,7 +64,7 @@ class CompressionRun:
     """Everything a compression report shows, read from one run folder."""
 
     folder: Path
-    quality: Mapping[str, Any]
+    quality: QualityComparison
     plan: CompressionPlan
     relevance: ComponentRelevance | None
     explanations: tuple[TokenRelevance, ...]
@@ -60,6 +73,8 @@ class CompressionRun:
     parity: Mapping[str, Any] | None
     manifest: Mapping[str, Any] | None
     files: tuple[Path, ...]
+    index: IndexSettings | None = None
+    index_quality: Mapping[str, Any] | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -78,35 +93,6 @@ def _read_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataFormatError(path, None, "expected a JSON object")
     return data
-
-
-def _check_quality(path: Path, quality: Mapping[str, Any]) -> None:
-    kind = quality.get("kind", QUALITY_KIND)
-    if kind != QUALITY_KIND:
-        raise DataFormatError(
-            path, None, f"expected a {QUALITY_KIND!r} (reference vs compressed), found {kind!r}"
-        )
-    version = quality.get("version", QUALITY_VERSION)
-    if version != QUALITY_VERSION:
-        raise DataFormatError(
-            path,
-            None,
-            f"{QUALITY_KIND} version {version!r} is not supported (expected {QUALITY_VERSION})",
-        )
-    for side in ("reference", "compressed"):
-        entry = quality.get(side)
-        if not isinstance(entry, Mapping):
-            raise DataFormatError(path, None, f"missing the {side!r} object")
-        if not isinstance(entry.get("measures"), Mapping):
-            raise DataFormatError(path, None, f"{side!r} has no 'measures' object")
-    for key in ("difference", "gate", "provenance"):
-        if quality.get(key) is not None and not isinstance(quality[key], Mapping):
-            raise DataFormatError(path, None, f"{key!r} must be an object or null")
-    candidates = quality.get("candidates")
-    if candidates is not None and not (
-        isinstance(candidates, list) and all(isinstance(c, Mapping) for c in candidates)
-    ):
-        raise DataFormatError(path, None, "'candidates' must be a list of objects")
 
 
 def _find_bundle_file(folder: Path, name: str) -> Path | None:
@@ -145,8 +131,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> CompressionRun:
                 "(and component_relevance.json, explanations/)",
             )
     quality_path = folder / "quality.json"
-    quality = _read_object(quality_path)
-    _check_quality(quality_path, quality)
+    quality = QualityComparison.from_dict(_read_object(quality_path), source=quality_path)
     files.append(quality_path)
     plan = CompressionPlan.load(folder / "plan.json")
     files.append(folder / "plan.json")
@@ -192,6 +177,16 @@ def load_run(run_dir: str | os.PathLike[str]) -> CompressionRun:
             manifest = recorded
             files.append(folder / "run.json")
 
+    index = index_quality = None
+    index_path = _find_bundle_file(folder, INDEX_SETTINGS_FILE)
+    if index_path is not None:
+        index = IndexSettings.load(index_path)
+        files.append(index_path)
+        quality_file = index_path.parent / INDEX_QUALITY_FILE
+        if quality_file.is_file():
+            index_quality = _read_object(quality_file)
+            files.append(quality_file)
+
     return CompressionRun(
         folder=folder,
         quality=quality,
@@ -203,4 +198,6 @@ def load_run(run_dir: str | os.PathLike[str]) -> CompressionRun:
         parity=parity,
         manifest=manifest,
         files=tuple(files),
+        index=index,
+        index_quality=index_quality,
     )
