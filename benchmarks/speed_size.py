@@ -22,15 +22,28 @@ tokens for the cross-encoder and 256 for the retriever), with a paired t test ag
 torch fp32.
 
     python benchmarks/speed_size.py --protocol quick --output benchmarks/results/speed_size.json
+    python benchmarks/speed_size.py --models reranker --plans none --first-token \
+        --recovered "pruned 70% + recovery + int8=scifact:runs/r70-scifact,nfcorpus:runs/r70-nf" \
+        --output benchmarks/results/speed_size_recovered.json
     python benchmarks/speed_size.py --smoke --models reranker --datasets scifact --output /tmp/s.json
 
 Writes ``{"<model>": [{"system", "size_mb", "pairs_per_s", "p50_ms", "p95_ms",
 "ndcg@10": {"<dataset>": …}, …}], "_meta": {…}}`` and prints a table and, for the
 best relcomp plan of each model, every target met or missed with its figure:
 ≤ 0.5 nDCG@10 points lost on both collections, ≥ 4× smaller than fp32, ≥ 2.5× torch
-fp32 throughput, ≥ 1.4× the int8 peer's throughput, less loss than the int8 peer at
+fp32 throughput (≥ 3× for recovered plans), ≥ 1.4× the int8 peer's throughput (≥ 2×
+for recovered plans), less loss than the int8 peer at
 equal or smaller size. ``--smoke`` (few queries, short inputs, 2 repeats) only checks
 that everything runs: its figures follow no protocol.
+
+``--recovered NAME=[DATASET:]FOLDER[,DATASET:FOLDER]`` adds a row for recovered models
+(``relcomp recover`` or ``benchmarks/recovery.py`` folders, ``recovery_log.json``
+inside), exported with int8 on every Linear: each collection is scored by the model
+recovered on it where one is given (a model serves the collection it was recovered
+on), and the row is timed on the first. Its JSON adds ``recovery`` (per folder: the
+collection, steps, pairs seen, wall seconds, device, quantization-aware plan).
+``--plans none`` leaves out the unrecovered plans; ``--first-token`` exports every
+relcomp bundle with its last layer at the first token only (cross-encoders).
 """
 
 from __future__ import annotations
@@ -58,11 +71,13 @@ from _common import (
     model_label,
     print_table,
     read_results,
+    relative,
     reranker_path,
     set_threads,
     write_json,
 )
 from relcomp.artifacts import EXPORT_BUNDLE_FILE, CompressionPlan
+from relcomp.compression import parameter_count
 from relcomp.compression.planners import make_plan
 from relcomp.evaluation import (
     bm25_retrieve,
@@ -140,6 +155,63 @@ def relcomp_plan(
     if all(planner == "prune-structured" for planner, _ in parts):
         entries.append(("_default", "int8"))
     return CompressionPlan(model.name, tuple(entries), method="+".join(methods))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovered:
+    """``--recovered``: a row's name and the recovered model folder for each collection."""
+
+    name: str
+    folders: dict[str, Path]  # dataset → folder; "" for every dataset without its own
+
+    @classmethod
+    def parse(cls, text: str) -> Recovered:
+        name, sep, spec = text.rpartition("=")
+        if not sep or not name.strip() or not spec:
+            raise argparse.ArgumentTypeError(
+                f"--recovered {text!r}: give NAME=FOLDER or NAME=DATASET:FOLDER,DATASET:FOLDER"
+            )
+        folders: dict[str, Path] = {}
+        for part in spec.split(","):
+            dataset, colon, folder = part.partition(":")
+            key, path = (dataset, Path(folder)) if colon else ("", Path(dataset))
+            if not (path / "config.json").is_file():
+                raise argparse.ArgumentTypeError(f"--recovered: {path} is not a model folder")
+            folders[key] = path
+        label = name.strip()
+        return cls(label if label.startswith("relcomp") else f"relcomp {label}", folders)
+
+    def folder_for(self, dataset: str) -> Path:
+        return (
+            self.folders.get(dataset) or self.folders.get("") or next(iter(self.folders.values()))
+        )
+
+    def recovery_info(self) -> dict[str, Any]:
+        from relcomp.artifacts import RecoveryLog
+        from relcomp.recovery import RECOVERY_LOG_FILE
+
+        info = {}
+        for key, folder in self.folders.items():
+            log_file = folder / RECOVERY_LOG_FILE
+            if not log_file.is_file():
+                info[key or "all"] = {"folder": relative(folder), "log": "none"}
+                continue
+            log = RecoveryLog.load(log_file)
+            info[key or "all"] = {
+                "folder": relative(folder),
+                "collection": Path(str(log.data.get("collection", ""))).name,
+                "steps": log.steps,
+                "pairs_seen": log.pairs_seen,
+                "seconds": log.seconds,
+                "device": log.device,
+                "max_length": log.max_length,
+                "quantization_aware": (
+                    [list(e) for e in log.quantization_aware["entries"]]
+                    if log.quantization_aware
+                    else None
+                ),
+            }
+        return info
 
 
 def optimum_peer(model: RankingModel, folder: Path) -> RankingModel:
@@ -295,6 +367,15 @@ def targets(rows: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]:
                 row["pairs_per_s"] / peer_row["pairs_per_s"] >= 1.4,
                 f"{row['pairs_per_s'] / peer_row['pairs_per_s']:.2f}×",
             ),
+            # the recovery targets (structure removed, then distilled back)
+            "≥ 3× torch fp32 throughput": (
+                row["pairs_per_s"] / torch_row["pairs_per_s"] >= 3,
+                f"{row['pairs_per_s'] / torch_row['pairs_per_s']:.2f}×",
+            ),
+            "≥ 2× int8 peer throughput": (
+                row["pairs_per_s"] / peer_row["pairs_per_s"] >= 2,
+                f"{row['pairs_per_s'] / peer_row['pairs_per_s']:.2f}×",
+            ),
             "less loss than the int8 peer at equal or smaller size": (
                 row["size_mb"] <= peer_row["size_mb"]
                 and all(losses[d] < peer_losses[d] for d in losses),
@@ -331,32 +412,64 @@ def run_model(
     name = display_name(model)
     folder = work / Path(name).name
     shutil.rmtree(folder, ignore_errors=True)
-    calibration_data = args.calibration_data
-    logger.info("%s: component relevance on %s", name, calibration_data)
-    relevance = component_relevance(
-        model,
-        beir_path(calibration_data),
-        split=CALIBRATION_SPLIT[calibration_data],
-        calibration=protocol.calibration,
-        max_length=model.max_length,
-        show_progress_bar=False,
-    )
+    plans = [] if args.plans == "none" else SMOKE_PLANS if args.smoke else PLANS
+    relevance = None
+    if plans:
+        calibration_data = args.calibration_data
+        logger.info("%s: component relevance on %s", name, calibration_data)
+        relevance = component_relevance(
+            model,
+            beir_path(calibration_data),
+            split=CALIBRATION_SPLIT[calibration_data],
+            calibration=protocol.calibration,
+            max_length=model.max_length,
+            show_progress_bar=False,
+        )
     systems: dict[str, Any] = {TORCH: model}
     info: dict[str, dict[str, Any]] = {TORCH: {"size_bytes": torch_size(model)}}
     tic = time.time()
     export_bundle(model, folder / "fp32")
     systems[ORT_FP32] = load_model(folder / "fp32", max_length=model.max_length)
     systems[PEER] = optimum_peer(model, folder / "peer")
-    plans = SMOKE_PLANS if args.smoke else PLANS
+    first_token = args.first_token and model.kind == "cross-encoder"
     for system, parts in plans:
         plan = relcomp_plan(model, parts, relevance)
         out = folder / system.replace(" ", "_").replace("%", "pc").replace("+", "and")
-        bundle = export_bundle(model, out, plan=plan, embeddings=args.embeddings)
+        bundle = export_bundle(
+            model, out, plan=plan, embeddings=args.embeddings, first_token=first_token
+        )
         systems[system] = load_model(out, max_length=model.max_length)
         info[system] = {
             "plan": {"method": plan.method, "achieved": dict(make_achieved(model, plan))},
             "notes": list(bundle.notes),
             "attention": bundle.fusion.get("attention_operator"),
+        }
+    per_dataset: dict[str, dict[str, Any]] = {}  # recovered rows: the model for each dataset
+    for row in args.recovered or []:
+        bundles: dict[Path, Any] = {}
+        for index, source in enumerate(row.folders.values()):
+            student = load_model(source)
+            student.max_length = model.max_length
+            plan = CompressionPlan(student.name, (("_default", "int8"),), method="recovered+int8")
+            out = folder / f"recovered-{len(per_dataset)}-{index}"
+            bundle = export_bundle(
+                student, out, plan=plan, embeddings=args.embeddings, first_token=first_token
+            )
+            bundles[source] = load_model(out, max_length=model.max_length)
+            if index == 0:
+                systems[row.name] = bundles[source]
+                info[row.name] = {
+                    "plan": {
+                        "method": "recovered+int8",
+                        "parameters": parameter_count(student),
+                        "reference_parameters": parameter_count(model),
+                    },
+                    "notes": list(bundle.notes),
+                    "attention": bundle.fusion.get("attention_operator"),
+                    "recovery": row.recovery_info(),
+                }
+        per_dataset[row.name] = {
+            dataset: bundles[row.folder_for(dataset)] for dataset in args.datasets
         }
     logger.info("%s: %d systems exported in %.0f s", name, len(systems), time.time() - tic)
     for system, model_or_bundle in systems.items():
@@ -384,7 +497,11 @@ def run_model(
     meta: dict[str, Any] = {"model": name, "kind": model.kind, "max_length": model.max_length}
     payload["_meta"].setdefault("models", {})[name] = meta
     for dataset in args.datasets:
-        means, per_query, setting = quality(systems, dataset, protocol)
+        scored = {
+            name: per_dataset[name][dataset] if name in per_dataset else system
+            for name, system in systems.items()
+        }
+        means, per_query, setting = quality(scored, dataset, protocol)
         meta[f"evaluation_{dataset}"] = setting
         for row in rows:
             row["ndcg@10"][dataset] = means[row["system"]]
@@ -425,6 +542,24 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", default=None, help="where bundles go (default: a folder beside --output)"
     )
+    parser.add_argument(
+        "--recovered",
+        nargs="+",
+        type=Recovered.parse,
+        metavar="NAME=[DATASET:]FOLDER[,...]",
+        help="rows for recovered model folders, exported with int8 (see the module doc)",
+    )
+    parser.add_argument(
+        "--plans",
+        choices=("all", "none"),
+        default="all",
+        help="none: only the reference systems and the --recovered rows",
+    )
+    parser.add_argument(
+        "--first-token",
+        action="store_true",
+        help="relcomp bundles run a cross-encoder's last layer at the first token only",
+    )
     add_markdown_option(parser)
     args = parser.parse_args()
     if args.markdown:
@@ -451,6 +586,7 @@ def main() -> None:
                 f"{PAUSE_S} s pause before each timed call (spinning worker threads)"
             ),
             "note": "smoke run: figures follow no protocol" if args.smoke else "",
+            "first_token_in_relcomp_bundles": bool(args.first_token),
         }
     }
     started = time.time()

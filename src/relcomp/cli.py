@@ -217,6 +217,12 @@ def _add_recover(verbs: Verbs) -> None:
     recover.add_argument(
         "--checkpoint-every", type=_positive_int, default=200, help="steps between checkpoints"
     )
+    recover.add_argument(
+        "--quantize",
+        default=None,
+        help="quantization-aware: train through the rounding of this precision (int8, int4, "
+        "fp16), the one the model will be exported with",
+    )
     recover.add_argument("--device", default=None, help="cuda to train on a GPU (default: cpu)")
     recover.add_argument("--seed", type=int, default=13, help="data order and dropout (13)")
     recover.add_argument("-o", "--output", type=Path, required=True, help="the model folder")
@@ -243,6 +249,7 @@ def _cmd_recover(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         gate_queries=args.gate_queries,
         checkpoint_every=args.checkpoint_every,
+        quantize=args.quantize,
         device=args.device,
         seed=args.seed,
         show_progress_bar=not args.quiet,
@@ -905,6 +912,12 @@ def _add_compress(verbs: Verbs) -> None:
         help="then quantize: a precision everywhere (int8, int4, fp16) or a bits budget "
         "(6bits, mixed precision planned on the recovered model)",
     )
+    compress.add_argument(
+        "--no-quantization-aware",
+        action="store_true",
+        help="with --recover and a --quantize precision, recover in fp32 instead of through "
+        "the precision's rounding (quantization-aware, the default)",
+    )
     _add_compress_index(compress)
     compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
     _add_verbosity(compress)
@@ -968,6 +981,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             recover=args.recover,
             quantize=args.quantize,
             recovery_max_length=args.recovery_max_length,
+            quantization_aware=not args.no_quantization_aware,
             show_progress_bar=not args.quiet,
             index=args.index,
             index_dims=args.index_dims,

@@ -152,6 +152,7 @@ class CompressOptions:
     recover: int | None = None
     quantize: str | None = None
     recovery_max_length: int = 128
+    quantization_aware: bool = True
     first_token: bool = False
     show_progress_bar: bool | None = None
     index: str | None = None
@@ -571,12 +572,14 @@ class CompressFlow:
                 f"the {options.method} plan removes nothing to recover from"
             )
         self.progress("recovery", f"{options.recover} steps toward the reference")
+        aware = self._quantization_aware_precision()
         settings = {
             "plan": self.run.digest("plan"),
             "steps": options.recover,
             "max_length": options.recovery_max_length,
             "data": self.data_identity,
             "gate": [self.calibration_split, self.evaluation_settings["queries"]],
+            **({"quantization_aware": aware} if aware else {}),
         }
         folder = self.run.path / "recovered"
 
@@ -600,6 +603,7 @@ class CompressFlow:
                     else list(split_queries)
                 ),
                 gate_queries=0,  # the flow's own gate judges the exported model afterwards
+                quantize=aware,
                 show_progress_bar=options.show_progress_bar,
             )
             return sorted(
@@ -611,6 +615,22 @@ class CompressFlow:
         self.source = student
         moved = plan_after_pruning(rest, self.reference, structural)
         return self._with_quantization(moved, student)
+
+    def _quantization_aware_precision(self) -> str | None:
+        """The precision recovery trains through: ``--quantize``'s, when it is one action
+        the training loop can simulate (not a bits budget, not calibrated int8)."""
+        options = self.options
+        if not (options.quantize and options.quantization_aware):
+            return None
+        kind, value = parse_quantize(options.quantize)
+        if kind != "action" or value.needs_data:
+            logger.info(
+                "recovery trains in fp32: quantization-aware training simulates one "
+                "uncalibrated precision, not %s",
+                options.quantize,
+            )
+            return None
+        return str(value)
 
     def _recovery_provenance(self) -> dict[str, Any]:
         """What ``quality.json`` says of recovery and quantization (nothing when neither ran)."""

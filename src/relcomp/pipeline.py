@@ -24,7 +24,13 @@ from relcomp.artifacts import (
 )
 from relcomp.budgets import parse_budget_text, parse_budgets
 from relcomp.checks import check_texts
-from relcomp.compress_flow import CompressFlow, CompressOptions, CompressResult, FlowVerbs
+from relcomp.compress_flow import (
+    CompressFlow,
+    CompressOptions,
+    CompressResult,
+    FlowVerbs,
+    parse_quantize,
+)
 from relcomp.evaluation import (
     BM25,
     DEFAULT_MEASURES,
@@ -577,6 +583,7 @@ def compress(
     recover: int | None = None,
     quantize: str | None = None,
     recovery_max_length: int = 128,
+    quantization_aware: bool = True,
     first_token: bool = False,
     show_progress_bar: bool | None = None,
     index: str | None = None,
@@ -659,7 +666,8 @@ def compress(
         calibration=calibration, queries=queries, depth=depth, max_length=max_length,
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,
         threads=threads, recover=recover, quantize=quantize,
-        recovery_max_length=recovery_max_length, first_token=first_token,
+        recovery_max_length=recovery_max_length, quantization_aware=quantization_aware,
+        first_token=first_token,
         show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
         index_rescore=index_rescore, index_dim_selection=index_dim_selection,
     )  # fmt: skip
@@ -770,6 +778,7 @@ def recover(
     gate_depth: int = 30,
     gate_max_length: int = 256,
     checkpoint_every: int = 200,
+    quantize: str | CompressionPlan | None = None,
     device: str | None = None,
     seed: int = 13,
     show_progress_bar: bool | None = None,
@@ -807,6 +816,10 @@ def recover(
         gate_depth: BM25 depth of that evaluation.
         gate_max_length: its input length (the quick protocol's 256 by default).
         checkpoint_every: steps between checkpoints.
+        quantize: quantization-aware recovery: the precision the model will be exported
+            with (``int8``, ``int4``, ``fp16``; or a plan on the student's modules). The
+            student trains through that rounding (the gate judges the quantized twin);
+            the folder holds fp32 weights, for the export to quantize.
         device: ``"cuda"`` to train on a GPU; CPU by default.
         seed: data order, pseudo-queries and dropout.
         show_progress_bar: tqdm bars; ``None`` follows the logger level.
@@ -818,7 +831,13 @@ def recover(
     from relcomp.compression import prune_physically
     from relcomp.evaluation import available_splits
     from relcomp.models import save_model
-    from relcomp.recovery import RECOVERY_LOG_FILE, RecoverySettings, check_teacher, recovery_data
+    from relcomp.recovery import (
+        RECOVERY_LOG_FILE,
+        RecoverySettings,
+        check_teacher,
+        quantization_actions,
+        recovery_data,
+    )
     from relcomp.recovery import recover as train
 
     RecoverySettings(
@@ -831,6 +850,14 @@ def recover(
         temperature=temperature,
         checkpoint_every=checkpoint_every,
     )  # every setting checked before a model is loaded
+    precision = None
+    if isinstance(quantize, str):
+        kind, precision = parse_quantize(quantize)
+        if kind != "action":
+            raise ValueError(
+                f"quantization-aware recovery takes one precision (int8, int4, fp16), "
+                f"not a bits budget: {quantize!r}"
+            )
     output = Path(output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} exists and is not a folder")
@@ -854,6 +881,15 @@ def recover(
     check_teacher(trained, reference)
     if the_plan is not None:
         trained = prune_physically(trained, the_plan)
+    quantize_plan = (
+        CompressionPlan(trained.name, (("_default", str(precision)),), method="quantize")
+        if precision is not None
+        else quantize
+        if isinstance(quantize, CompressionPlan)
+        else None
+    )
+    if quantize_plan is not None:
+        quantization_actions(quantize_plan, trained)  # a plan it cannot simulate fails here
     data = recovery_data(
         reference,
         data_dir,
@@ -899,6 +935,7 @@ def recover(
         loss=loss,
         temperature=temperature,
         gate=gate if gate_ids else None,
+        quantize=quantize_plan,
         show_progress_bar=show_progress_bar,
     )
     log = dataclasses.replace(

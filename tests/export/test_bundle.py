@@ -107,17 +107,33 @@ def test_pipeline_evaluates_the_bundle(bundles, tmp_path, monkeypatch) -> None:
 
 def test_embeddings_int8_is_an_export_option(bundles) -> None:
     import onnx
+    from onnx import numpy_helper
 
     from relcomp.export import op_counts
 
-    plain = ExportBundle.load(
-        bundles("bert", "cross-encoder", plan={"_default": "int8"}) / EXPORT_BUNDLE_FILE
-    )
+    plain_path = bundles("bert", "cross-encoder", plan={"_default": "int8"})
+    plain = ExportBundle.load(plain_path / EXPORT_BUNDLE_FILE)
     path = bundles("bert", "cross-encoder", plan={"_default": "int8"}, embeddings="int8")
     bundle = ExportBundle.load(path / EXPORT_BUNDLE_FILE)
     assert bundle.size_bytes < plain.size_bytes
-    assert op_counts(onnx.load(str(path / bundle.onnx_file)))["QEmbedLayerNormalization"] == 1
-    assert any("embeddings quantized" in note for note in bundle.notes)
+    graph = onnx.load(str(path / bundle.onnx_file))
+    assert op_counts(graph)["DequantizeLinear"] == 1
+    assert any("word embeddings int8 with one scale per row" in note for note in bundle.notes)
+    # one scale per token: each row is within half a step of its fp32 values
+    arrays = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
+    name = next(name for name in arrays if name.endswith("_int8"))
+    quantized, scale = arrays[name], arrays[name.replace("_int8", "_scale")]
+    assert quantized.dtype == np.int8 and scale.shape == (quantized.shape[0],)
+    plain_graph = onnx.load(str(plain_path / plain.onnx_file))
+    table = next(
+        numpy_helper.to_array(init)
+        for init in plain_graph.graph.initializer
+        if init.name == name.removesuffix("_int8")
+    )
+    error = np.abs(quantized.astype(np.float32) * scale[:, None] - table)
+    assert (error <= scale[:, None] / 2 + 1e-7).all()
+    scores = load_model(path).score(PAIRS_Q, PAIRS_D)
+    assert np.isfinite(scores).all()
 
 
 class _Oracle:

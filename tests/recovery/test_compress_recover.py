@@ -45,6 +45,11 @@ def test_compress_with_recovery_exports_the_recovered_model(
     )
     log = RecoveryLog.load(out / "recovered" / "recovery_log.json")
     assert log.steps == 3 and log.data["excluded_queries"] == 2
+    # --quantize int8 makes the recovery quantization-aware by default
+    assert log.quantization_aware is not None
+    assert [list(e) for e in log.quantization_aware["entries"]] == [
+        ["_default", "int8(per_channel=True)"]
+    ]
     recovered = load_model(out / "recovered")
     original = load_model(tiny_model_path("minilm", kind))
     assert sum(p.numel() for p in recovered.model.parameters()) < sum(

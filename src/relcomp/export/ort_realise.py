@@ -492,38 +492,69 @@ def _weight_type(name: str) -> Any:
     return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
 
 
+#: The node that dequantizes an int8 word-embedding table (see :func:`_quantize_embeddings`).
+EMBEDDINGS_DEQUANTIZE_NODE = "relcomp/word_embeddings/DequantizeLinear"
+
+
 def _quantize_embeddings(
     current: Path, target: Path, shape: tuple[int, int] | None, notes: list[str]
 ) -> Path:
-    """int8 word embeddings: the fused embedding node, or the Gather reading the table."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """int8 word embeddings, one scale per row (token): a ``DequantizeLinear`` (axis 0)
+    feeds the table to whatever read it (the fused ``EmbedLayerNormalization`` or a
+    ``Gather``), so the graph around it is unchanged.
+
+    onnxruntime's own ``quantize_dynamic`` of the embedding node keeps one scale for
+    the whole 30,522 × 384 table, which cost the 70 %-pruned reranker about 0.75
+    nDCG@10 points; a scale per row keeps every token's vector to within half a step
+    of its own range. ONNX Runtime folds the constant ``DequantizeLinear`` once, at
+    load, when the session sets ``session.disable_quant_qdq`` (relcomp's sessions
+    do); without it, it dequantizes the table on every call (≈ 10–20 ms here).
+    """
+    import onnx
+    from onnx import numpy_helper
 
     graph = _load(current)
-    initializers = {init.name: tuple(init.dims) for init in graph.graph.initializer}
-    nodes = [node.name for node in graph.graph.node if node.op_type == "EmbedLayerNormalization"]
-    nodes += [
-        node.name
-        for node in graph.graph.node
-        if node.op_type == "Gather"
-        and shape is not None
-        and initializers.get(node.input[0]) == tuple(shape)
+    tables = [
+        init
+        for init in graph.graph.initializer
+        if shape is not None and tuple(init.dims) == tuple(shape)
     ]
-    if not nodes:
-        notes.append("embeddings: no embedding node found in the graph; they stay fp32")
-        return current
-    with quiet_tools():
-        quantize_dynamic(
-            os.fspath(current),
-            os.fspath(target),
-            op_types_to_quantize=["EmbedLayerNormalization", "Gather"],
-            per_channel=False,
-            weight_type=QuantType.QUInt8,
-            nodes_to_quantize=nodes,
-            extra_options={"DefaultTensorType": _FLOAT},
+    if len(tables) != 1:
+        notes.append(
+            f"embeddings: {len(tables)} tables of shape {shape} in the graph, not one; "
+            "they stay fp32"
         )
+        return current
+    if not any(e.domain in ("", "ai.onnx") and e.version >= 13 for e in graph.opset_import):
+        notes.append("embeddings: per-row int8 needs ONNX opset ≥ 13; they stay fp32")
+        return current
+    table = tables[0]
+    weights = numpy_helper.to_array(table).astype(np.float32)
+    absmax = np.abs(weights).max(axis=1)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    quantized = np.clip(np.round(weights / scale[:, None]), -127, 127).astype(np.int8)
+    name = table.name
+    graph.graph.initializer.remove(table)
+    graph.graph.initializer.extend(
+        [
+            numpy_helper.from_array(quantized, f"{name}_int8"),
+            numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zero_point"),
+        ]
+    )
+    node = onnx.helper.make_node(
+        "DequantizeLinear",
+        [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+        [name],
+        axis=0,
+        name=EMBEDDINGS_DEQUANTIZE_NODE,
+    )
+    graph.graph.node.insert(0, node)
+    _save(graph, target)
     notes.append(
-        f"embeddings quantized to int8 ({', '.join(sorted(nodes))}): outside the plan, which "
-        "covers Linear layers only"
+        f"word embeddings int8 with one scale per row ({name}): outside the plan, which "
+        "covers Linear layers only; ONNX Runtime dequantizes the table once at load with "
+        "session.disable_quant_qdq=1 (relcomp sets it), on every call without"
     )
     return target
 

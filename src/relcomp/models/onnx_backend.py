@@ -65,7 +65,8 @@ def onnx_session(onnx_path: str | os.PathLike[str], intra_op_num_threads: int | 
     """An ONNX Runtime CPU session; ``intra_op_num_threads=None`` lets ONNX Runtime choose.
 
     Graph optimisation is ORT's full level (``ORT_ENABLE_ALL``); the offline fusions of
-    the export are already in the file.
+    the export are already in the file. Constant ``DequantizeLinear`` nodes are folded
+    at load (``session.disable_quant_qdq``), which int8 word embeddings rely on.
     """
     import onnxruntime as ort
 
@@ -73,6 +74,10 @@ def onnx_session(onnx_path: str | os.PathLike[str], intra_op_num_threads: int | 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
+    # Fold constant DequantizeLinear nodes at load (per-row int8 word embeddings are
+    # dequantized once, not on every call). relcomp writes no QDQ graphs, so the QDQ
+    # fusions this also turns off have nothing to act on.
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
     if intra_op_num_threads is not None:
         if intra_op_num_threads < 1:
             raise ValueError(f"intra_op_num_threads must be at least 1, got {intra_op_num_threads}")
