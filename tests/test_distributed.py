@@ -278,3 +278,22 @@ def test_two_nodes_hold_one_actor_each_and_give_the_same_scores(
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_evaluate_with_ray_writes_the_same_quality_json(
+    tiny_model_path: Any, collection: BeirDataset, tmp_path: Path, local_ray: None, monkeypatch
+) -> None:
+    import json
+
+    from relcomp.cli import main
+
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    model = str(tiny_model_path("bert"))
+    data = str(collection.path)
+    common = ["evaluate", "-m", model, "-d", data, "--depth", "12", "--quiet", "--no-cache"]
+    assert main([*common, "-o", str(tmp_path / "here")]) == 0
+    assert main([*common, "-o", str(tmp_path / "ray"), "--ray", "local", "--workers", "2"]) == 0
+    here, on_ray = (
+        json.loads((tmp_path / name / "quality.json").read_text()) for name in ("here", "ray")
+    )
+    assert on_ray == here

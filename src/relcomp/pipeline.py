@@ -32,6 +32,7 @@ from relcomp.artifacts import (
 from relcomp.budgets import budget_label, budget_text, parse_budget_text, parse_budgets
 from relcomp.checks import check_output_location, check_texts
 from relcomp.compression import plan_after_pruning
+from relcomp.distributed.settings import RAY_ENV
 from relcomp.evaluation import (
     BM25,
     DEFAULT_MEASURES,
@@ -46,6 +47,7 @@ from relcomp.evaluation import (
 )
 from relcomp.evaluation.beir import same_split
 from relcomp.evaluation.comparison import quality_comparison
+from relcomp.evaluation.executor import ChunkExecutor
 from relcomp.evaluation.gate import (
     GateResult,
     QualityGateError,
@@ -81,6 +83,7 @@ __all__ = [
     "compress",
     "demo",
     "evaluate",
+    "executor_for",
     "explain",
     "export",
     "load_scorer",
@@ -121,6 +124,9 @@ def evaluate(
     calibration_split: str | None = None,
     calibration: int = 64,
     index: str | os.PathLike[str] | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
+    executor: ChunkExecutor | None = None,
 ) -> QualityReport:
     """Retrieval quality of a model (or BM25) on one split of a BEIR collection.
 
@@ -146,11 +152,28 @@ def evaluate(
         calibration: calibration pairs for those statistics.
         index: an ``index.json`` (:func:`relcomp.index.build_index`) to retrieve through,
             instead of the float index; a model folder holding one uses it by default.
+        ray: compute re-ranking scores and corpus embeddings on Ray: ``"local"``,
+            ``"auto"`` or ``"host:port"`` (:mod:`relcomp.distributed`); ``None`` reads
+            ``$RELCOMP_RAY``, and computes here when that is unset too. The figures
+            are the same either way.
+        workers: Ray actors (every CPU of the cluster by default).
+        executor: an executor already made (:mod:`relcomp.evaluation.executor`),
+            instead of ``ray`` and ``workers``.
 
     Example:
         >>> report = evaluate("bm25", "src/relcomp/data/scifact-demo", queries=5)  # doctest: +SKIP
     """
     parse_measures(measures)  # fail on a bad measure before any expensive work
+    if executor is None:
+        with executor_for(ray, workers) as made:
+            if made is not None:
+                return evaluate(
+                    model, data_dir, split=split, first_stage=first_stage, depth=depth,
+                    queries=queries, max_length=max_length, batch_size=batch_size,
+                    measures=measures, use_cache=use_cache, show_progress_bar=show_progress_bar,
+                    plan=plan, calibration_split=calibration_split, calibration=calibration,
+                    index=index, executor=made,
+                )  # fmt: skip
     dataset = load_beir(data_dir, split)
     query_ids = (
         sample_queries(dataset.split_queries, queries) if queries else list(dataset.split_queries)
@@ -181,6 +204,7 @@ def evaluate(
                 measures=measures,
                 use_cache=use_cache,
                 show_progress_bar=show_progress_bar,
+                executor=executor,
             )
         plan_settings = {
             "method": plan.method,
@@ -199,6 +223,7 @@ def evaluate(
         use_cache=use_cache,
         show_progress_bar=show_progress_bar,
         exhaustive=None if index is None else _index_search(index),
+        executor=executor,
         settings={
             "queries": queries,
             "batch_size": batch_size,
@@ -206,6 +231,32 @@ def evaluate(
             **({"index": str(index)} if index is not None else {}),
         },
     )
+
+
+@contextlib.contextmanager
+def executor_for(ray: str | None, workers: int | None = None) -> Iterator[ChunkExecutor | None]:
+    """The executor ``--ray`` / ``--workers`` (or ``$RELCOMP_RAY``) ask for, closed afterwards.
+
+    ``None`` when neither asks for Ray: chunks are computed in this process.
+
+    Example:
+        >>> import os
+        >>> with executor_for(None) as executor:  # RELCOMP_RAY unset
+        ...     print(executor if "RELCOMP_RAY" not in os.environ else None)
+        None
+    """
+    from relcomp.distributed import ray_setting
+
+    address = ray_setting(ray)
+    if address is None:
+        if workers is not None:
+            raise ValueError(f"--workers needs --ray (or {RAY_ENV}): workers are Ray actors")
+        yield None
+        return
+    from relcomp.distributed.ray_executor import RayExecutor
+
+    with RayExecutor(address, workers) as executor:
+        yield executor
 
 
 def _index_search(index: Path) -> Any:
@@ -630,6 +681,8 @@ def compress(
     recovery_max_length: int = 128,
     first_token: bool = False,
     show_progress_bar: bool | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> CompressResult:
     """The whole flow: explain, plan, compress, export, gate, evaluate, explain, report.
 
@@ -678,6 +731,11 @@ def compress(
         resume: skip steps already done under the same settings.
         threads: torch and ONNX Runtime threads while timing (BENCHMARKS.md: 2).
         show_progress_bar: tqdm bars; ``None`` follows the logger level.
+        ray: score the gate's and the evaluation's pairs on Ray (``"local"``, ``"auto"``,
+            ``"host:port"``; ``None`` reads ``$RELCOMP_RAY``), see :func:`evaluate`.
+            Timing always runs here. Not part of any step's settings: the figures
+            are the same, so a run resumes across it.
+        workers: Ray actors (every CPU of the cluster by default).
 
     Returns:
         A :class:`CompressResult`.
@@ -701,19 +759,22 @@ def compress(
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,
         threads=threads, recover=recover, quantize=quantize,
         recovery_max_length=recovery_max_length, first_token=first_token,
-        show_progress_bar=show_progress_bar,
+        show_progress_bar=show_progress_bar, ray=ray, workers=workers,
     )  # fmt: skip
     flow = CompressFlow(options)
-    flow.component_relevance()
-    chosen, tried = flow.plans_tried()
-    the_plan = flow.plan(chosen)
-    the_plan = flow.recovery(the_plan)
-    flow.export(the_plan)
-    gate = flow.quality_gate()
-    reports = flow.evaluation()
-    speed = flow.speed()
-    flow.explanations(reports[0])
-    return flow.report(reports, speed, gate, tried)
+    with executor_for(options.ray, options.workers) as executor:
+        flow.executor = executor
+        flow.component_relevance()
+        chosen, tried = flow.plans_tried()
+        the_plan = flow.plan(chosen)
+        the_plan = flow.recovery(the_plan)
+        flow.export(the_plan)
+        gate = flow.quality_gate()
+        reports = flow.evaluation()
+        flow.executor = None  # timing and explanations run here
+        speed = flow.speed()
+        flow.explanations(reports[0])
+        return flow.report(reports, speed, gate, tried)
 
 
 def demo(
@@ -808,6 +869,8 @@ class CompressOptions:
     recovery_max_length: int = 128
     first_token: bool = False
     show_progress_bar: bool | None = None
+    ray: str | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_ndcg_loss is not None:
@@ -827,6 +890,8 @@ class CompressOptions:
             raise ValueError(f"explanations must be ≥ 0, got {self.explanations}")
         if self.threads < 1:
             raise ValueError(f"threads must be ≥ 1, got {self.threads}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be ≥ 1, got {self.workers}")
         if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be 'fp32' or 'int8', got {self.embeddings!r}")
 
@@ -899,6 +964,8 @@ class CompressFlow:
         self.budget: dict[str, float] = dict(options.budgets[0])
         self.gate_reports: tuple[QualityReport, QualityReport] | None = None  # plans tried's
         self.compressed: Any = None  # the ONNX bundle, once exported
+        #: where evaluations compute their chunks (a Ray pool under --ray); never in settings
+        self.executor: ChunkExecutor | None = None
         #: what export compresses: the reference, or the recovered model
         self.source: RankingModel = self.reference
         self.names: tuple[str, str] = ("fp32 (torch)", "")
@@ -1391,7 +1458,13 @@ class CompressFlow:
 
     def _evaluate(self, model: RankingModel, split: str) -> QualityReport:
         report: QualityReport = _named(
-            evaluate(model, self.options.data_dir, split=split, **self.evaluation_settings),
+            evaluate(
+                model,
+                self.options.data_dir,
+                split=split,
+                executor=self.executor,
+                **self.evaluation_settings,
+            ),
             self.dataset_name,
         )
         return report
