@@ -297,3 +297,37 @@ def test_evaluate_with_ray_writes_the_same_quality_json(
         json.loads((tmp_path / name / "quality.json").read_text()) for name in ("here", "ray")
     )
     assert on_ray == here
+
+
+def test_sweep_cells_as_ray_tasks_give_the_same_reports(
+    tiny_model: Any, collection: BeirDataset, tmp_path: Path, local_ray: None, monkeypatch
+) -> None:
+    import argparse
+    import sys
+
+    from relcomp.compression.planners import make_plan
+
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RELCOMP_RAY", raising=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import compression_quality
+
+    model = tiny_model("bert")
+    cells = [
+        ("prune-structured", "magnitude", "bm25", plan, [])
+        for plan in (
+            make_plan(model, "prune-structured", {"params_removed": r}, importance="magnitude")
+            for r in (0.1, 0.3)
+        )
+    ]
+    runs = {}
+    for ray_address in (None, "local"):
+        args = argparse.Namespace(ray=ray_address, workers=2)
+        found = compression_quality.evaluate_cells(
+            model, iter(cells), collection.path, True, None, args
+        )
+        runs[ray_address] = {
+            cells.index(cell): (report.measures, report.per_query) for cell, report, _ in found
+        }
+    assert runs["local"] == runs[None] and len(runs[None]) == 2
+    sys.modules.pop("compression_quality", None)

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -239,6 +239,14 @@ class RayExecutor:
         )
         return self._actors
 
+    def start(self, model: Any) -> float:
+        """Connect, start the pool for ``model`` and wait until every actor holds it; seconds taken."""
+        started = time.perf_counter()
+        self.connect()
+        self._pool(model)
+        self.actor_info()
+        return time.perf_counter() - started
+
     def actor_info(self) -> list[dict[str, Any]]:
         """``{"pid", "node"}`` of every actor of the current pool (waits for them to start)."""
         import ray
@@ -288,6 +296,62 @@ class RayExecutor:
             time.perf_counter() - started,
         )  # fmt: skip
 
+    # -- whole tasks (sweep cells) -------------------------------------------------------------
+    def map_tasks(
+        self, function: Callable[..., Any], arguments: Iterable[Sequence[Any]]
+    ) -> Iterator[tuple[int, Any]]:
+        """``function(*args)`` for each ``args`` as a Ray task; ``(index, result)`` as each finishes.
+
+        For work bigger than a chunk: one cell of a compression sweep (a plan applied
+        and evaluated). At most ``workers`` tasks run at once, each on
+        ``cpus_per_worker`` CPUs and as many torch threads; a task whose worker dies is
+        retried. Put large shared arguments (the model, statistics) in the object
+        store once with ``ray.put`` and pass the reference.
+        """
+        self.connect()
+        import ray
+
+        from relcomp.evaluation.cache import CACHE_ENV
+
+        # a task evaluates with relcomp's disk caches: the same folder as this process's
+        env = {
+            **ACTOR_ENV,
+            **({CACHE_ENV: os.environ[CACHE_ENV]} if CACHE_ENV in os.environ else {}),
+        }
+        remote = ray.remote(num_cpus=self.cpus_per_worker, max_retries=self.max_restarts)(
+            _with_threads
+        ).options(runtime_env={"env_vars": env})
+        limit = self.workers or max(1, self.cluster_cpus() // self.cpus_per_worker)
+        waiting = iter(enumerate(arguments))
+        running: dict[Any, int] = {}
+
+        def submit() -> bool:
+            item = next(waiting, None)
+            if item is None:
+                return False
+            index, args = item
+            running[remote.remote(self.cpus_per_worker, function, *args)] = index
+            return True
+
+        while len(running) < limit and submit():
+            pass
+        while running:
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            index = running.pop(ready)
+            try:
+                result = ray.get(ready)
+            except ray.exceptions.RayTaskError as error:
+                cause = getattr(error, "cause", None)
+                if isinstance(cause, RelcompError | ValueError | OSError):
+                    raise cause from None
+                raise RelcompError(f"a Ray task failed: {error}") from error
+            except ray.exceptions.RayError as error:
+                raise RelcompError(
+                    f"a Ray task died and could not be retried ({type(error).__name__})"
+                ) from error
+            submit()
+            yield index, result
+
     # -- teardown ------------------------------------------------------------------------
     def _release_pool(self) -> None:
         if not self._actors:
@@ -313,6 +377,14 @@ class RayExecutor:
         self._actors = []
         self._started = False
         self._connected = False
+
+
+def _with_threads(threads: int, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` with torch on ``threads`` threads (a Ray task's body)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    return function(*args)
 
 
 def _before_local_ray() -> None:
