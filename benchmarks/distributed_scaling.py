@@ -16,6 +16,7 @@ bigger jobs (docs/benchmarks/distributed_scaling.md).
 
     python benchmarks/distributed_scaling.py --output benchmarks/results/distributed_scaling.json
     python benchmarks/distributed_scaling.py --markdown benchmarks/results/distributed_scaling.json
+    python benchmarks/distributed_scaling.py --capacity benchmarks/results/distributed_scaling.json
 """
 
 from __future__ import annotations
@@ -143,9 +144,15 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--markdown", type=Path, help="print a result file's table as markdown")
+    parser.add_argument(
+        "--capacity", type=Path, help="print the capacity plan a result file's CPU per pair gives"
+    )
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    if args.capacity:
+        print(capacity(json.loads(args.capacity.read_text())))
         return 0
     if args.output is None:
         parser.error("--output is required")
@@ -245,6 +252,51 @@ def markdown(payloads: list[dict[str, Any]] | dict[str, Any]) -> str:
     for payload in payloads:
         lines += ["| " + " | ".join(_cells(row)) + " |" for row in payload["rows"]]
     return "\n".join(lines)
+
+
+#: MS MARCO passage dev: 6,980 queries, each re-ranking a top-1000.
+MSMARCO_DEV_PAIRS = 6_980 * 1_000
+#: One quick-protocol sweep cell: 100 queries, BM25 top-30.
+SWEEP_CELL_PAIRS = 100 * 30
+SWEEP_CELLS = 100
+CORES = (8, 32, 128)
+
+
+def capacity(payloads: list[dict[str, Any]] | dict[str, Any]) -> str:
+    """Capacity plan from the measured CPU per pair: hours for big jobs on 8, 32 and 128 cores.
+
+    One actor per core, each at the measured CPU cost per pair (2-actor run); the
+    sweep's cells are indivisible, so a cluster with more cores than cells waits for
+    the slowest round.
+    """
+    if isinstance(payloads, dict):
+        payloads = [payloads]
+    per_pair = payloads[0]["_meta"]["cpu_s_per_pair"]
+    cell_s = SWEEP_CELL_PAIRS * per_pair
+    header = ["job", "CPU hours", *(f"{cores} cores" for cores in CORES)]
+    msmarco = MSMARCO_DEV_PAIRS * per_pair
+    sweep = SWEEP_CELLS * cell_s
+    rows = [
+        [
+            f"MS MARCO dev re-ranking ({MSMARCO_DEV_PAIRS / 1e6:.2f} M pairs)",
+            f"{msmarco / 3600:.0f}",
+            *(_duration(msmarco / cores) for cores in CORES),
+        ],
+        [
+            f"{SWEEP_CELLS}-cell sweep ({SWEEP_CELL_PAIRS:,} pairs a cell)",
+            f"{sweep / 3600:.1f}",
+            *(_duration(-(-SWEEP_CELLS // cores) * cell_s) for cores in CORES),
+        ],
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
     ],
     "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
+    "distributed_scaling.md": [
+        ("distributed_scaling", function, ["distributed_scaling.json"])
+        for function in ("markdown", "capacity")
+    ],
 }
 
 
@@ -173,6 +177,15 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
         cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
         met, judged = (sum(int(c[4].split(" of ")[i]) for c in cells) for i in (0, 1))
         assert f"{met} of {judged} for {name}" in line
+
+    [scaling] = results("distributed_scaling.json")
+    rows = {(r["system"], r["workers"]): r for r in scaling["rows"]}
+    speedup = rows[("Ray, local", 1)]["wall_s"] / rows[("Ray, local", 2)]["wall_s"]
+    line = headlines["Distributed scaling"]
+    assert f"{speedup:.2f}× from 1 to 2 Ray actors" in line
+    assert f"{1000 * scaling['_meta']['cpu_s_per_pair']:.0f} ms of CPU per pair" in line
+    assert all(r["max_abs_diff"] == 0 for r in scaling["rows"])
+    assert "the same scores" in line
 
 
 def _anchor(heading: str) -> str:

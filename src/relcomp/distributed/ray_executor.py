@@ -72,11 +72,14 @@ def _recipe(model: Any) -> Any:
     )
 
 
-def loopback_only(pids: Sequence[int] | None = None) -> list[str]:
+def loopback_only(
+    pids: Sequence[int] | None = None, ignore: Iterable[tuple[str, int]] = ()
+) -> list[str]:
     """Listening sockets of the given processes (default: this one and its children) not on loopback.
 
     An empty list means nothing listens beyond this machine. IPv4-mapped IPv6
-    loopback (``::ffff:127.0.0.1``) counts as loopback.
+    loopback (``::ffff:127.0.0.1``) counts as loopback. ``ignore``: ``(ip, port)``
+    pairs that were listening before (this process's own servers, not Ray's).
     """
     import psutil
 
@@ -84,9 +87,12 @@ def loopback_only(pids: Sequence[int] | None = None) -> list[str]:
         me = psutil.Process()
         pids = [me.pid, *(child.pid for child in me.children(recursive=True))]
     wanted = set(pids)
+    skipped = set(ignore)
     exposed = []
     for connection in psutil.net_connections(kind="inet"):
         if connection.status != psutil.CONN_LISTEN or connection.pid not in wanted:
+            continue
+        if (connection.laddr.ip, connection.laddr.port) in skipped:
             continue
         address = ipaddress.ip_address(connection.laddr.ip.split("%")[0])
         mapped = getattr(address, "ipv4_mapped", None)
@@ -162,6 +168,7 @@ class RayExecutor:
         if ray.is_initialized():
             logger.info("using the Ray instance this process is already connected to")
         elif self.address == "local":
+            before = _listening(os.getpid())
             ray.init(
                 address="local",
                 num_cpus=os.cpu_count() or 1,
@@ -172,7 +179,7 @@ class RayExecutor:
                 logging_level=logging.WARNING,
             )
             self._started = True
-            exposed = loopback_only()
+            exposed = loopback_only(ignore=before)
             if exposed:
                 self.close()
                 raise RelcompError(
@@ -377,6 +384,17 @@ class RayExecutor:
         self._actors = []
         self._started = False
         self._connected = False
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """``(ip, port)`` of the sockets process ``pid`` listens on."""
+    import psutil
+
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid == pid
+    }
 
 
 def _with_threads(threads: int, function: Callable[..., Any], *args: Any) -> Any:
