@@ -331,3 +331,19 @@ def test_sweep_cells_as_ray_tasks_give_the_same_reports(
         }
     assert runs["local"] == runs[None] and len(runs[None]) == 2
     sys.modules.pop("compression_quality", None)
+
+
+def test_an_onnx_bundle_is_loaded_by_each_actor_and_scores_the_same(
+    tiny_model: Any, collection: BeirDataset, tmp_path: Path, executor: RayExecutor
+) -> None:
+    """ONNX Runtime sessions cannot be pickled: each actor loads the bundle from its folder."""
+    from relcomp.export import export_bundle
+    from relcomp.models import load_model
+
+    export_bundle(tiny_model("bert"), tmp_path / "bundle")
+    bundle = load_model(tmp_path / "bundle")
+    run = _run(collection)
+    options = {"depth": 24, "batch_size": 4, "use_cache": True, "chunk_size": 8}
+    sequential = rerank(bundle, collection, run, cache_dir=tmp_path / "a", **options)
+    on_ray = rerank(bundle, collection, run, cache_dir=tmp_path / "b", executor=executor, **options)
+    assert on_ray == sequential
