@@ -236,8 +236,10 @@ class RayExecutor:
             "runtime_env": {"env_vars": dict(ACTOR_ENV)},
         }
         self._model_ref = source
+        # The reference travels inside a list: the actor fetches the model itself, and this
+        # executor keeps the object alive, so a restarted actor fetches it again.
         self._actors = [
-            remote_worker().options(**options).remote(source, self.cpus_per_worker)
+            remote_worker().options(**options).remote([source], self.cpus_per_worker)
             for _ in range(workers)
         ]
         self._pool_key = key

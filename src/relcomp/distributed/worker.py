@@ -42,14 +42,17 @@ class ModelRecipe:
 class ChunkWorker:
     """Loads (or receives) the model once, then computes one chunk per call."""
 
-    def __init__(self, source: Any, threads: int) -> None:
+    def __init__(self, held: list[Any], threads: int) -> None:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-        self.model = source.build() if isinstance(source, ModelRecipe) else source
         import ray
 
+        (source,) = held  # [an object reference] or [a recipe]
+        if isinstance(source, ray.ObjectRef):
+            source = ray.get(source)
+        self.model = source.build() if isinstance(source, ModelRecipe) else source
         context = ray.get_runtime_context()
         self.name = f"{context.get_node_id()[:8]}/{os.getpid()}"
 
