@@ -24,6 +24,11 @@ plans that ran and lists them in each verdict (``blind_run``). ``--markdown FILE
 prints the table of every budget, and ``--summary FILE…`` the verdicts counted per model
 and family; both read result files and run nothing.
 
+``--ray [ADDRESS]`` (and ``--workers N``) evaluates each (plan, collection) cell as a
+Ray task (:mod:`relcomp.distributed`): relevance, statistics and plans are computed
+here once, the model and statistics go to the object store once, and each row is
+written as its report arrives, so ``--resume`` works as without Ray.
+
 Relevance-driven methods: ``relevance`` (AttnLRP component relevance, net relevance
 per Linear), ``relevance-l1`` (the same relevance, each Linear, head and neuron read by
 the absolute relevance through it), ``relp`` and ``relp-l1`` (relevance patching on
@@ -105,6 +110,62 @@ def evaluate_plan(
     with compress_(model, plan, statistics=statistics):
         assert model.variant != "fp32"  # caches key on model.cache_key, which holds the variant
         return evaluate(model, **settings)
+
+
+def evaluate_cells(
+    model: RankingModel,
+    cells: Iterator[tuple[str, str, str, Any, list[dict[str, Any]]]],
+    data: Path,
+    quick: bool,
+    statistics: Any,
+    args: argparse.Namespace,
+) -> Iterator[tuple[tuple[str, str, str, Any, list[dict[str, Any]]], QualityReport, float]]:
+    """``(cell, its report, seconds)`` for each cell: here in turn, or as Ray tasks (``--ray``).
+
+    On Ray the model and the calibration statistics go to the object store once; each
+    task applies its plan to its own copy and evaluates it; reports come back in the
+    order they finish, and the caller writes each row as it arrives.
+    """
+    from relcomp.distributed import ray_setting
+
+    address = ray_setting(args.ray)
+    if address is None:
+        for cell in cells:
+            tic = time.time()
+            _, _, retrieval, plan, _ = cell
+            yield (
+                cell,
+                evaluate_plan(model, plan, settings(data, retrieval, quick), statistics),
+                (time.time() - tic),
+            )
+        return
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    from relcomp.distributed import RayExecutor
+
+    if __name__ != "__main__":  # imported (by the tests): workers cannot import this script
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    todo = list(cells)
+    with RayExecutor(address, args.workers) as executor:
+        executor.connect()
+        model_ref, statistics_ref = ray.put(model), ray.put(statistics)
+        arguments = [
+            (model_ref, plan, settings(data, retrieval, quick), statistics_ref)
+            for _, _, retrieval, plan, _ in todo
+        ]
+        for index, (report, seconds) in executor.map_tasks(timed_cell, arguments):
+            yield todo[index], report, seconds
+
+
+def timed_cell(
+    model: RankingModel, plan: Any, settings: dict[str, Any], statistics: Any
+) -> tuple[QualityReport, float]:
+    """One sweep cell, as a Ray task runs it: its report and its seconds."""
+    tic = time.time()
+    return evaluate_plan(model, plan, settings, statistics), time.time() - tic
 
 
 def by_depth(report: QualityReport) -> dict[str, float]:
@@ -256,6 +317,18 @@ def main() -> None:
         metavar="JSON",
         help="add these result files' rows to --output, recheck claims, redraw PNGs and exit",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="evaluate each (plan, collection) cell as a Ray task: 'local', 'auto' or "
+        "host:port ($RELCOMP_RAY when absent); relevance and statistics are computed here once",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="Ray tasks at once (default: every CPU)"
+    )
     args = parser.parse_args()
     if args.merge:
         if not args.output:
@@ -373,50 +446,64 @@ def main() -> None:
                         ]
                     )
             write_json(output, payload)
-            for family, budget, method, retrieval in itertools.product(
-                args.families, args.levels, args.methods, retrievals
-            ):
-                done = [
-                    r
-                    for r in per_family[family]
-                    if r["method"] == method
-                    and r["budget"] == BUDGETS[family][budget]
-                    and _retrieval(r) == retrieval
-                ]
-                if done and not (
-                    args.backfill_depths
-                    and retrieval == "bm25"
-                    and "ndcg@10_by_depth" not in done[0]
+
+            def cells(
+                per_family: Any = per_family,
+                model: Any = model,
+                relevance: Any = relevance,
+                pairs: Any = pairs,
+                statistics: Any = statistics,
+                dataset: str = dataset,
+                retrievals: Any = retrievals,
+            ) -> Iterator[tuple[str, str, str, Any, list[dict[str, Any]]]]:
+                """The cells still to run, each planned here; finished ones go to the table."""
+                for family, budget, method, retrieval in itertools.product(
+                    args.families, args.levels, args.methods, retrievals
                 ):
-                    row = done[0]
-                    table.append(
-                        [
-                            model.name,
-                            dataset,
-                            retrieval,
-                            family,
-                            ",".join(f"{k}={v:g}" for k, v in row["budget"].items()),
-                            method,
-                            f"{row['ndcg@10']:.4f}",
-                            f"{row['size_mb']:.1f}",
-                        ]
+                    done = [
+                        r
+                        for r in per_family[family]
+                        if r["method"] == method
+                        and r["budget"] == BUDGETS[family][budget]
+                        and _retrieval(r) == retrieval
+                    ]
+                    if done and not (
+                        args.backfill_depths
+                        and retrieval == "bm25"
+                        and "ndcg@10_by_depth" not in done[0]
+                    ):
+                        row = done[0]
+                        table.append(
+                            [
+                                model.name,
+                                dataset,
+                                retrieval,
+                                family,
+                                ",".join(f"{k}={v:g}" for k, v in row["budget"].items()),
+                                method,
+                                f"{row['ndcg@10']:.4f}",
+                                f"{row['size_mb']:.1f}",
+                            ]
+                        )
+                        continue
+                    base, within = split_method(method)
+                    source, importance = RELEVANCE_METHODS.get(base, ("attnlrp", base))
+                    plan = make_plan(
+                        model,
+                        family,
+                        BUDGETS[family][budget],
+                        importance=importance,
+                        relevance=relevance[source],
+                        calibration=pairs,
+                        within=within,
+                        statistics=statistics,
+                        **PLAN_OPTIONS.get(family, {}),
                     )
-                    continue
-                base, within = split_method(method)
-                source, importance = RELEVANCE_METHODS.get(base, ("attnlrp", base))
-                plan = make_plan(
-                    model,
-                    family,
-                    BUDGETS[family][budget],
-                    importance=importance,
-                    relevance=relevance[source],
-                    calibration=pairs,
-                    within=within,
-                    statistics=statistics,
-                    **PLAN_OPTIONS.get(family, {}),
-                )
-                tic = time.time()
-                report = evaluate_plan(model, plan, settings(data, retrieval, quick), statistics)
+                    yield family, method, retrieval, plan, done
+
+            for (family, method, retrieval, plan, done), report, seconds in evaluate_cells(
+                model, cells(), data, quick, statistics, args
+            ):
                 score = float(report.measures["nDCG@10"])
                 row = {
                     "budget": dict(plan.budget),
@@ -457,7 +544,7 @@ def main() -> None:
                     plan.budget,
                     method,
                     score,
-                    time.time() - tic,
+                    seconds,
                 )
                 meta["wall_s"] = round(time.time() - started, 1)
                 meta["claims"] = claims(payload)

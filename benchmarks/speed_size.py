@@ -90,7 +90,7 @@ from relcomp.evaluation import (
 )
 from relcomp.export import export_bundle, onnx_size
 from relcomp.models import RankingModel, load_model
-from relcomp.pipeline import component_relevance
+from relcomp.pipeline import component_relevance, executor_for
 
 logger = logging.getLogger("speed_size")
 
@@ -294,9 +294,12 @@ def time_systems(
 
 # -- quality ------------------------------------------------------------------------------
 def quality(
-    systems: dict[str, Any], dataset_name: str, protocol: Protocol
+    systems: dict[str, Any], dataset_name: str, protocol: Protocol, executor: Any = None
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, Any]]:
-    """nDCG@10 of every system re-ranking the same BM25 candidates of the same test queries."""
+    """nDCG@10 of every system re-ranking the same BM25 candidates of the same test queries.
+
+    ``executor`` (``--ray``): the pairs are scored on Ray, in chunks, the same scores.
+    """
     dataset = load_beir(beir_path(dataset_name), "test")
     query_ids = (
         sample_queries(dataset.split_queries, protocol.queries)
@@ -308,7 +311,14 @@ def quality(
     per_query: dict[str, dict[str, Any]] = {}
     for name, model in systems.items():
         tic = time.time()
-        run = rerank(model, dataset, candidates, depth=protocol.depth, show_progress_bar=False)
+        run = rerank(
+            model,
+            dataset,
+            candidates,
+            depth=protocol.depth,
+            show_progress_bar=False,
+            executor=executor,
+        )
         report = quality_report(
             name, dataset, run, ["nDCG@10"], query_ids=query_ids, first_stage="bm25"
         )
@@ -501,7 +511,9 @@ def run_model(
             name: per_dataset[name][dataset] if name in per_dataset else system
             for name, system in systems.items()
         }
-        means, per_query, setting = quality(scored, dataset, protocol)
+        means, per_query, setting = quality(
+            scored, dataset, protocol, getattr(args, "executor", None)
+        )
         meta[f"evaluation_{dataset}"] = setting
         for row in rows:
             row["ndcg@10"][dataset] = means[row["system"]]
@@ -560,6 +572,16 @@ def main() -> None:
         action="store_true",
         help="relcomp bundles run a cross-encoder's last layer at the first token only",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="score the quality part's pairs on Ray ('local', 'auto', host:port; "
+        "$RELCOMP_RAY when absent); timing always runs here",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="Ray actors")
     add_markdown_option(parser)
     args = parser.parse_args()
     if args.markdown:
@@ -567,6 +589,13 @@ def main() -> None:
         return
     if not args.output:
         parser.error("--output is required (or --markdown FILE.json)")
+    with executor_for(args.ray, args.workers) as executor:
+        args.executor = executor
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The benchmark itself (``main`` parses the command line and sets up Ray)."""
     set_threads(args.threads)
     logger.setLevel(logging.INFO)
     protocol = PROTOCOLS["smoke" if args.smoke else args.protocol]

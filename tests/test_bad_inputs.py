@@ -414,3 +414,39 @@ def test_a_bi_encoder_explanation_says_it_was_truncated(tiny_model_path, method:
     model = load_model(tiny_model_path("bert", "bi-encoder"), max_length=12)
     assert explain(model, QUERIES[0], LONG_DOCUMENT, method=method).truncated is True
     assert explain(model, QUERIES[0], "a cat", method=method).truncated is False
+
+
+# -- Ray: asked for without the extra ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "environ", "named"),
+    [
+        (["evaluate", "-m", "{model}", "-d", "{data}", "--ray"], {}, "--ray"),
+        (["evaluate", "-m", "{model}", "-d", "{data}", "--ray", "auto", "--workers", "2"], {}, "--ray"),
+        (["evaluate", "-m", "{model}", "-d", "{data}"], {"RELCOMP_RAY": "local"}, "RELCOMP_RAY"),
+        (["compress", "-m", "{model}", "-d", "{data}", "--budget", "6bits", "-o", "{out}", "--ray"], {}, "--ray"),
+    ],
+)  # fmt: skip
+def test_ray_without_the_extra_is_one_message_naming_it(
+    models, beir: Path, tmp_path: Path, capsys, monkeypatch, argv, environ, named
+) -> None:
+    import relcomp.distributed.settings
+
+    monkeypatch.setattr(relcomp.distributed.settings, "ray_available", lambda: False)
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    values = {"model": str(models["good"]), "data": str(beir), "out": str(tmp_path / "out")}
+    before = _snapshot(tmp_path)
+    status = main([*(a.format(**values) for a in argv), "--quiet"])
+    error = capsys.readouterr().err
+    assert status == 2, error
+    assert f"{named} needs Ray, which is not installed: pip install 'relcomp[ray]'" in error
+    assert error.count("error:") == 1 and "Traceback" not in error
+    assert _snapshot(tmp_path) == before
+
+
+def test_workers_without_ray_is_refused(models, beir: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("RELCOMP_RAY", raising=False)
+    status = main(["evaluate", "-m", "bm25", "-d", str(beir), "--workers", "2", "--quiet"])
+    assert status == 2
+    assert "--workers needs --ray" in capsys.readouterr().err

@@ -84,6 +84,10 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
     ],
     "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
+    "distributed_scaling.md": [
+        ("distributed_scaling", function, ["distributed_scaling.json"])
+        for function in ("markdown", "capacity")
+    ],
 }
 
 
@@ -173,6 +177,20 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
         cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
         met, judged = (sum(int(c[4].split(" of ")[i]) for c in cells) for i in (0, 1))
         assert f"{met} of {judged} for {name}" in line
+
+    [scaling] = results("distributed_scaling.json")
+    rows = {(r["system"], r["workers"]): r for r in scaling["rows"]}
+    one, two = rows[("Ray, local", 1)], rows[("Ray, local", 2)]
+    speedup = one["wall_s"] / two["wall_s"]
+    cpu_speedup = one["actors"][0]["cpu_s"] / max(a["cpu_s"] for a in two["actors"])
+    line = headlines["Distributed scaling"]
+    assert (
+        f"{cpu_speedup:.2f}× from 1 to 2 Ray actors in CPU time, {speedup:.2f}× in wall time"
+        in line
+    )
+    assert f"{1000 * scaling['_meta']['cpu_s_per_pair']:.0f} ms of CPU per pair" in line
+    assert all(r["max_abs_diff"] == 0 for r in scaling["rows"])
+    assert "the same scores" in line
 
 
 def _anchor(heading: str) -> str:

@@ -291,6 +291,25 @@ def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     print(format_table(rows, header))
 
 
+def _add_ray(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="score pairs and encode documents on Ray: 'local' (the default when the option is "
+        "given: this machine, loopback only), 'auto' or host:port; $RELCOMP_RAY when absent. "
+        "Needs the ray extra (pip install 'relcomp[ray]')",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="Ray actors, one model copy each (default: every CPU of the cluster)",
+    )
+
+
 def _add_evaluate(verbs: Verbs) -> None:
     evaluate = verbs.add_parser(
         "evaluate", help="retrieval quality of a model (or BM25) on a BEIR collection"
@@ -339,6 +358,7 @@ def _add_evaluate(verbs: Verbs) -> None:
         default=None,
         help="retrieve through this index.json (relcomp index); a model folder holding one uses it",
     )
+    _add_ray(evaluate)
     _add_verbosity(evaluate)
     evaluate.set_defaults(command=_cmd_evaluate)
 
@@ -362,6 +382,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         plan=args.plan,
         calibration_split=args.calibration_split,
         index=args.index,
+        ray=args.ray,
+        workers=args.workers,
     )
     system = (
         report.model
@@ -920,6 +942,7 @@ def _add_compress(verbs: Verbs) -> None:
     )
     _add_compress_index(compress)
     compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
+    _add_ray(compress)
     _add_verbosity(compress)
     compress.set_defaults(command=_cmd_compress)
 
@@ -987,6 +1010,8 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             index_dims=args.index_dims,
             index_rescore=args.index_rescore,
             index_dim_selection=args.index_dim_selection,
+            ray=args.ray,
+            workers=args.workers,
         ),
     )
 

@@ -44,6 +44,7 @@ from relcomp.evaluation import (
     sample_queries,
 )
 from relcomp.evaluation.comparison import quality_comparison
+from relcomp.evaluation.executor import ChunkExecutor
 from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss
 from relcomp.evaluation.metrics import NDCG_AT_10
 from relcomp.evaluation.protocol import Protocol
@@ -159,6 +160,8 @@ class CompressOptions:
     index_dims: int | None = None
     index_rescore: int = 1
     index_dim_selection: str = "relevance"
+    ray: str | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_ndcg_loss is not None:
@@ -178,6 +181,8 @@ class CompressOptions:
             raise ValueError(f"explanations must be ≥ 0, got {self.explanations}")
         if self.threads < 1:
             raise ValueError(f"threads must be ≥ 1, got {self.threads}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be ≥ 1, got {self.workers}")
         if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be 'fp32' or 'int8', got {self.embeddings!r}")
         self._check_index()
@@ -279,6 +284,8 @@ class CompressFlow:
         self.compressed: Any = None  # the ONNX bundle, once exported
         #: what export compresses: the reference, or the recovered model
         self.source: RankingModel = self.reference
+        #: where evaluations compute their chunks (a Ray pool under --ray); never in settings
+        self.executor: ChunkExecutor | None = None
         self.names: tuple[str, str] = ("fp32 (torch)", "")
         logger.info(
             "compressing %s (%s, max length %d) on %s, budget %s, %s protocol",
@@ -883,7 +890,11 @@ class CompressFlow:
     def _evaluate(self, model: RankingModel, split: str) -> QualityReport:
         report: QualityReport = _named(
             self.verbs.evaluate(
-                model, self.options.data_dir, split=split, **self.evaluation_settings
+                model,
+                self.options.data_dir,
+                split=split,
+                executor=self.executor,
+                **self.evaluation_settings,
             ),
             self.dataset_name,
         )

@@ -31,6 +31,7 @@ from relcomp.compress_flow import (
     FlowVerbs,
     parse_quantize,
 )
+from relcomp.distributed.settings import RAY_ENV
 from relcomp.evaluation import (
     BM25,
     DEFAULT_MEASURES,
@@ -40,6 +41,7 @@ from relcomp.evaluation import (
     sample_queries,
 )
 from relcomp.evaluation.beir import same_split
+from relcomp.evaluation.executor import ChunkExecutor
 from relcomp.evaluation.gate import GateResult, gate_split, quality_gate
 from relcomp.evaluation.protocol import resolve_protocol
 from relcomp.evaluation.sampling import (
@@ -66,6 +68,7 @@ __all__ = [
     "compress",
     "demo",
     "evaluate",
+    "executor_for",
     "explain",
     "export",
     "load_scorer",
@@ -106,6 +109,9 @@ def evaluate(
     calibration_split: str | None = None,
     calibration: int = 64,
     index: str | os.PathLike[str] | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
+    executor: ChunkExecutor | None = None,
 ) -> QualityReport:
     """Retrieval quality of a model (or BM25) on one split of a BEIR collection.
 
@@ -131,11 +137,28 @@ def evaluate(
         calibration: calibration pairs for those statistics.
         index: an ``index.json`` (:func:`relcomp.index.build_index`) to retrieve through,
             instead of the float index; a model folder holding one uses it by default.
+        ray: compute re-ranking scores and corpus embeddings on Ray: ``"local"``,
+            ``"auto"`` or ``"host:port"`` (:mod:`relcomp.distributed`); ``None`` reads
+            ``$RELCOMP_RAY``, and computes here when that is unset too. The figures
+            are the same either way.
+        workers: Ray actors (every CPU of the cluster by default).
+        executor: an executor already made (:mod:`relcomp.evaluation.executor`),
+            instead of ``ray`` and ``workers``.
 
     Example:
         >>> report = evaluate("bm25", "src/relcomp/data/scifact-demo", queries=5)  # doctest: +SKIP
     """
     parse_measures(measures)  # fail on a bad measure before any expensive work
+    if executor is None:
+        with executor_for(ray, workers) as made:
+            if made is not None:
+                return evaluate(
+                    model, data_dir, split=split, first_stage=first_stage, depth=depth,
+                    queries=queries, max_length=max_length, batch_size=batch_size,
+                    measures=measures, use_cache=use_cache, show_progress_bar=show_progress_bar,
+                    plan=plan, calibration_split=calibration_split, calibration=calibration,
+                    index=index, executor=made,
+                )  # fmt: skip
     dataset = load_beir(data_dir, split)
     query_ids = (
         sample_queries(dataset.split_queries, queries) if queries else list(dataset.split_queries)
@@ -166,6 +189,7 @@ def evaluate(
                 measures=measures,
                 use_cache=use_cache,
                 show_progress_bar=show_progress_bar,
+                executor=executor,
             )
         plan_settings = {
             "method": plan.method,
@@ -184,6 +208,7 @@ def evaluate(
         use_cache=use_cache,
         show_progress_bar=show_progress_bar,
         exhaustive=None if index is None else _index_search(index),
+        executor=executor,
         settings={
             "queries": queries,
             "batch_size": batch_size,
@@ -191,6 +216,32 @@ def evaluate(
             **({"index": str(index)} if index is not None else {}),
         },
     )
+
+
+@contextlib.contextmanager
+def executor_for(ray: str | None, workers: int | None = None) -> Iterator[ChunkExecutor | None]:
+    """The executor ``--ray`` / ``--workers`` (or ``$RELCOMP_RAY``) ask for, closed afterwards.
+
+    ``None`` when neither asks for Ray: chunks are computed in this process.
+
+    Example:
+        >>> import os
+        >>> with executor_for(None) as executor:  # RELCOMP_RAY unset
+        ...     print(executor if "RELCOMP_RAY" not in os.environ else None)
+        None
+    """
+    from relcomp.distributed import ray_setting
+
+    address = ray_setting(ray)
+    if address is None:
+        if workers is not None:
+            raise ValueError(f"--workers needs --ray (or {RAY_ENV}): workers are Ray actors")
+        yield None
+        return
+    from relcomp.distributed.ray_executor import RayExecutor
+
+    with RayExecutor(address, workers) as executor:
+        yield executor
 
 
 def _index_search(index: Path) -> Any:
@@ -590,6 +641,8 @@ def compress(
     index_dims: int | None = None,
     index_rescore: int = 1,
     index_dim_selection: str = "relevance",
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> CompressResult:
     """The whole flow: explain, plan, compress, export, gate, evaluate, explain, report.
 
@@ -644,6 +697,11 @@ def compress(
         index_dims: dimensions the index keeps (all by default).
         index_rescore: candidates rescored per result (1: none).
         index_dim_selection: how ``index_dims`` are chosen (``relevance`` or a blind rule).
+        ray: score the gate's and the evaluation's pairs on Ray (``"local"``, ``"auto"``,
+            ``"host:port"``; ``None`` reads ``$RELCOMP_RAY``), see :func:`evaluate`.
+            Timing always runs here. Not part of any step's settings: the figures
+            are the same, so a run resumes across it.
+        workers: Ray actors (every CPU of the cluster by default).
 
     Returns:
         A :class:`CompressResult`.
@@ -669,20 +727,24 @@ def compress(
         recovery_max_length=recovery_max_length, quantization_aware=quantization_aware,
         first_token=first_token,
         show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
-        index_rescore=index_rescore, index_dim_selection=index_dim_selection,
+        index_rescore=index_rescore, index_dim_selection=index_dim_selection, ray=ray,
+        workers=workers,
     )  # fmt: skip
     flow = CompressFlow(options, _flow_verbs())
-    flow.component_relevance()
-    chosen, tried = flow.plans_tried()
-    the_plan = flow.plan(chosen)
-    the_plan = flow.recovery(the_plan)
-    flow.export(the_plan)
-    gate = flow.quality_gate()
-    flow.index()
-    reports = flow.evaluation()
-    speed = flow.speed()
-    flow.explanations(reports[0])
-    return flow.report(reports, speed, gate, tried)
+    with executor_for(options.ray, options.workers) as executor:
+        flow.executor = executor
+        flow.component_relevance()
+        chosen, tried = flow.plans_tried()
+        the_plan = flow.plan(chosen)
+        the_plan = flow.recovery(the_plan)
+        flow.export(the_plan)
+        gate = flow.quality_gate()
+        flow.index()
+        reports = flow.evaluation()
+        flow.executor = None  # timing and explanations run here
+        speed = flow.speed()
+        flow.explanations(reports[0])
+        return flow.report(reports, speed, gate, tried)
 
 
 def _flow_verbs() -> FlowVerbs:

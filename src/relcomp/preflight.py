@@ -16,7 +16,8 @@ from pathlib import Path
 from relcomp.checks import check_model_argument, check_output_location
 from relcomp.compression.importance import IMPORTANCE
 from relcomp.compression.planners import PLANNERS
-from relcomp.errors import OutputLocationError
+from relcomp.distributed.settings import RAY_ENV, ray_setting, require_ray
+from relcomp.errors import OutputLocationError, RelcompError
 from relcomp.evaluation.beir import check_split
 from relcomp.pipeline import parse_budget_text
 
@@ -36,6 +37,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         relcomp.errors.ModelLoadError: ./no-such-model: no such model folder
     """
     verb = getattr(args, "verb", None)
+    if hasattr(args, "ray"):
+        if ray_setting(args.ray) is not None:
+            require_ray("--ray" if args.ray is not None else RAY_ENV)
+        elif getattr(args, "workers", None) is not None:
+            raise RelcompError(f"--workers needs --ray (or {RAY_ENV}): workers are Ray actors")
     output = getattr(args, "output", None)
     if output is not None:
         plan_file = verb == "plan" and Path(output).suffix == ".json"

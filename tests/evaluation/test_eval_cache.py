@@ -167,7 +167,7 @@ def test_unreadable_entries_are_recomputed(
     dataset = load_beir(toy_path)
     first = dense_retrieve(fake_encoder(VECTORS), dataset, depth=3)
     for path in _files(_isolated_cache):
-        if path.suffix in (".json", ".npy") and path.parent.name in ("runs", "embeddings"):
+        if path.suffix in (".json", ".npy", ".npz") and path.parent.name in ("runs", "embeddings"):
             path.write_bytes(b"garbage")
     model = fake_encoder(VECTORS)
     with caplog.at_level(logging.WARNING, logger="relcomp.evaluation.cache"):

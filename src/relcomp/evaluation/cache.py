@@ -6,11 +6,13 @@ the settings (depth, maximum length…). The cache lives under
 ``$RELCOMP_CACHE_DIR``, or ``~/.cache/relcomp`` when that is unset::
 
     <cache dir>/runs/<kind>-<hash>.json         {"material": ..., "run": {qid: {docid: score}}}
-    <cache dir>/embeddings/<kind>-<hash>.npy    the array
+    <cache dir>/embeddings/<kind>-<hash>.npy    an array computed at once
     <cache dir>/embeddings/<kind>-<hash>.json   what the hash was made of, for people
-    <cache dir>/scores/<kind>-<hash>.npz        values computed chunk by chunk (re-ranking
-                                                scores), saved after every chunk so an
-                                                interrupted job resumes where it stopped
+    <cache dir>/embeddings/<kind>-<hash>.npz    corpus embeddings, computed chunk by chunk
+    <cache dir>/scores/<kind>-<hash>.npz        re-ranking scores, computed chunk by chunk;
+                                                saved after every chunk so an interrupted
+                                                job resumes where it stopped, whichever
+                                                executor computed the chunks
 
 Every file is written atomically, so an interrupted run leaves no half-written
 entry; an entry that cannot be read is recomputed, with a warning.
@@ -27,7 +29,7 @@ import re
 import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +38,15 @@ import numpy as np
 from relcomp._io import atomic_write_json
 from relcomp.evaluation._common import Run
 
-__all__ = ["CACHE_ENV", "Cache", "default_cache_dir", "hash_ids"]
+__all__ = ["CACHE_ENV", "Cache", "MapChunks", "default_cache_dir", "hash_ids"]
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "RELCOMP_CACHE_DIR"
 _FORMAT = 1
+
+#: Computes the chunks it is handed; yields ``(position, values, tally)`` as each finishes.
+MapChunks = Callable[[Sequence[Sequence[int]]], Iterable[tuple[int, np.ndarray, Mapping[str, int]]]]
 
 
 def default_cache_dir() -> Path:
@@ -198,12 +203,15 @@ class Cache:
         kind: str,
         material: Mapping[str, Any],
         chunks: Sequence[Sequence[int]],
-        compute: Callable[[Sequence[int]], tuple[np.ndarray, Mapping[str, int]]],
+        compute: Callable[[Sequence[int]], tuple[np.ndarray, Mapping[str, int]]] | None = None,
         *,
         length: int,
         on_chunk: Callable[[int], None] | None = None,
+        map_chunks: MapChunks | None = None,
+        dtype: Any = np.float64,
+        folder: str = "scores",
     ) -> tuple[np.ndarray, Counter[str]]:
-        """``length`` values filled chunk by chunk, each finished chunk saved at once.
+        """``length`` values (or rows) filled chunk by chunk, each finished chunk saved at once.
 
         ``compute(indices)`` returns the values at ``indices`` and a tally (counts such
         as truncated inputs) that is stored with them, so a resumed or cached job
@@ -212,38 +220,77 @@ class Cache:
         computes only the rest. ``on_chunk(n)`` is told the size of every chunk, read
         or computed (for a progress bar).
 
+        ``map_chunks(missing)``, when given, replaces ``compute``: it is handed the
+        chunks still to do and yields ``(position in missing, values, tally)`` in
+        whatever order they finish (an executor, :mod:`relcomp.evaluation.executor`).
+        Each is saved as it arrives: this process is the cache's only writer, so the
+        same entry resumes whichever way its chunks were computed.
+
+        Values are 1-D (one per index) or 2-D (one row per index, e.g. embeddings),
+        stored as ``dtype``, in ``<cache dir>/<folder>/``.
+
         Returns:
-            The values (float64) and the summed tally over all chunks.
+            The values and the summed tally over all chunks.
         """
-        chunks = [list(chunk) for chunk in chunks]
+        if (compute is None) == (map_chunks is None):
+            raise ValueError("give exactly one of compute and map_chunks")
+        chunks = [[int(i) for i in chunk] for chunk in chunks]
         layout = hashlib.sha256(json.dumps(chunks).encode("utf-8")).hexdigest()[:16]
         material = {**material, "length": int(length), "chunks": layout}
-        path = self.directory / "scores" / f"{self.key(kind, material)}.npz"
-        values = np.full(length, np.nan, dtype=np.float64)
+        path = self.directory / folder / f"{self.key(kind, material)}.npz"
+        values: np.ndarray | None = None
         done = np.zeros(len(chunks), dtype=bool)
         tallies: list[dict[str, int]] = [{} for _ in chunks]
         if self.enabled:
-            restored = self._load_chunks(path, length, len(chunks))
+            restored = self._load_chunks(path, length, len(chunks), dtype)
             if restored is not None:
                 values, done, tallies = restored
                 logger.info(
                     "%d of %d chunks read from the cache: %s", int(done.sum()), len(chunks), path
                 )
-        for position, chunk in enumerate(chunks):
-            if not done[position]:
-                chunk_values, tally = compute(chunk)
-                chunk_values = np.asarray(chunk_values, dtype=np.float64).reshape(-1)
-                if chunk_values.shape[0] != len(chunk):
-                    raise ValueError(
-                        f"computed {chunk_values.shape[0]} values for a chunk of {len(chunk)}"
-                    )
-                values[chunk] = chunk_values
-                done[position] = True
-                tallies[position] = {str(k): int(v) for k, v in tally.items()}
-                if self.enabled:
-                    self._save_chunks(path, kind, material, values, done, tallies)
+        if on_chunk is not None:
+            for position in np.flatnonzero(done).tolist():
+                on_chunk(len(chunks[position]))
+        missing = [position for position in range(len(chunks)) if not done[position]]
+        if map_chunks is None:
+            assert compute is not None
+
+            def sequential(
+                todo: Sequence[Sequence[int]],
+            ) -> Iterator[tuple[int, np.ndarray, Mapping[str, int]]]:
+                for at, chunk in enumerate(todo):
+                    yield (at, *compute(chunk))
+
+            map_chunks = sequential
+        received = 0
+        for at, chunk_values, tally in map_chunks([chunks[position] for position in missing]):
+            position = missing[at]
+            chunk = chunks[position]
+            if done[position]:
+                raise ValueError(f"chunk {position} was computed twice")
+            chunk_values = np.asarray(chunk_values, dtype=dtype)
+            if chunk_values.ndim not in (1, 2) or chunk_values.shape[0] != len(chunk):
+                raise ValueError(
+                    f"computed values of shape {chunk_values.shape} for a chunk of {len(chunk)}"
+                )
+            if values is None:
+                values = np.full((length, *chunk_values.shape[1:]), np.nan, dtype=dtype)
+            elif values.shape[1:] != chunk_values.shape[1:]:
+                raise ValueError(
+                    f"computed rows of shape {chunk_values.shape[1:]}, the others are {values.shape[1:]}"
+                )
+            values[chunk] = chunk_values
+            done[position] = True
+            tallies[position] = {str(k): int(v) for k, v in tally.items()}
+            if self.enabled:
+                self._save_chunks(path, kind, material, values, done, tallies)
+            received += 1
             if on_chunk is not None:
                 on_chunk(len(chunk))
+        if received != len(missing) or not done.all():
+            raise ValueError(f"{len(missing) - received} chunk(s) were never computed")
+        if values is None:  # no chunks at all
+            values = np.empty(length, dtype=dtype)
         total: Counter[str] = Counter()
         for tally in tallies:
             total.update(tally)
@@ -269,7 +316,7 @@ class Cache:
 
     @staticmethod
     def _load_chunks(
-        path: Path, length: int, n_chunks: int
+        path: Path, length: int, n_chunks: int, dtype: Any = np.float64
     ) -> tuple[np.ndarray, np.ndarray, list[dict[str, int]]] | None:
         if not path.is_file():
             return None
@@ -280,7 +327,9 @@ class Cache:
             tallies = [{str(k): int(v) for k, v in t.items()} for t in header["tallies"]]
             if (
                 header.get("format") != _FORMAT
-                or values.shape != (length,)
+                or values.ndim not in (1, 2)
+                or values.shape[0] != length
+                or values.dtype != np.dtype(dtype)
                 or done.shape != (n_chunks,)
                 or len(tallies) != n_chunks
             ):
@@ -296,7 +345,7 @@ class Cache:
         ) as error:
             logger.warning("ignoring an unreadable cache entry %s (%s); recomputing", path, error)
             return None
-        return values.astype(np.float64), done.astype(bool), tallies
+        return values, done.astype(bool), tallies
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:

@@ -22,11 +22,13 @@ from relcomp.errors import RelcompError
 from relcomp.evaluation._common import Run, progress_enabled
 from relcomp.evaluation.beir import BeirDataset
 from relcomp.evaluation.cache import Cache, hash_ids
+from relcomp.evaluation.executor import ChunkExecutor, ChunkTask
 from relcomp.registry import Registry
 
 __all__ = [
     "FIRST_STAGES",
     "BM25Settings",
+    "DocumentEncoding",
     "Encoder",
     "bm25_retrieve",
     "dense_retrieve",
@@ -42,6 +44,10 @@ _MAX_BLOCK_FLOATS = 32 * 1024 * 1024
 
 #: Part of every cache key: bump it when a change here changes the runs produced.
 _ALGORITHM_VERSION = 1
+
+#: Part of the corpus embeddings' cache key. 2: encoded in chunks, longest first (the
+#: batches, so the padding and the last bits, differ from version 1's single pass).
+_EMBEDDINGS_VERSION = 2
 
 
 @runtime_checkable
@@ -286,19 +292,27 @@ def encode_corpus(
     show_progress_bar: bool | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    chunk_size: int = 1024,
+    executor: ChunkExecutor | None = None,
 ) -> np.ndarray:
     """Embeddings of every document (``"title text"``), rows in ``dataset.sorted_doc_ids`` order.
 
-    Cached by ``model.cache_key`` and the corpus file; a model without a
-    ``cache_key`` is encoded every time.
+    Documents are encoded in chunks of ``chunk_size`` (longest first, as the model
+    batches them), each saved in the on-disk cache as soon as it is done, so an
+    interrupted encoding resumes and the chunks can be spread over workers
+    (``executor``). Cached by ``model.cache_key`` and the corpus file; a model
+    without a ``cache_key`` is encoded every time.
 
     Args:
         model: a bi-encoder (see :class:`Encoder`).
         dataset: the collection.
         batch_size: texts per forward pass.
-        show_progress_bar: draw the model's bar; ``None`` follows the logger level.
+        show_progress_bar: draw a bar; ``None`` follows the logger level.
         use_cache: read and write the on-disk cache.
         cache_dir: the cache's folder.
+        chunk_size: documents per saved chunk.
+        executor: where the chunks are encoded (:mod:`relcomp.evaluation.executor`);
+            ``None`` encodes them here.
 
     Returns:
         A float32 array ``(number of documents, dimension)``, as the model returns it.
@@ -313,38 +327,86 @@ def encode_corpus(
         >>> encode_corpus(Model(), toy, use_cache=False).tolist()
         [[3.0, 1.0], [3.0, 1.0]]
     """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise RelcompError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     doc_ids = dataset.sorted_doc_ids
     identity = _model_identity(model)
-
-    def compute() -> np.ndarray:
-        texts = [dataset.document_text(doc_id) for doc_id in doc_ids]
-        encode: Callable[..., np.ndarray] = getattr(model, "encode_documents", None) or model.encode
+    texts = [dataset.document_text(doc_id) for doc_id in doc_ids]
+    if identity is None and use_cache:
+        logger.info("%s has no cache_key; corpus embeddings are not cached", type(model).__name__)
+    if identity is None and executor is None:
         logger.info("encoding %d documents of %s", len(texts), dataset.name)
-        embeddings = np.asarray(
-            encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar),
-            dtype=np.float32,
-        )
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
-            raise RelcompError(
-                f"the model returned embeddings of shape {embeddings.shape} for {len(texts)} documents"
-            )
-        return embeddings
-
-    if identity is None:
-        if use_cache:
-            logger.info(
-                "%s has no cache_key; corpus embeddings are not cached", type(model).__name__
-            )
-        return compute()
+        return DocumentEncoding.run(model, (texts, batch_size, show_progress_bar))[0]
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    chunks = [order[i : i + chunk_size].tolist() for i in range(0, len(order), chunk_size)]
     material = {
         "model": identity,
         **dataset.corpus_identity(),
         "order": "sorted ids",
         "text": "title text",
+        "version": _EMBEDDINGS_VERSION,
     }
-    return Cache(cache_dir, enabled=use_cache).array(
-        "corpus-embeddings", material, compute, rows=len(doc_ids)
+    task = DocumentEncoding(texts, batch_size)
+
+    def compute(index: Sequence[int]) -> tuple[np.ndarray, dict[str, int]]:
+        return task.run(model, task.payload(index))
+
+    def map_chunks(todo: Sequence[Sequence[int]]) -> Any:
+        assert executor is not None
+        return executor.map(model, task, todo)
+
+    logger.info("encoding %d documents of %s", len(texts), dataset.name)
+    bar = tqdm(
+        total=len(texts),
+        desc="Encoding documents",
+        unit="doc",
+        disable=not progress_enabled(show_progress_bar),
     )
+    with bar:
+        embeddings, _ = Cache(cache_dir, enabled=use_cache and identity is not None).chunked(
+            "corpus-embeddings",
+            material,
+            chunks,
+            None if executor is not None else compute,
+            length=len(texts),
+            on_chunk=bar.update,
+            map_chunks=map_chunks if executor is not None else None,
+            dtype=np.float32,
+            folder="embeddings",
+        )
+    if len(texts) and embeddings.ndim != 2:
+        raise RelcompError(
+            f"the model returned embeddings of shape {embeddings.shape[1:]} per document"
+        )
+    return embeddings
+
+
+class DocumentEncoding(ChunkTask):
+    """Corpus encoding as chunked work: a chunk is its document texts.
+
+    ``run`` encodes them with ``encode_documents`` (the model's document prompt) when
+    the model has it, ``encode`` otherwise, and returns float32 rows.
+    """
+
+    def __init__(self, texts: Sequence[str], batch_size: int) -> None:
+        self.texts = texts
+        self.batch_size = batch_size
+
+    def payload(self, indices: Sequence[int]) -> Any:
+        return [self.texts[i] for i in indices], self.batch_size, False
+
+    @staticmethod
+    def run(model: Any, payload: Any) -> tuple[np.ndarray, dict[str, int]]:
+        texts, batch_size, show = payload
+        encode: Callable[..., np.ndarray] = getattr(model, "encode_documents", None) or model.encode
+        embeddings = np.asarray(
+            encode(texts, batch_size=batch_size, show_progress_bar=show), dtype=np.float32
+        )
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
+            raise RelcompError(
+                f"the model returned embeddings of shape {embeddings.shape} for {len(texts)} documents"
+            )
+        return embeddings, {}
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -362,6 +424,7 @@ def dense_retrieve(
     show_progress_bar: bool | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    executor: ChunkExecutor | None = None,
 ) -> Run:
     """Exhaustive dense retrieval: every query against every document.
 
@@ -380,6 +443,7 @@ def dense_retrieve(
         show_progress_bar: draw bars; ``None`` follows the logger level.
         use_cache: read and write the on-disk cache (embeddings and run).
         cache_dir: the cache's folder.
+        executor: where the corpus is encoded (see :func:`encode_corpus`).
 
     Returns:
         The run ``{query id: {document id: score}}``.
@@ -413,6 +477,7 @@ def dense_retrieve(
             show_progress_bar=show_progress_bar,
             use_cache=use_cache,
             cache_dir=cache_dir,
+            executor=executor,
         )
         encode: Callable[..., np.ndarray] = getattr(model, "encode_queries", None) or model.encode
         queries = np.asarray(

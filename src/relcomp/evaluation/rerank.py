@@ -16,8 +16,9 @@ from relcomp.errors import RelcompError
 from relcomp.evaluation._common import Run, progress_enabled, ranked
 from relcomp.evaluation.beir import BeirDataset
 from relcomp.evaluation.cache import Cache
+from relcomp.evaluation.executor import ChunkExecutor, ChunkTask
 
-__all__ = ["PairScorer", "candidate_pairs", "rerank"]
+__all__ = ["PairScorer", "PairScoring", "candidate_pairs", "rerank"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def rerank(
     use_cache: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     chunk_size: int = 1024,
+    executor: ChunkExecutor | None = None,
 ) -> Run:
     """Re-score each query's top-``depth`` candidates with ``model.score``.
 
@@ -89,6 +91,9 @@ def rerank(
             ``model.cache_key``, the collection and the pairs).
         cache_dir: the cache folder (``$RELCOMP_CACHE_DIR`` by default).
         chunk_size: pairs per saved chunk when caching.
+        executor: where the chunks are scored (:mod:`relcomp.evaluation.executor`);
+            ``None`` scores them here. With an executor the pairs are always scored
+            in chunks, cached or not, so the scores equal the cached path's exactly.
 
     Returns:
         The re-ranked run ``{query id: {document id: model score}}``.
@@ -122,10 +127,11 @@ def rerank(
     queries = [dataset.queries[qid] for qid, _ in pairs]
     documents = [dataset.document_text(doc_id) for _, doc_id in pairs]
     identity = getattr(model, "cache_key", None)
-    if use_cache and isinstance(identity, str) and identity:
+    cacheable = use_cache and isinstance(identity, str) and bool(identity)
+    if cacheable or executor is not None:
         scores = _cached_scores(
-            model, identity, dataset, pairs, queries, documents, batch_size,
-            show_progress_bar, cache_dir, chunk_size,
+            model, identity if cacheable else None, dataset, pairs, queries, documents,
+            batch_size, show_progress_bar, cache_dir, chunk_size, executor,
         )  # fmt: skip
     else:
         scores = _scores(model, queries, documents, batch_size, show_progress_bar)
@@ -151,9 +157,38 @@ def _scores(
     return scores
 
 
+class PairScoring(ChunkTask):
+    """Re-ranking as chunked work: a chunk is its (query, document) texts.
+
+    ``run`` scores them with ``model.score`` and returns the inputs the model
+    truncated meanwhile (its ``truncation`` tally, when it keeps one).
+    """
+
+    def __init__(self, queries: Sequence[str], documents: Sequence[str], batch_size: int) -> None:
+        self.queries = queries
+        self.documents = documents
+        self.batch_size = batch_size
+
+    def payload(self, indices: Sequence[int]) -> Any:
+        return (
+            [self.queries[i] for i in indices],
+            [self.documents[i] for i in indices],
+            self.batch_size,
+        )
+
+    @staticmethod
+    def run(model: Any, payload: Any) -> tuple[np.ndarray, Mapping[str, int]]:
+        queries, documents, batch_size = payload
+        tally: Any = getattr(model, "truncation", None)
+        before = Counter(tally) if isinstance(tally, Counter) else Counter()
+        values = _scores(model, queries, documents, batch_size, False)
+        after = Counter(tally) if isinstance(tally, Counter) else Counter()
+        return values, after - before
+
+
 def _cached_scores(
     model: PairScorer,
-    identity: str,
+    identity: str | None,
     dataset: BeirDataset,
     pairs: Sequence[tuple[str, str]],
     queries: Sequence[str],
@@ -162,8 +197,12 @@ def _cached_scores(
     show_progress_bar: bool | None,
     cache_dir: str | os.PathLike[str] | None,
     chunk_size: int,
+    executor: ChunkExecutor | None = None,
 ) -> np.ndarray:
-    """Scores saved chunk by chunk (longest pairs first, as ``score`` batches them)."""
+    """Scores saved chunk by chunk (longest pairs first, as ``score`` batches them).
+
+    ``identity`` ``None`` computes the same chunks without reading or writing the cache.
+    """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise RelcompError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     order = np.argsort(
@@ -183,12 +222,14 @@ def _cached_scores(
     def snapshot() -> Counter[str]:
         return Counter(tally) if isinstance(tally, Counter) else Counter()
 
+    task = PairScoring(queries, documents, batch_size)
+
     def compute(index: Sequence[int]) -> tuple[np.ndarray, Mapping[str, int]]:
-        before = snapshot()
-        values = _scores(
-            model, [queries[i] for i in index], [documents[i] for i in index], batch_size, False
-        )
-        return values, snapshot() - before
+        return task.run(model, task.payload(index))
+
+    def map_chunks(todo: Sequence[Sequence[int]]) -> Any:
+        assert executor is not None
+        return executor.map(model, task, todo)
 
     bar = None
     if progress_enabled(show_progress_bar):
@@ -196,11 +237,12 @@ def _cached_scores(
 
         bar = tqdm(total=len(pairs), desc="Re-ranking pairs", unit="pair")
     try:
-        cache = Cache(cache_dir)
+        cache = Cache(cache_dir, enabled=identity is not None)
         cache_before = snapshot()
         scores, total = cache.chunked(
-            "rerank", material, chunks, compute, length=len(pairs),
-            on_chunk=bar.update if bar is not None else None,
+            "rerank", material, chunks, None if executor is not None else compute,
+            length=len(pairs), on_chunk=bar.update if bar is not None else None,
+            map_chunks=map_chunks if executor is not None else None,
         )  # fmt: skip
     finally:
         if bar is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from relcomp.artifacts import QualityReport
 from relcomp.evaluation._common import Run
 from relcomp.evaluation.beir import BeirDataset
+from relcomp.evaluation.executor import ChunkExecutor
 from relcomp.evaluation.first_stage import encode_corpus, retrieve
 from relcomp.evaluation.metrics import DEFAULT_MEASURES
 from relcomp.evaluation.report import quality_report
@@ -64,6 +65,7 @@ def evaluate_scorer(
     show_progress_bar: bool | None = None,
     settings: Mapping[str, Any] | None = None,
     exhaustive: Callable[..., Run] | None = None,
+    executor: ChunkExecutor | None = None,
 ) -> QualityReport:
     """The quality of ``scorer`` on ``query_ids`` of ``dataset``.
 
@@ -82,9 +84,13 @@ def evaluate_scorer(
         settings: recorded in the report (what chose the queries, …).
         exhaustive: a bi-encoder's exhaustive retrieval done another way, e.g. through
             a compressed index (``exhaustive(model, dataset, query_ids, depth, **options)``).
+        executor: where re-ranking scores and corpus embeddings are computed, chunk by
+            chunk (:mod:`relcomp.evaluation.executor`); ``None`` computes them here.
+            Either way the chunks land in the same cache and the figures are equal.
     """
     options: dict[str, Any] = {"show_progress_bar": show_progress_bar, "use_cache": use_cache}
     own = {**options, "use_cache": use_cache if cache_scores is None else cache_scores}
+    chunked: dict[str, Any] = {"executor": executor} if executor is not None else {}
     # The model counts truncated inputs over its life; this report gives this evaluation's.
     tally_before = dict(scorer.truncation) if isinstance(scorer, RankingModel) else {}
     if first_stage is None and scorer != BM25 and not isinstance(scorer, BiEncoder):
@@ -101,16 +107,24 @@ def evaluate_scorer(
             query_ids,
             depth,
             batch_size=batch_size,
-            **(options if scorer == BM25 else own),
+            **(options if scorer == BM25 else {**own, **chunked}),
         )
         name, stage_name = scorer if isinstance(scorer, str) else scorer.name, None
     else:
         assert not isinstance(scorer, str)
         stage = load_first_stage(first_stage)
-        candidates = retrieve(stage, dataset, query_ids, depth, batch_size=batch_size, **options)
+        candidates = retrieve(
+            stage,
+            dataset,
+            query_ids,
+            depth,
+            batch_size=batch_size,
+            **options,
+            **({} if isinstance(stage, str) else chunked),
+        )
         if isinstance(scorer, BiEncoder):
             run = rerank_with_corpus_embeddings(
-                scorer, dataset, candidates, depth, batch_size, **own
+                scorer, dataset, candidates, depth, batch_size, **own, **chunked
             )
         else:
             run = rerank(
@@ -120,6 +134,7 @@ def evaluate_scorer(
                 depth=depth,
                 batch_size=batch_size,
                 **own,
+                **chunked,
             )
         name = str(getattr(scorer, "name", type(scorer).__name__))
         stage_name = stage if isinstance(stage, str) else stage.name
@@ -165,7 +180,7 @@ def rerank_with_corpus_embeddings(
         [dataset.query_text(q) for q in query_ids],
         batch_size=batch_size,
         show_progress_bar=options.get("show_progress_bar"),
-    )
+    )  # queries are few: encoded here
     run = {}
     for query_id, vector in zip(query_ids, queries, strict=True):
         doc_ids = [doc_id for _, doc_id in candidate_pairs({query_id: candidates[query_id]}, depth)]
