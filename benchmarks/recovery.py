@@ -38,6 +38,7 @@ from _common import (
     set_threads,
     write_json,
 )
+from relcomp.artifacts import CompressionPlan
 from relcomp.compression import parameter_count, prune_physically
 from relcomp.evaluation import paired_test
 from relcomp.models import load_model, save_model
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=100, help="test queries (quick: 100)")
     parser.add_argument("--depth", type=int, default=30)
     parser.add_argument("--eval-max-length", type=int, default=256)
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        help="quantization-aware recovery through this precision (int8): the student trains "
+        "through the export's rounding; the torch figures are its fp32 weights",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/recovery"))
@@ -81,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     path = reranker_path() if args.model == "reranker" else "all-MiniLM-L6-v2"
     teacher = load_model(path)
     train_dir = beir_path(args.train)
-    work = args.work / f"{args.model}-{args.train}-{args.importance}-{args.params_removed:g}"
+    work = args.work / (
+        f"{args.model}-{args.train}-{args.importance}-{args.params_removed:g}"
+        + (f"-qat-{args.quantize}" if args.quantize else "")
+    )
     work.mkdir(parents=True, exist_ok=True)
 
     relevance_file = work / "component_relevance.json"
@@ -124,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length,
         device=args.device,
         checkpoint_dir=work,
+        quantize=(
+            CompressionPlan(pruned.name, (("_default", args.quantize),)) if args.quantize else None
+        ),
     )
     log.save(work / "recovery_log.json")
     save_model(recovered, work / "recovered")
@@ -180,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": log.seconds,
                 "data_seconds": round(data_seconds, 1),
                 "device": log.device,
+                "quantization_aware": args.quantize,
                 "data": {**dict(log.data), "collection": relative(log.data["collection"])},
                 "heldout_loss": [dict(c) for c in log.checkpoints],
             },
@@ -207,7 +221,12 @@ def _rows(payload: dict[str, Any]) -> list[list[str]]:
             label = {
                 "reference": "uncompressed",
                 "pruned": f"{plan['importance']} {100 * plan['params_removed']:g} % pruned",
-                "recovered": f"… + {meta['recovery']['steps']} recovery steps",
+                "recovered": f"… + {meta['recovery']['steps']} recovery steps"
+                + (
+                    f" ({meta['recovery']['quantization_aware']}-aware)"
+                    if meta["recovery"].get("quantization_aware")
+                    else ""
+                ),
             }[system]
             rows.append(
                 [

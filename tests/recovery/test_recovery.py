@@ -142,6 +142,21 @@ def test_recovery_data_never_uses_test_or_excluded_queries(
         recovery_data(teacher, collection, splits=["test"])
 
 
+def test_the_teachers_scores_are_computed_once_and_read_back(
+    tiny_model: Any, collection: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher = tiny_model("minilm")
+    first = recovery_data(teacher, collection, candidates=3, pseudo=3)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the teacher scored pairs the cache holds")
+
+    monkeypatch.setattr(type(teacher), "score", refuse)
+    again = recovery_data(teacher, collection, candidates=3, pseudo=3)
+    np.testing.assert_array_equal(again.teacher_scores, first.teacher_scores)
+    assert again.digest == first.digest
+
+
 def test_a_collection_with_only_a_test_split_recovers_on_pseudo_queries(
     tiny_model: Any, tmp_path: Path
 ) -> None:

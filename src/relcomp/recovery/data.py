@@ -318,6 +318,7 @@ def recovery_data(
             groups,
             depth=candidates,
             batch_size=batch_size,
+            use_cache=True,  # the teacher's scores are computed once, saved chunk by chunk
             show_progress_bar=show_progress_bar,
         )
     finally:
