@@ -935,10 +935,10 @@ def _add_compress(verbs: Verbs) -> None:
         "(6bits, mixed precision planned on the recovered model)",
     )
     compress.add_argument(
-        "--no-quantization-aware",
+        "--quantization-aware",
         action="store_true",
-        help="with --recover and a --quantize precision, recover in fp32 instead of through "
-        "the precision's rounding (quantization-aware, the default)",
+        help="with --recover and a --quantize precision, recover through that precision's "
+        "rounding instead of in fp32",
     )
     _add_compress_index(compress)
     compress.add_argument("-o", "--output", type=Path, required=True, help="the run folder")
@@ -1004,7 +1004,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             recover=args.recover,
             quantize=args.quantize,
             recovery_max_length=args.recovery_max_length,
-            quantization_aware=not args.no_quantization_aware,
+            quantization_aware=args.quantization_aware,
             show_progress_bar=not args.quiet,
             index=args.index,
             index_dims=args.index_dims,

@@ -153,7 +153,7 @@ class CompressOptions:
     recover: int | None = None
     quantize: str | None = None
     recovery_max_length: int = 128
-    quantization_aware: bool = True
+    quantization_aware: bool = False
     first_token: bool = False
     show_progress_bar: bool | None = None
     index: str | None = None

@@ -634,7 +634,7 @@ def compress(
     recover: int | None = None,
     quantize: str | None = None,
     recovery_max_length: int = 128,
-    quantization_aware: bool = True,
+    quantization_aware: bool = False,
     first_token: bool = False,
     show_progress_bar: bool | None = None,
     index: str | None = None,

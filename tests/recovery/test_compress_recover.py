@@ -38,6 +38,7 @@ def test_compress_with_recovery_exports_the_recovered_model(
         "recover": 3,
         "quantize": "int8",
         "recovery_max_length": 32,
+        "quantization_aware": True,
         "show_progress_bar": False,
     }
     result = pipeline.compress(
@@ -45,7 +46,7 @@ def test_compress_with_recovery_exports_the_recovered_model(
     )
     log = RecoveryLog.load(out / "recovered" / "recovery_log.json")
     assert log.steps == 3 and log.data["excluded_queries"] == 2
-    # --quantize int8 makes the recovery quantization-aware by default
+    # --quantization-aware with --quantize int8: recovery trains through int8's rounding
     assert log.quantization_aware is not None
     assert [list(e) for e in log.quantization_aware["entries"]] == [
         ["_default", "int8(per_channel=True)"]
