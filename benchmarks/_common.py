@@ -102,6 +102,19 @@ def add_markdown_option(parser: Any) -> None:
     )
 
 
+def add_ray_options(parser: Any, what: str, workers: str) -> None:
+    """``--ray [ADDRESS]`` and ``--workers N`` (see ``relcomp evaluate --ray``)."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help=f"{what} on Ray: 'local', 'auto' or host:port ($RELCOMP_RAY when absent)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help=workers)
+
+
 def read_results(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     return [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
 

@@ -58,6 +58,7 @@ from typing import Any
 
 from _common import (
     MAX_LENGTH,
+    add_ray_options,
     beir_path,
     machine,
     print_table,
@@ -317,17 +318,11 @@ def main() -> None:
         metavar="JSON",
         help="add these result files' rows to --output, recheck claims, redraw PNGs and exit",
     )
-    parser.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="evaluate each (plan, collection) cell as a Ray task: 'local', 'auto' or "
-        "host:port ($RELCOMP_RAY when absent); relevance and statistics are computed here once",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="Ray tasks at once (default: every CPU)"
+    add_ray_options(
+        parser,
+        "evaluate each (plan, collection) cell as a Ray task (relevance and statistics are "
+        "computed here once)",
+        "Ray tasks at once (default: every CPU)",
     )
     args = parser.parse_args()
     if args.merge:
