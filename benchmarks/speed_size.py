@@ -193,7 +193,12 @@ class Recovered:
 
         info = {}
         for key, folder in self.folders.items():
-            log_file = folder / RECOVERY_LOG_FILE
+            # relcomp recover writes the log into the folder; benchmarks/recovery.py beside it
+            log_file = next(
+                (f for f in (folder / RECOVERY_LOG_FILE, folder.parent / RECOVERY_LOG_FILE)
+                 if f.is_file()),
+                folder / RECOVERY_LOG_FILE,
+            )  # fmt: skip
             if not log_file.is_file():
                 info[key or "all"] = {"folder": relative(folder), "log": "none"}
                 continue

@@ -73,6 +73,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
     "speed_size.md": [
         ("speed_size", "markdown", ["speed_size_reranker.json"]),
         ("speed_size", "markdown", ["speed_size_retriever.json"]),
+        ("speed_size", "markdown", ["speed_size_recovered.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
     "recovery.md": [
@@ -80,7 +81,8 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
             "recovery",
             "markdown",
             ["recovery_reranker_scifact.json", "recovery_reranker_scifact_70.json"],
-        )
+        ),
+        ("recovery", "markdown", ["recovery_reranker_nfcorpus_70_qat.json"]),
     ],
     "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
