@@ -262,7 +262,12 @@ def test_two_nodes_hold_one_actor_each_and_give_the_same_scores(
     ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20},
+        # no dashboard: on a 2-core CI box it takes most of a core while the test runs
+        head_node_args={
+            "num_cpus": 1,
+            "object_store_memory": 100 * 2**20,
+            "include_dashboard": False,
+        },
     )
     try:
         cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
