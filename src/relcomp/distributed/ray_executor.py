@@ -30,6 +30,7 @@ Design (see also :mod:`relcomp.evaluation.executor`):
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -269,7 +270,6 @@ class RayExecutor:
         if not chunks:
             return
         self.connect()
-        import ray
         from ray.util import ActorPool
 
         actors = self._pool(model)
@@ -282,18 +282,12 @@ class RayExecutor:
         )
         received = 0
         while received < len(items):
-            try:
+            with _ray_errors(
+                "a Ray worker failed on a chunk",
+                "a Ray worker died and its chunk could not be retried",
+                f"{received} of {len(items)} chunks were finished and saved: run again to resume",
+            ):
                 position, values, tally, usage = next(results)
-            except ray.exceptions.RayTaskError as error:
-                cause = getattr(error, "cause", None)
-                if isinstance(cause, RelcompError | ValueError | OSError):
-                    raise cause from None
-                raise RelcompError(f"a Ray worker failed on a chunk: {error}") from error
-            except ray.exceptions.RayError as error:
-                raise RelcompError(
-                    f"a Ray worker died and its chunk could not be retried ({type(error).__name__}); "
-                    f"{received} of {len(items)} chunks were finished and saved: run again to resume"
-                ) from error
             received += 1
             record = self.stats[usage["worker"]]
             record["chunks"] += 1
@@ -347,17 +341,8 @@ class RayExecutor:
         while running:
             [ready], _ = ray.wait(list(running), num_returns=1)
             index = running.pop(ready)
-            try:
+            with _ray_errors("a Ray task failed", "a Ray task died and could not be retried"):
                 result = ray.get(ready)
-            except ray.exceptions.RayTaskError as error:
-                cause = getattr(error, "cause", None)
-                if isinstance(cause, RelcompError | ValueError | OSError):
-                    raise cause from None
-                raise RelcompError(f"a Ray task failed: {error}") from error
-            except ray.exceptions.RayError as error:
-                raise RelcompError(
-                    f"a Ray task died and could not be retried ({type(error).__name__})"
-                ) from error
             submit()
             yield index, result
 
@@ -418,3 +403,23 @@ def _before_local_ray() -> None:
         raise RelcompError(f"Ray cannot be imported ({error}): {RAY_EXTRA}") from error
     # Read once at import: an earlier `import ray` saw the old value.
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+@contextlib.contextmanager
+def _ray_errors(failed: str, died: str, then: str = "") -> Iterator[None]:
+    """Ray's errors as one relcomp message: a task's own error (bad input) as it was
+    raised; any other failure of a task as ``failed``; a worker lost for good as ``died``
+    (with ``then``: what was kept)."""
+    import ray
+
+    try:
+        yield
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, RelcompError | ValueError | OSError):
+            raise cause from None
+        raise RelcompError(f"{failed}: {error}") from error
+    except ray.exceptions.RayError as error:
+        raise RelcompError(
+            f"{died} ({type(error).__name__})" + (f"; {then}" if then else "")
+        ) from error
