@@ -146,9 +146,10 @@ def test_fake_quantizers_use_the_grid_they_promise():
     torch.manual_seed(0)
     weight = torch.randn(8, 48)
     int8 = fake_quantize_int8(weight)
-    steps = int8 / (weight.abs().amax(1, keepdim=True) / 127)
+    # onnxruntime's symmetric int8 grid: scale = max|w| / 127.5, levels -128..127
+    steps = int8 / (weight.abs().amax(1, keepdim=True) / 127.5)
     assert torch.allclose(steps, steps.round(), atol=1e-4)
-    assert steps.abs().max() <= 127 + 1e-3
+    assert steps.min() >= -128 - 1e-3 and steps.max() <= 127 + 1e-3
     int4 = fake_quantize_int4(weight, block_size=16)
     for block in range(3):
         part = slice(16 * block, 16 * (block + 1))

@@ -56,7 +56,6 @@ from relcomp.compression.quantize import (
     fake_quantize_fp16,
     fake_quantize_int4,
     fake_quantize_int8,
-    fake_quantize_int8_onnx,
 )
 from relcomp.compression.resolve import (
     ModelStructure,
@@ -127,7 +126,6 @@ __all__ = [
     "fake_quantize_fp16",
     "fake_quantize_int4",
     "fake_quantize_int8",
-    "fake_quantize_int8_onnx",
     "head_counts",
     "load_pruned_model",
     "matrix_bytes",

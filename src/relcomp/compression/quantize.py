@@ -16,10 +16,11 @@ __all__ = [
     "fake_quantize_fp16",
     "fake_quantize_int4",
     "fake_quantize_int8",
-    "fake_quantize_int8_onnx",
 ]
 
 INT8_MAX = 127
+#: onnxruntime's symmetric int8 weights: ``max|w|`` maps to half a step past 127
+ONNX_INT8_RANGE = 127.5
 UINT8_MAX = 255
 INT4_MAX = 7
 
@@ -30,16 +31,23 @@ def _symmetric(values: torch.Tensor, absmax: torch.Tensor, levels: int) -> torch
 
 
 def fake_quantize_int8(weight: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
-    """Symmetric int8 (±127): one scale per output row, or one for the whole tensor.
+    """Symmetric int8 on onnxruntime's grid: one scale per output row (or for the tensor).
+
+    ``scale = max|w| / 127.5`` and ``q = clamp(round(w / scale), -128, 127)``: what
+    ``quantize_dynamic`` and ``quantize_static`` store (uint8 with zero point 128, or
+    int8), so the torch simulation rounds as the exported graph does, bit for bit.
 
     Example:
         >>> w = torch.tensor([[0.3, -1.0, 0.25]])
         >>> fake_quantize_int8(w)
-        tensor([[ 0.2992, -1.0000,  0.2520]])
+        tensor([[ 0.2980, -0.9961,  0.2510]])
     """
     source = weight.float()
     absmax = source.abs().amax(dim=1, keepdim=True) if per_channel else source.abs().amax()
-    return _symmetric(source, absmax, INT8_MAX).to(weight.dtype)
+    scale = torch.where(absmax > 0, absmax / ONNX_INT8_RANGE, torch.ones_like(absmax))
+    return (torch.clamp(torch.round(source / scale), -INT8_MAX - 1, INT8_MAX) * scale).to(
+        weight.dtype
+    )
 
 
 def fake_quantize_int4(
@@ -127,22 +135,3 @@ def fake_quantize_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
         zero = torch.clamp(torch.round(-low / scale), 0, UINT8_MAX)
         rounded = (torch.clamp(torch.round(x / scale) + zero, 0, UINT8_MAX) - zero) * scale
     return x + (rounded - x).detach()
-
-
-def fake_quantize_int8_onnx(weight: torch.Tensor) -> torch.Tensor:
-    """Round a Linear's weight (``[out, in]``) as onnxruntime's ``quantize_dynamic`` stores it.
-
-    Per output channel, symmetric, on the full signed range: ``scale = max|w| / 127.5``
-    and ``q = clamp(round(w / scale), -128, 127)`` (stored as uint8 with zero point
-    128, or int8). Slightly finer than :func:`fake_quantize_int8`'s ±127 grid, and
-    bit-exact with the exported graph's weights, which quantization-aware training
-    needs.
-
-    Example:
-        >>> fake_quantize_int8_onnx(torch.tensor([[1.0, -0.5, 0.3]]))
-        tensor([[ 0.9961, -0.5020,  0.2980]])
-    """
-    source = weight.float()
-    absmax = source.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(absmax > 0, absmax / 127.5, torch.ones_like(absmax))
-    return (torch.clamp(torch.round(source / scale), -128, 127) * scale).to(weight.dtype)

@@ -88,6 +88,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Part of every compressed variant's name: bumped when the simulation rounds differently
+#: (2: int8 weights on onnxruntime's grid, max|w| / 127.5), so cached scores never mix.
+SIMULATION_VERSION = "2"
+
 #: Default clip of channel-wise activation ranges, in RMS of the channel (see
 #: :meth:`~relcomp.compression.ActivationStatistics.channel_ranges`): none, min–max per
 #: channel. On dev data (benchmarks/activation_quantization.py) clipping at 16 or 32×RMS
@@ -310,7 +314,7 @@ def weight_quantizer(action: Action) -> WeightQuantizer | None:
     Example:
         >>> quantize = weight_quantizer(Int8())
         >>> quantize(torch.tensor([[1.0, -0.5, 0.3]]), None)
-        tensor([[ 1.0000, -0.5039,  0.2992]])
+        tensor([[ 0.9961, -0.5020,  0.2980]])
     """
     if isinstance(action, FP16):
         return lambda matrix, columns: fake_quantize_fp16(matrix)
@@ -658,6 +662,7 @@ def _input_hook(transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> Any
 def _digest(plan: CompressionPlan, realisation: Realisation) -> str:
     """The plan's fingerprint, plus the calibration data that changes its outputs."""
     digest = hashlib.sha256(plan.fingerprint().encode())
+    digest.update(SIMULATION_VERSION.encode())  # cached scores never mix two roundings
     digest.update(json.dumps(sorted(realisation.scales.items())).encode())
     for module, channel_scales in sorted(realisation.channel_scales.items()):
         digest.update(module.encode() + channel_scales.cpu().numpy().tobytes())

@@ -6,9 +6,9 @@ just won back). Training through the quantizer lets the weights settle where rou
 hurts least. :class:`QuantizationAware` installs, reversibly, what ONNX Runtime will
 compute for each Linear the plan quantizes:
 
-* the weights rounded as the export stores them: int8 on onnxruntime's grid
-  (:func:`~relcomp.compression.fake_quantize_int8_onnx`, bit-exact), int4 blocks
-  and fp16 as :func:`~relcomp.compression.weight_quantizer` rounds them;
+* the weights rounded as the export stores them
+  (:func:`~relcomp.compression.weight_quantizer`: int8 on onnxruntime's grid, int4
+  blocks, fp16);
 * for dynamic int8 (``int8`` without ``activations=True``), the input rounded as
   ``DynamicQuantizeLinear`` does at run time: one asymmetric uint8 scale per tensor,
   from its minimum and maximum (zero always included).
@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from relcomp.artifacts import CompressionPlan
 from relcomp.compression.actions import FP32, Int8, PlanError
-from relcomp.compression.quantize import fake_quantize_dynamic_uint8, fake_quantize_int8_onnx
+from relcomp.compression.quantize import fake_quantize_dynamic_uint8
 from relcomp.compression.resolve import ModelStructure, resolve_on_structure
 from relcomp.compression.torch_realise import weight_quantizer
 from relcomp.models import RankingModel
@@ -110,11 +110,7 @@ class QuantizationAware:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         for name, action in self.actions.items():
             module = modules[name]
-            quantize = (
-                (lambda matrix, columns: fake_quantize_int8_onnx(matrix))
-                if isinstance(action, Int8)
-                else weight_quantizer(action)
-            )
+            quantize = weight_quantizer(action)
             if quantize is not None:
                 parametrize.register_parametrization(module, "weight", _StraightThrough(quantize))
                 self._parametrized.append(module)
