@@ -24,6 +24,20 @@ plans that ran and lists them in each verdict (``blind_run``). ``--markdown FILE
 prints the table of every budget, and ``--summary FILE…`` the verdicts counted per model
 and family; both read result files and run nothing.
 
+``--recover STEPS`` asks which choice recovers best: each structured plan (budgets 30 /
+50 / 70 % of the parameters removed; ``--levels 1`` is 50 %) is pruned physically and
+distilled back toward the uncompressed model with :func:`relcomp.recovery.recover` for
+the same ``STEPS`` on the same data (the collection's train/dev queries and corpus
+pseudo-queries, never test; the teacher's scores cached once), then evaluated. Each
+row keeps its nDCG@10 before recovery and the recovery's log (steps, pairs seen,
+seconds, held-out loss); verdicts compare the methods that ran, with a paired test
+against the best blind one. Checkpoints go to ``--recover-work``, so a stopped run
+resumes mid-recovery.
+
+    python benchmarks/compression_quality.py --datasets scifact --families prune-structured \
+        --levels 1 --methods relevance taylor magnitude random --recover 300 \
+        --output benchmarks/results/compression_quality_reranker_recovered.json
+
 ``--ray [ADDRESS]`` (and ``--workers N``) evaluates each (plan, collection) cell as a
 Ray task (:mod:`relcomp.distributed`): relevance, statistics and plans are computed
 here once, the model and statistics go to the object store once, and each row is
@@ -47,6 +61,8 @@ of BM25's candidates.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -75,6 +91,7 @@ from relcomp.evaluation import load_beir, paired_test
 from relcomp.models import RankingModel, load_model
 from relcomp.models.loading import DEFAULT_RETRIEVER, default_retriever_path
 from relcomp.pipeline import calibration_pairs, component_relevance, evaluate
+from relcomp.recovery import RecoveryData, RecoveryLog, recover, recovery_data
 
 logger = logging.getLogger("compression_quality")
 
@@ -88,6 +105,37 @@ BUDGETS: dict[str, list[dict[str, float]]] = {
 }
 
 
+#: Structured budgets with ``--recover``: recovery is what makes the larger ones usable.
+RECOVERY_BUDGETS: dict[str, list[dict[str, float]]] = {
+    "prune-structured": [{"params_removed": r} for r in (0.3, 0.5, 0.7)],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovery:
+    """``--recover``: the same steps on the same data for every plan of a collection."""
+
+    data: RecoveryData
+    steps: int
+    work: Path
+    max_length: int = 128
+
+    def run(
+        self, student: RankingModel, teacher: RankingModel, plan: Any
+    ) -> tuple[RankingModel, RecoveryLog]:
+        """``student`` distilled toward ``teacher``; checkpoints in a folder of its own."""
+        digest = hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+        return recover(
+            student,
+            teacher,
+            self.data,
+            steps=self.steps,
+            max_length=self.max_length,
+            checkpoint_dir=self.work / digest[:16],
+            show_progress_bar=False,
+        )
+
+
 #: Planner options per family. int4 with blocks of 32 everywhere (5 bits per weight)
 #: loses nothing measurable on the reranker, so the precision ladder starts coarser.
 PLAN_OPTIONS: dict[str, dict[str, Any]] = {
@@ -99,10 +147,25 @@ PLAN_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def evaluate_plan(
-    model: RankingModel, plan: Any, settings: dict[str, Any], statistics: Any
-) -> QualityReport:
-    """The quality of ``model`` under ``plan`` (restored afterwards)."""
+    model: RankingModel,
+    plan: Any,
+    settings: dict[str, Any],
+    statistics: Any,
+    recovery: Recovery | None = None,
+) -> Any:
+    """The quality of ``model`` under ``plan`` (restored afterwards).
+
+    With ``recovery`` (structural plans only): the pruned model's report, the recovered
+    model's and the recovery's log.
+    """
     structural, rest = plan.split_structural()
+    if recovery is not None:
+        if rest.entries or not structural.entries:
+            raise SystemExit("--recover: only structural plans (prune-structured) are recovered")
+        pruned = prune_physically(model, structural)
+        before = evaluate(pruned, **settings)
+        recovered, log = recovery.run(pruned, model, plan)
+        return before, evaluate(recovered, **settings), log
     if structural.entries:
         pruned = prune_physically(model, structural)
         assert pruned.cache_key != model.cache_key
@@ -130,13 +193,14 @@ def evaluate_cells(
     from relcomp.distributed import ray_setting
 
     address = ray_setting(args.ray)
+    recovery = getattr(args, "recovery", None)
     if address is None:
         for cell in cells:
             tic = time.time()
             _, _, retrieval, plan, _ = cell
             yield (
                 cell,
-                evaluate_plan(model, plan, settings(data, retrieval, quick), statistics),
+                evaluate_plan(model, plan, settings(data, retrieval, quick), statistics, recovery),
                 (time.time() - tic),
             )
         return
@@ -154,7 +218,7 @@ def evaluate_cells(
         executor.connect()
         model_ref, statistics_ref = ray.put(model), ray.put(statistics)
         arguments = [
-            (model_ref, plan, settings(data, retrieval, quick), statistics_ref)
+            (model_ref, plan, settings(data, retrieval, quick), statistics_ref, recovery)
             for _, _, retrieval, plan, _ in todo
         ]
         for index, (report, seconds) in executor.map_tasks(timed_cell, arguments):
@@ -162,11 +226,15 @@ def evaluate_cells(
 
 
 def timed_cell(
-    model: RankingModel, plan: Any, settings: dict[str, Any], statistics: Any
-) -> tuple[QualityReport, float]:
-    """One sweep cell, as a Ray task runs it: its report and its seconds."""
+    model: RankingModel,
+    plan: Any,
+    settings: dict[str, Any],
+    statistics: Any,
+    recovery: Recovery | None = None,
+) -> tuple[Any, float]:
+    """One sweep cell, as a Ray task runs it: its report(s) and its seconds."""
     tic = time.time()
-    return evaluate_plan(model, plan, settings, statistics), time.time() - tic
+    return evaluate_plan(model, plan, settings, statistics, recovery), time.time() - tic
 
 
 def by_depth(report: QualityReport) -> dict[str, float]:
@@ -318,6 +386,18 @@ def main() -> None:
         metavar="JSON",
         help="add these result files' rows to --output, recheck claims, redraw PNGs and exit",
     )
+    parser.add_argument(
+        "--recover",
+        type=int,
+        metavar="STEPS",
+        help="recover each structured plan for STEPS steps before evaluating it "
+        "(budgets 30/50/70 %%; see the module doc)",
+    )
+    parser.add_argument(
+        "--recover-work",
+        type=Path,
+        help="recovery checkpoints (default: a folder beside --output)",
+    )
     add_ray_options(
         parser,
         "evaluate each (plan, collection) cell as a Ray task (relevance and statistics are "
@@ -351,6 +431,17 @@ def main() -> None:
             f"--methods {' '.join(two_step)}: 'source+within' methods are prune-structured "
             f"only; run them with --families prune-structured"
         )
+    if args.recover is not None:
+        if args.recover <= 0:
+            raise SystemExit(f"--recover takes a positive number of steps, got {args.recover}")
+        if set(args.families) != {"prune-structured"}:
+            raise SystemExit(
+                f"--recover: only prune-structured plans are recovered, got --families "
+                f"{' '.join(args.families)}; add --families prune-structured"
+            )
+        if args.backfill_depths:
+            raise SystemExit("--recover cannot --backfill-depths: its rows are new models")
+    budgets = RECOVERY_BUDGETS if args.recover else BUDGETS
     set_threads(args.threads)
     quick = args.protocol == "quick"
     output = Path(args.output)
@@ -364,11 +455,16 @@ def main() -> None:
             raise SystemExit(
                 f"--resume: {output} holds the {protocol} protocol, not {args.protocol}"
             )
+        steps = payload.get("_meta", {}).get("recovery", {}).get("steps")
+        if steps != args.recover:
+            raise SystemExit(
+                f"--resume: {output} holds rows recovered for {steps} steps, not {args.recover}"
+            )
     meta = payload.setdefault("_meta", {})
     meta.update(
         protocol=args.protocol,
         machine=machine(),
-        budgets=BUDGETS,
+        budgets=budgets,
         plan_options=PLAN_OPTIONS,
         calibration={d: f"{s} ({args.calibration} pairs)" for d, s in CALIBRATION_SPLIT.items()},
     )
@@ -404,6 +500,18 @@ def main() -> None:
                     contrast=True,
                 )
             statistics = calibration_statistics(model, pairs)
+            if args.recover:
+                args.recovery = Recovery(
+                    recovery_data(model, data, max_length=Recovery.max_length),
+                    args.recover,
+                    args.recover_work or output.with_name(f"{output.stem}_recovery"),
+                )
+                meta["recovery"] = {
+                    "steps": args.recover,
+                    "max_length": Recovery.max_length,
+                    "data": "the collection's train/dev queries and as many corpus "
+                    "pseudo-queries, BM25 top-8 each (relcomp.recovery.recovery_data)",
+                }
             size = estimate_size(model, CompressionPlan(model.name, ()))
             per_family = payload.setdefault(model_key(model_path), {}).setdefault(dataset, {})
             for retrieval in retrievals:
@@ -459,7 +567,7 @@ def main() -> None:
                         r
                         for r in per_family[family]
                         if r["method"] == method
-                        and r["budget"] == BUDGETS[family][budget]
+                        and r["budget"] == budgets[family][budget]
                         and _retrieval(r) == retrieval
                     ]
                     if done and not (
@@ -486,7 +594,7 @@ def main() -> None:
                     plan = make_plan(
                         model,
                         family,
-                        BUDGETS[family][budget],
+                        budgets[family][budget],
                         importance=importance,
                         relevance=relevance[source],
                         calibration=pairs,
@@ -496,9 +604,23 @@ def main() -> None:
                     )
                     yield family, method, retrieval, plan, done
 
-            for (family, method, retrieval, plan, done), report, seconds in evaluate_cells(
+            for (family, method, retrieval, plan, done), found, seconds in evaluate_cells(
                 model, cells(), data, quick, statistics, args
             ):
+                recovered: dict[str, Any] = {}
+                if args.recover:
+                    before, report, log = found
+                    recovered = {"ndcg@10_before_recovery": float(before.measures["nDCG@10"])}
+                    recovered["recovery"] = {
+                        "steps": log.steps,
+                        "pairs_seen": log.pairs_seen,
+                        "seconds": log.seconds,
+                        "device": log.device,
+                        "max_length": log.max_length,
+                        "heldout_loss": [dict(c) for c in log.checkpoints],
+                    }
+                else:
+                    report = found
                 score = float(report.measures["nDCG@10"])
                 row = {
                     "budget": dict(plan.budget),
@@ -510,6 +632,7 @@ def main() -> None:
                     "achieved": dict(plan.achieved),
                     "per_query": per_query(report),
                     "ndcg@10_by_depth": by_depth(report),
+                    **recovered,
                 }
                 if done:  # --backfill-depths: the same scores, read back from the cache
                     if abs(score - done[0]["ndcg@10"]) > 1e-9:
@@ -662,9 +785,11 @@ def claims(payload: dict[str, Any]) -> list[dict[str, Any]]:
     must lose nothing either. The quick protocol (the sweep) judges a budget once every
     blind baseline has run there. The full protocol confirms the sweep's best plans, so
     it judges against the blind plans that ran, and each verdict lists them
-    (``blind_run``).
+    (``blind_run``); so do recovered sweeps (``--recover``), which run chosen methods.
     """
-    confirmation = payload.get("_meta", {}).get("protocol") == "full"
+    meta = payload.get("_meta", {})
+    # the full protocol and recovered sweeps run chosen methods: judge against those run
+    confirmation = meta.get("protocol") == "full" or bool(meta.get("recovery"))
     found = []
     for model, dataset, family, retrieval, rows in groups(payload):
         found += _claims_of(rows, model, dataset, family, retrieval, confirmation)

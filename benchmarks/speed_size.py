@@ -305,6 +305,8 @@ def quality(
     """nDCG@10 of every system re-ranking the same BM25 candidates of the same test queries.
 
     ``executor`` (``--ray``): the pairs are scored on Ray, in chunks, the same scores.
+    The full protocol saves scores in relcomp's score cache (keyed by the weights' or
+    ONNX files' digests), so a stopped run resumes where it stopped.
     """
     dataset = load_beir(beir_path(dataset_name), "test")
     query_ids = (
@@ -324,6 +326,7 @@ def quality(
             depth=protocol.depth,
             show_progress_bar=False,
             executor=executor,
+            use_cache=protocol.name == "full",
         )
         report = quality_report(
             name, dataset, run, ["nDCG@10"], query_ids=query_ids, first_stage="bm25"
@@ -351,21 +354,30 @@ def timing_pairs(dataset_name: str, n: int, depth: int) -> tuple[list[str], list
 
 
 # -- targets ------------------------------------------------------------------------------
-def targets(rows: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]:
-    """Each target for each relcomp plan; the best plan is the one meeting most."""
+def targets(
+    rows: list[dict[str, Any]], datasets: list[str], reference: str = TORCH
+) -> dict[str, Any]:
+    """Each target for each relcomp plan; the best plan is the one meeting most.
+
+    Speed and size are against torch fp32; quality losses against ``reference`` (torch
+    fp32, or ORT fp32 when torch fp32 was not scored: ``--skip-quality``).
+    """
     by_name = {row["system"]: row for row in rows}
     torch_row, fp32_row, peer_row = by_name[TORCH], by_name[ORT_FP32], by_name[PEER]
+    quality_row = by_name[reference]
     fp32_mb = torch_row["size_mb"]
     results = {}
     for row in rows:
         if not row["system"].startswith("relcomp"):
             continue
         losses = {
-            d: 100 * (torch_row["ndcg@10"][d] - row["ndcg@10"][d])
+            d: 100 * (quality_row["ndcg@10"][d] - row["ndcg@10"][d])
             for d in datasets
             if d in row["ndcg@10"]
         }
-        peer_losses = {d: 100 * (torch_row["ndcg@10"][d] - peer_row["ndcg@10"][d]) for d in losses}
+        peer_losses = {
+            d: 100 * (quality_row["ndcg@10"][d] - peer_row["ndcg@10"][d]) for d in losses
+        }
         checks = {
             "loss ≤ 0.5 nDCG@10 points on every collection": (
                 max(losses.values()) <= 0.5,
@@ -508,22 +520,41 @@ def run_model(
     payload[name] = rows  # saved after each collection: a stopped run keeps its figures
     meta: dict[str, Any] = {"model": name, "kind": model.kind, "max_length": model.max_length}
     payload["_meta"].setdefault("models", {})[name] = meta
+    reference = quality_reference(args.skip_quality)
+    meta["quality_reference"] = reference
+    if args.skip_quality:
+        meta["not_scored"] = list(args.skip_quality)
     for dataset in args.datasets:
         scored = {
             name: per_dataset[name][dataset] if name in per_dataset else system
             for name, system in systems.items()
+            if name not in args.skip_quality
         }
         means, per_query, setting = quality(
             scored, dataset, protocol, getattr(args, "executor", None)
         )
         meta[f"evaluation_{dataset}"] = setting
         for row in rows:
+            if row["system"] not in means:
+                continue
             row["ndcg@10"][dataset] = means[row["system"]]
-            if row["system"] != TORCH:
-                test = paired_test(per_query[TORCH], per_query[row["system"]], ["nDCG@10"])
+            if row["system"] != reference:
+                test = paired_test(per_query[reference], per_query[row["system"]], ["nDCG@10"])
+                # the key keeps its name; _meta's quality_reference says against what
                 row["p_value_vs_torch"][dataset] = test["p_values"]["nDCG@10"]
         save()
     return rows, meta
+
+
+def quality_reference(skipped: list[str]) -> str:
+    """The system losses and p values are taken against: torch fp32 unless not scored."""
+    for system in (TORCH, ORT_FP32):
+        if system not in skipped:
+            return system
+    raise SystemExit(
+        "--skip-quality: at least one of torch fp32 and ORT fp32 must be scored "
+        "(the uncompressed reference that losses are measured against)"
+    )
 
 
 def make_achieved(model: RankingModel, plan: CompressionPlan) -> dict[str, Any]:
@@ -574,6 +605,17 @@ def main() -> None:
         action="store_true",
         help="relcomp bundles run a cross-encoder's last layer at the first token only",
     )
+    parser.add_argument(
+        "--skip-quality",
+        nargs="+",
+        default=[],
+        choices=(TORCH, ORT_FP32),
+        metavar="SYSTEM",
+        help=f"time and size these systems but do not score their quality ({TORCH!r} or "
+        f"{ORT_FP32!r}); losses are then against the other, whose scores equal torch's "
+        "within the export's parity tolerance (the full protocol's torch fp32 scoring takes "
+        "about 1.5 hours on 2 cores)",
+    )
     add_ray_options(
         parser, "score the quality part's pairs (timing always runs here)", "Ray actors"
     )
@@ -584,6 +626,7 @@ def main() -> None:
         return
     if not args.output:
         parser.error("--output is required (or --markdown FILE.json)")
+    quality_reference(args.skip_quality)  # checked before any work
     with executor_for(args.ray, args.workers) as executor:
         args.executor = executor
         run(args)
@@ -622,7 +665,7 @@ def run(args: argparse.Namespace) -> None:
     table = []
     for key in args.models:
         rows, meta = run_model(key, args, protocol, work, payload, save)
-        verdict = targets(rows, args.datasets)
+        verdict = targets(rows, args.datasets, meta["quality_reference"])
         payload["_meta"].setdefault("targets", {})[meta["model"]] = verdict
         save()
         for row in rows:
@@ -634,7 +677,7 @@ def run(args: argparse.Namespace) -> None:
                     f"{row['pairs_per_s']:.1f}",
                     f"{row['p50_ms']:.1f}",
                     f"{row['p95_ms']:.1f}",
-                    *(f"{row['ndcg@10'].get(d, float('nan')):.4f}" for d in args.datasets),
+                    *(_ndcg(row, d) for d in args.datasets),
                 ]
             )
         print_table(
@@ -650,6 +693,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"\nwrote {output} ({time.time() - started:.0f} s)")
     if not os.environ.get("SPEED_SIZE_KEEP_BUNDLES"):
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _ndcg(row: dict[str, Any], dataset: str) -> str:
+    value = row["ndcg@10"].get(dataset)
+    return "not scored" if value is None else f"{value:.4f}"
 
 
 def markdown(payloads: list[dict[str, Any]]) -> str:
@@ -668,7 +716,7 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
                     f"{s['pairs_per_s']:.1f}",
                     f"{s['p50_ms']:.1f}",
                     f"{s['p95_ms']:.1f}",
-                    *(f"{s['ndcg@10'][d]:.4f}" for d in datasets),
+                    *(_ndcg(s, d) for d in datasets),
                 ]
                 for s in systems
             ]

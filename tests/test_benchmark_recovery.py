@@ -1,0 +1,144 @@
+"""The recovery benchmarks' own logic: recovered sweep cells, and losses against ORT fp32."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relcomp.compression.planners import make_plan
+from relcomp.recovery import recovery_data
+from tests.recovery.test_recovery import write_collection
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def scripts() -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield lambda name: importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# -- compression_quality.py --recover -----------------------------------------------------
+def test_a_recovered_cell_reports_before_and_after_and_reruns_to_the_same_model(
+    scripts: Any, tiny_model: Any, tmp_path: Path
+) -> None:
+    quality = scripts("compression_quality")
+    collection = write_collection(tmp_path / "collection")
+    teacher = tiny_model("minilm")
+    plan = make_plan(teacher, "prune-structured", {"params_removed": 0.5}, importance="magnitude")
+    data = recovery_data(teacher, collection, candidates=4, pseudo=4)
+    recovery = quality.Recovery(data, steps=6, work=tmp_path / "work")
+    settings = {"data_dir": collection, "split": "test", "depth": 4, "max_length": 64}
+
+    before, after, log = quality.evaluate_plan(teacher, plan, settings, None, recovery)
+    assert log.steps == 6 and log.pairs_seen > 0
+    assert before.n_queries == after.n_queries > 0
+    assert log.checkpoints[-1]["step"] == 6  # the held-out loss the row records
+    [checkpoint] = list((tmp_path / "work").iterdir())  # one folder per plan
+    # a second run finds the finished checkpoint and gives the same model back
+    again = quality.evaluate_plan(teacher, plan, settings, None, recovery)
+    assert again[1].measures == after.measures and again[2].losses == log.losses
+    assert list((tmp_path / "work").iterdir()) == [checkpoint]
+
+
+def test_recovered_sweeps_are_judged_against_the_blind_plans_that_ran(scripts: Any) -> None:
+    quality = scripts("compression_quality")
+    budget = {"params_removed": 0.5}
+    rows = [{"budget": None, "method": "reference", "ndcg@10": 0.60, "size_mb": 90.0}]
+    rows += [
+        {"budget": budget, "method": m, "ndcg@10": v, "size_mb": 50.0}
+        for m, v in (("relevance", 0.598), ("taylor", 0.59), ("random", 0.55))
+    ]
+    payload = {"_meta": {"protocol": "quick"}, "m": {"d": {"prune-structured": rows}}}
+    assert quality.claims(payload) == []  # a sweep waits for every blind baseline
+    payload["_meta"]["recovery"] = {"steps": 300}
+    [verdict] = quality.claims(payload)
+    assert verdict["best_blind"] == "taylor" and verdict["blind_run"] == ["random", "taylor"]
+    assert verdict["met"]  # loses 0.002 ≤ 0.01 / 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--recover", "0"], "--recover takes a positive number of steps, got 0"),
+        (
+            ["--recover", "10", "--families", "prune-structured", "mixed-precision"],
+            "only prune-structured plans are recovered",
+        ),
+    ],
+)
+def test_bad_recovery_settings_fail_before_any_work(
+    scripts: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    quality = scripts("compression_quality")
+    output = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", ["compression_quality.py", "--output", str(output), *argv])
+    monkeypatch.setattr(quality, "load_model", _no_work)
+    with pytest.raises(SystemExit, match=message):
+        quality.main()
+    assert not output.exists()
+
+
+def test_resuming_a_file_recovered_for_other_steps_is_refused(
+    scripts: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quality = scripts("compression_quality")
+    output = tmp_path / "out.json"
+    output.write_text('{"_meta": {"protocol": "quick", "recovery": {"steps": 300}}}')
+    argv = ["--output", str(output), "--resume", "--families", "prune-structured"]
+    monkeypatch.setattr(sys, "argv", ["compression_quality.py", *argv, "--recover", "100"])
+    monkeypatch.setattr(quality, "load_model", _no_work)
+    with pytest.raises(SystemExit, match="recovered for 300 steps, not 100"):
+        quality.main()
+
+
+def _no_work(*_: Any, **__: Any) -> Any:
+    raise AssertionError("the model was loaded before the settings were checked")
+
+
+# -- speed_size.py --skip-quality ---------------------------------------------------------
+def _row(system: str, mb: float, pairs_per_s: float, **ndcg: float) -> dict[str, Any]:
+    return {"system": system, "size_mb": mb, "pairs_per_s": pairs_per_s, "ndcg@10": ndcg}
+
+
+def test_losses_are_taken_against_ort_fp32_when_torch_fp32_is_not_scored(scripts: Any) -> None:
+    speed = scripts("speed_size")
+    rows = [
+        _row(speed.TORCH, 90.9, 10.0),
+        _row(speed.ORT_FP32, 90.9, 25.0, nf=0.3400),
+        _row(speed.PEER, 23.0, 30.0, nf=0.3380),
+        _row("relcomp pruned 70% + recovery + int8", 16.0, 90.0, nf=0.3360),
+    ]
+    assert speed.quality_reference([speed.TORCH]) == speed.ORT_FP32
+    assert speed.quality_reference([]) == speed.TORCH
+    verdict = speed.targets(rows, ["nf"], speed.ORT_FP32)
+    checks = verdict["plans"]["relcomp pruned 70% + recovery + int8"]["checks"]
+    assert checks["loss ≤ 0.5 nDCG@10 points on every collection"]["figure"] == "nf +0.40"
+    assert checks["≥ 3× torch fp32 throughput"]["figure"] == "9.00×"  # speed: against torch
+    assert not checks["less loss than the int8 peer at equal or smaller size"]["met"]
+    with pytest.raises(SystemExit, match="at least one of torch fp32 and ORT fp32"):
+        speed.quality_reference([speed.TORCH, speed.ORT_FP32])
+    payload = {"_meta": {"datasets": ["nf"]}, "m": rows}
+    assert "| torch fp32 | 90.9 | 10.0 |" in speed.markdown([_with_timing(payload)])
+
+
+def _with_timing(payload: dict[str, Any]) -> dict[str, Any]:
+    for row in payload["m"]:
+        row.update(p50_ms=1.0, p95_ms=2.0)
+    return payload
