@@ -132,6 +132,8 @@ class Artifact(_FileLayout):
 
     KIND: ClassVar[str] = "artifact"
     VERSION: ClassVar[int] = 1
+    #: Older versions still read: their files lack only fields that have a default.
+    READS_VERSIONS: ClassVar[tuple[int, ...]] = ()
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -148,7 +150,7 @@ class Artifact(_FileLayout):
         version = data.pop("version", None)
         if kind != cls.KIND:
             raise DataFormatError(source, None, f"expected a {cls.KIND!r} artifact, found {kind!r}")
-        if version != cls.VERSION:
+        if version != cls.VERSION and version not in cls.READS_VERSIONS:
             raise DataFormatError(
                 source,
                 None,
@@ -998,7 +1000,12 @@ class RecoveryLog(Artifact):
     wall time summed over resumed runs; ``data`` says what the groups were made from
     (collection, splits, pseudo-queries, candidates, teacher). ``quantization_aware``
     is the plan whose rounding the student trained through (its JSON), or ``None``
-    for fp32 training.
+    for fp32 training. ``hidden_weight`` is the weight of hidden-state matching in the
+    loss (0: none) and ``hidden_layers`` the ``(student layer, teacher layer)`` pairs it
+    matched; with it, checkpoints also hold ``heldout_hidden_mse``, and ``losses`` are
+    the distillation loss plus the weighted hidden-state term (``heldout_loss`` stays
+    the distillation loss alone, comparable between runs). Version 1 logs (before
+    hidden-state matching) read with a weight of 0.
 
     Example:
         >>> log = RecoveryLog(student="s", teacher="t", loss="listwise-kl", steps=2,
@@ -1009,6 +1016,8 @@ class RecoveryLog(Artifact):
     """
 
     KIND: ClassVar[str] = "recovery_log"
+    VERSION: ClassVar[int] = 2
+    READS_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
 
     student: str
     teacher: str
@@ -1026,6 +1035,8 @@ class RecoveryLog(Artifact):
     temperature: float = 1.0
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     quantization_aware: Mapping[str, Any] | None = None
+    hidden_weight: float = 0.0
+    hidden_layers: tuple[tuple[int, int], ...] = ()
 
     @property
     def final_heldout_loss(self) -> float | None:

@@ -209,6 +209,13 @@ def _add_recover(verbs: Verbs) -> None:
     )
     recover.add_argument("--temperature", type=float, default=None, help="of the loss's softmax")
     recover.add_argument(
+        "--hidden-weight",
+        type=float,
+        default=0.0,
+        help="also match each kept layer's hidden states to the teacher layer it came from, "
+        "with this weight (default 0: off; costs one teacher forward pass per step)",
+    )
+    recover.add_argument(
         "--gate-queries",
         type=int,
         default=50,
@@ -247,6 +254,7 @@ def _cmd_recover(args: argparse.Namespace) -> None:
         pseudo=args.pseudo,
         loss=args.loss,
         temperature=args.temperature,
+        hidden_weight=args.hidden_weight,
         gate_queries=args.gate_queries,
         checkpoint_every=args.checkpoint_every,
         quantize=args.quantize,
@@ -929,6 +937,13 @@ def _add_compress(verbs: Verbs) -> None:
         help="input length while recovering (default: 128)",
     )
     compress.add_argument(
+        "--recovery-hidden-weight",
+        type=float,
+        default=0.0,
+        help="with --recover, also match each kept layer's hidden states to the original's, "
+        "with this weight (default 0: off; see relcomp recover --hidden-weight)",
+    )
+    compress.add_argument(
         "--quantize",
         default=None,
         help="then quantize: a precision everywhere (int8, int4, fp16) or a bits budget "
@@ -1005,6 +1020,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             quantize=args.quantize,
             recovery_max_length=args.recovery_max_length,
             quantization_aware=args.quantization_aware,
+            recovery_hidden_weight=args.recovery_hidden_weight,
             show_progress_bar=not args.quiet,
             index=args.index,
             index_dims=args.index_dims,

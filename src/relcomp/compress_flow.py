@@ -154,6 +154,7 @@ class CompressOptions:
     quantize: str | None = None
     recovery_max_length: int = 128
     quantization_aware: bool = False
+    recovery_hidden_weight: float = 0.0
     first_token: bool = False
     show_progress_bar: bool | None = None
     index: str | None = None
@@ -169,12 +170,18 @@ class CompressOptions:
         if self.recover is not None:
             from relcomp.recovery import RecoverySettings
 
-            RecoverySettings(steps=self.recover, max_length=self.recovery_max_length)
+            RecoverySettings(
+                steps=self.recover,
+                max_length=self.recovery_max_length,
+                hidden_weight=self.recovery_hidden_weight,
+            )
             if len(self.budgets) > 1:
                 raise ValueError(
                     "--recover takes one budget: several budgets would each need their own "
                     "recovery, which compress does not run yet"
                 )
+        elif self.recovery_hidden_weight:
+            raise ValueError("--recovery-hidden-weight shapes recovery: give --recover STEPS too")
         if self.quantize is not None:
             parse_quantize(self.quantize)
         if self.explanations < 0:
@@ -227,7 +234,8 @@ class CompressFlow:
        ``parity.json``, ``relcomp_bundle.json`` (the folder is then a bundle that
        ``load_model`` and sentence-transformers load);
     5. :meth:`quality_gate`: nDCG@10 of the torch fp32 reference and of the bundle on
-       the calibration split → ``evaluation/gate_*.json``;
+       the calibration split → ``evaluation/gate_*.json`` (after a recovery, also the
+       pruned model before it → ``evaluation/gate_pruned.json``);
     5b. :meth:`index` (a bi-encoder, with ``index``): its compressed corpus index and its
        quality against the float index → ``index.json``, ``index_quality.json``;
     6. :meth:`evaluation` of both on the reported split (same queries, same
@@ -284,6 +292,11 @@ class CompressFlow:
         self.compressed: Any = None  # the ONNX bundle, once exported
         #: what export compresses: the reference, or the recovered model
         self.source: RankingModel = self.reference
+        #: the structural plan recovery started from (the pruned model it trained), if any
+        self.pruned_by: CompressionPlan | None = None
+        #: gate-split nDCG@10 of the reference, of the pruned model before recovery and of
+        #: the bundle after it, once the gate measured them (recovery runs only)
+        self.recovery_gate: dict[str, Any] | None = None
         #: where evaluations compute their chunks (a Ray pool under --ray); never in settings
         self.executor: ChunkExecutor | None = None
         self.names: tuple[str, str] = ("fp32 (torch)", "")
@@ -570,7 +583,7 @@ class CompressFlow:
         """
         options = self.options
         if options.recover is None:
-            self.run.forget("recovery")
+            self.run.forget("recovery", _GATE_BEFORE_RECOVERY)
             return self._with_quantization(the_plan, self.reference)
         structural, rest = the_plan.split_structural()
         if not structural.entries:
@@ -587,6 +600,12 @@ class CompressFlow:
             "data": self.data_identity,
             "gate": [self.calibration_split, self.evaluation_settings["queries"]],
             **({"quantization_aware": aware} if aware else {}),
+            # named only when used, so runs made before the option existed still resume
+            **(
+                {"hidden_weight": options.recovery_hidden_weight}
+                if options.recovery_hidden_weight
+                else {}
+            ),
         }
         folder = self.run.path / "recovered"
 
@@ -611,6 +630,7 @@ class CompressFlow:
                 ),
                 gate_queries=0,  # the flow's own gate judges the exported model afterwards
                 quantize=aware,
+                hidden_weight=options.recovery_hidden_weight,
                 show_progress_bar=options.show_progress_bar,
             )
             return sorted(
@@ -618,6 +638,7 @@ class CompressFlow:
             )
 
         self.run.step("recovery", settings, make, what=f"the recovered model in {folder}")
+        self.pruned_by = structural
         student = load_model(folder, max_length=self.reference.max_length)
         self.source = student
         moved = plan_after_pruning(rest, self.reference, structural)
@@ -659,8 +680,11 @@ class CompressFlow:
                 "max_length": log.max_length,
                 "loss": log.loss,
                 "heldout_loss": [log.checkpoints[0].get("heldout_loss"), log.final_heldout_loss],
+                "hidden_weight": log.hidden_weight,
                 "data": dict(log.data),
             }
+            if self.recovery_gate is not None:  # "after" is the exported bundle the gate judged
+                extra["recovery"]["gate"] = dict(self.recovery_gate)
         return extra
 
     def _with_quantization(self, the_plan: CompressionPlan, model: RankingModel) -> CompressionPlan:
@@ -771,6 +795,16 @@ class CompressFlow:
         result = GateResult.compare(gate_reference, gate_compressed, split, max_ndcg_loss)
         gate = result.summary()
         logger.info("  nDCG@10 %.4f → %.4f", gate["reference"], gate["candidate"])
+        before = self._gate_before_recovery(split)
+        if before is not None:
+            self.recovery_gate = {
+                "measure": NDCG_AT_10,
+                "split": split,
+                "n_queries": before.n_queries,
+                "reference": gate["reference"],
+                "before": before.measures[NDCG_AT_10],
+                "after": gate["candidate"],
+            }
         if not result.passed:
             self.compressed = None  # close the ONNX Runtime session before its file goes
             self._withdraw_bundle()
@@ -783,6 +817,41 @@ class CompressFlow:
                 result,
             )
         return gate
+
+    def _gate_before_recovery(self, split: str) -> QualityReport | None:
+        """The pruned model, before recovery, on the gate's queries and candidates.
+
+        The one evaluation recovery adds to the flow (the gate measures the reference and
+        the recovered bundle already), made only when recovery ran; saved as
+        ``evaluation/gate_pruned.json`` and reused while the plan and the gate's settings
+        stay the same.
+        """
+        if self.pruned_by is None:
+            self.run.forget(_GATE_BEFORE_RECOVERY)
+            return None
+        pruned_by = self.pruned_by
+        settings = {
+            "reference": self.reference.cache_key,
+            "plan": self.run.digest("plan"),
+            **self.data_identity,
+            "split": split,
+            "max_length": self.reference.max_length,
+            **_plain_settings(self.evaluation_settings),
+        }
+
+        def make() -> list[str]:
+            from relcomp.compression import prune_physically
+
+            pruned = prune_physically(self.reference, pruned_by)
+            self._evaluate(pruned, split).save(self.run.path / _GATE_PRUNED)
+            return [_GATE_PRUNED]
+
+        self.run.step(_GATE_BEFORE_RECOVERY, settings, make)
+        report = QualityReport.load(self.run.path / _GATE_PRUNED)
+        logger.info(
+            "  nDCG@10 of the pruned model before recovery: %.4f", report.measures[NDCG_AT_10]
+        )
+        return report
 
     def _withdraw_bundle(self) -> None:
         """After a failed gate: delete the bundle and everything made from it (see :func:`compress`)."""
@@ -1057,6 +1126,9 @@ class CompressFlow:
 _CANDIDATES = "evaluation/candidates.json"
 #: The speed step's file.
 _SPEED = "evaluation/speed.json"
+#: The step that measures the pruned model before recovery on the gate split, and its file.
+_GATE_BEFORE_RECOVERY = "gate before recovery"
+_GATE_PRUNED = "evaluation/gate_pruned.json"
 #: Gate reports of the reference and of the plan that came nearest, when every plan failed.
 _NEAREST_MISS = ["evaluation/plans_tried_reference.json", "evaluation/plans_tried_nearest.json"]
 

@@ -635,6 +635,7 @@ def compress(
     quantize: str | None = None,
     recovery_max_length: int = 128,
     quantization_aware: bool = False,
+    recovery_hidden_weight: float = 0.0,
     first_token: bool = False,
     show_progress_bar: bool | None = None,
     index: str | None = None,
@@ -690,6 +691,8 @@ def compress(
         report: write ``report.html``.
         resume: skip steps already done under the same settings.
         threads: torch and ONNX Runtime threads while timing (BENCHMARKS.md: 2).
+        recovery_hidden_weight: with ``recover``, the weight of hidden-state matching
+            in the recovery loss (0: none; see :func:`recover`).
         show_progress_bar: tqdm bars; ``None`` follows the logger level.
         index: a bi-encoder's corpus index built with the bundle after the gate:
             ``float32``, ``float16``, ``int8`` or ``binary`` (``None``: none); see
@@ -725,7 +728,7 @@ def compress(
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,
         threads=threads, recover=recover, quantize=quantize,
         recovery_max_length=recovery_max_length, quantization_aware=quantization_aware,
-        first_token=first_token,
+        recovery_hidden_weight=recovery_hidden_weight, first_token=first_token,
         show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
         index_rescore=index_rescore, index_dim_selection=index_dim_selection, ray=ray,
         workers=workers,
@@ -835,6 +838,7 @@ def recover(
     pseudo: int | None = None,
     loss: str | None = None,
     temperature: float | None = None,
+    hidden_weight: float = 0.0,
     exclude: Sequence[str] = (),
     gate_queries: int = 50,
     gate_depth: int = 30,
@@ -873,6 +877,10 @@ def recover(
         pseudo: pseudo-queries from the corpus (default: as many as split queries).
         loss: ``listwise-kl``, ``margin-mse`` (cross-encoders) or ``embedding`` (bi-encoders).
         temperature: the loss's softmax temperature.
+        hidden_weight: above 0, also match the hidden states of every layer the student
+            kept to the teacher layer it came from, with this weight (see
+            :mod:`relcomp.recovery.hidden`); the teacher then runs on every training
+            batch, one more forward pass per step.
         exclude: more query ids kept out of the recovery data (a later gate's, say).
         gate_queries: held-out dev/train queries evaluated at each checkpoint (0: none).
         gate_depth: BM25 depth of that evaluation.
@@ -897,6 +905,7 @@ def recover(
         RECOVERY_LOG_FILE,
         RecoverySettings,
         check_teacher,
+        layer_pairs,
         quantization_actions,
         recovery_data,
     )
@@ -911,6 +920,7 @@ def recover(
         loss=loss,
         temperature=temperature,
         checkpoint_every=checkpoint_every,
+        hidden_weight=hidden_weight,
     )  # every setting checked before a model is loaded
     precision = None
     if isinstance(quantize, str):
@@ -943,6 +953,8 @@ def recover(
     check_teacher(trained, reference)
     if the_plan is not None:
         trained = prune_physically(trained, the_plan)
+    if hidden_weight > 0:  # layers that cannot be paired fail before the teacher scores anything
+        layer_pairs(trained, reference)
     quantize_plan = (
         CompressionPlan(trained.name, (("_default", str(precision)),), method="quantize")
         if precision is not None
@@ -996,6 +1008,7 @@ def recover(
         checkpoint_every=checkpoint_every,
         loss=loss,
         temperature=temperature,
+        hidden_weight=hidden_weight,
         gate=gate if gate_ids else None,
         quantize=quantize_plan,
         show_progress_bar=show_progress_bar,

@@ -39,6 +39,8 @@ def test_compress_with_recovery_exports_the_recovered_model(
         "quantize": "int8",
         "recovery_max_length": 32,
         "quantization_aware": True,
+        # hidden-state matching through the flow for one kind; the other trains without it
+        "recovery_hidden_weight": 0.5 if kind == "cross-encoder" else 0.0,
         "show_progress_bar": False,
     }
     result = pipeline.compress(
@@ -46,6 +48,8 @@ def test_compress_with_recovery_exports_the_recovered_model(
     )
     log = RecoveryLog.load(out / "recovered" / "recovery_log.json")
     assert log.steps == 3 and log.data["excluded_queries"] == 2
+    assert log.hidden_weight == settings["recovery_hidden_weight"]
+    assert (log.hidden_layers != ()) == (kind == "cross-encoder")
     # --quantization-aware with --quantize int8: recovery trains through int8's rounding
     assert log.quantization_aware is not None
     assert [list(e) for e in log.quantization_aware["entries"]] == [
@@ -65,8 +69,22 @@ def test_compress_with_recovery_exports_the_recovered_model(
     scores = bundle.score(list(QUERIES[:3]), list(DOCUMENTS[:3]))
     assert np.isfinite(scores).all()
     assert not (out / ".recovered.recovery").exists()
+    # the gate split's nDCG@10 of the pruned model before recovery, beside the gate's own
+    gate = quality["provenance"]["recovery"]["gate"]
+    pruned = json.loads((out / "evaluation" / "gate_pruned.json").read_text())
+    assert gate["before"] == pruned["measures"]["nDCG@10"]
+    assert gate["reference"] == quality["gate"]["reference"]
+    assert gate["after"] == quality["gate"]["candidate"]
+    assert gate["split"] == quality["gate"]["split"] and gate["n_queries"] == 2
+    assert pruned["n_queries"] == 2 and 0.0 <= gate["before"] <= 1.0
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="recovery"' in page and "Loss at each checkpoint" in page
+    recovery = page[page.index('id="recovery"') : page.index('id="parity"')]
+    assert "Loss curve" in recovery and 'src="data:image/png;base64,' in recovery
+    assert (out / "figures" / "recovery_loss.png").is_file()
+    assert "before and after recovery" in recovery
+    for value in (gate["reference"], gate["before"], gate["after"]):
+        assert f"{value:.4f}" in recovery
     assert "Explanation parity" in page
     # a second run resumes every step, the recovery included
     again = pipeline.compress(

@@ -67,6 +67,7 @@ def test_recover_refuses_a_teacher_of_another_family_and_leaves_nothing(
         (["--steps", "0"], "at least 1"),
         (["--steps", "2", "--lr", "-1"], "learning rate"),
         (["--steps", "2", "--loss", "nope"], "invalid choice"),
+        (["--steps", "2", "--hidden-weight", "-1"], "hidden weight must be a finite number"),
         (["--steps", "2", "--quantize", "6bits"], "one precision"),
         (["--steps", "2", "--quantize", "int8(activations=True)"], "dynamic int8 only"),
     ],

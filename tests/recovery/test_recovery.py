@@ -262,6 +262,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(
         ({"max_length": 4}, "max length"),
         ({"loss": "embedding"}, "cross-encoder recovers with"),
         ({"heldout": 1000}, "cannot hold out"),
+        ({"hidden_weight": -0.5}, "hidden weight must be a finite number ≥ 0"),
     ],
 )
 def test_bad_settings_fail_before_any_work(

@@ -367,3 +367,60 @@ def test_quality_json_is_read_as_the_typed_comparison(run_folder: Path) -> None:
     assert not any(c.chosen for c in quality.candidates)
     assert quality.first_stage is None and quality.provenance == {}  # keys this file lacks
     assert QualityComparison.from_json(quality.to_json()) == quality
+
+
+def _write_recovery(run_folder: Path, *, gate: bool = True, hidden_weight: float = 0.0) -> None:
+    """A recovery log in ``recovered/`` and the gate's before/after figures in quality.json."""
+    from relcomp.artifacts import RecoveryLog
+
+    checkpoints = [
+        {"step": 0, "heldout_loss": 0.9, "heldout_hidden_mse": 2.0},
+        {"step": 20, "heldout_loss": 0.4, "heldout_hidden_mse": 0.7},
+    ]
+    RecoveryLog(student="s", teacher="t", loss="listwise-kl", steps=20, batch_size=4,
+                lr=5e-5, max_length=128, seed=13, device="cpu", pairs_seen=640, seconds=3.0,
+                losses=[1.0 - i / 40 for i in range(20)], checkpoints=checkpoints,
+                hidden_weight=hidden_weight,
+                hidden_layers=[(0, 0), (1, 2)] if hidden_weight else [],
+                ).save(run_folder / "recovered" / "recovery_log.json")  # fmt: skip
+    quality = json.loads((run_folder / "quality.json").read_text(encoding="utf-8"))
+    recovery: dict = {"steps": 20, "hidden_weight": hidden_weight}
+    if gate:
+        recovery["gate"] = {"measure": "nDCG@10", "split": "dev", "n_queries": 40,
+                            "reference": 0.6617, "before": 0.5012, "after": 0.6403}  # fmt: skip
+    quality.setdefault("provenance", {})["recovery"] = recovery
+    (run_folder / "quality.json").write_text(json.dumps(quality), encoding="utf-8")
+
+
+def test_the_recovery_section_shows_the_loss_curve_and_ndcg_before_and_after(
+    run_folder: Path,
+) -> None:
+    _write_recovery(run_folder, hidden_weight=0.5)
+    path = write_report(run_folder)
+    page = path.read_text(encoding="utf-8")
+    _assert_self_contained(page)
+    assert "Recovery" in _h2(page)
+    recovery = page[page.index('id="recovery"') : page.index('id="parity"')]
+    assert _inline_images(recovery) == 1 and "Loss curve" in recovery
+    assert (run_folder / "figures" / "recovery_loss.png").is_file()
+    assert "nDCG@10 on the gate split before and after recovery" in recovery
+    assert "dev split, 40 queries" in recovery
+    for text in ("0.6617", "0.5012", "−0.1605", "0.6403", "−0.0214"):
+        assert text in recovery, text
+    assert "weight 0.5" in recovery and "hidden-state term" in recovery
+    assert "Loss at each checkpoint" in recovery and "heldout hidden mse" in recovery
+
+
+def test_the_recovery_section_says_when_the_gate_did_not_measure_it(run_folder: Path) -> None:
+    _write_recovery(run_folder, gate=False)
+    page = compression_report(run_folder)
+    recovery = page[page.index('id="recovery"') : page.index('id="parity"')]
+    assert "before and after recovery: not measured" in recovery
+    assert "0.5012" not in recovery and "hidden-state matching</th><td>off" in recovery
+
+
+def test_a_run_without_recovery_has_no_recovery_section(run_folder: Path) -> None:
+    page = compression_report(run_folder)
+    assert "Recovery" not in _h2(page) and 'id="recovery"' not in page
+    assert not any("recovery" in name for name in report_html._build_compression(
+        load_run(run_folder)).figures)  # fmt: skip

@@ -42,6 +42,7 @@ from relcomp.compression.torch_realise import active_compression
 from relcomp.models.base import RankingModel
 from relcomp.models.pruned import (
     FFN_WIDTH_KEY,
+    KEPT_LAYERS_KEY,
     apply_pruned_ffn_widths,
     linear_at,
     load_pruned_model,
@@ -201,11 +202,16 @@ def _drop_layers(model: nn.Module, layer_list: str, dropped: list[int]) -> None:
 
     The config keeps its per-layer records (``pruned_heads``, per-layer FFN widths) for
     the layers that stay, under their new indices, so a saved model loads back with
-    stock ``from_pretrained`` (or :func:`load_pruned_model` for per-layer widths).
+    stock ``from_pretrained`` (or :func:`load_pruned_model` for per-layer widths). It
+    also records which of the original layers stay (``config.relcomp_kept_layers``,
+    indices in the model before any layer was dropped, so dropping twice composes):
+    what recovery's hidden-state matching pairs each layer with.
     """
     config: Any = model.config
     layers: Any = model.get_submodule(layer_list)
     kept = [index for index in range(len(layers)) if index not in set(dropped)]
+    original = getattr(config, KEPT_LAYERS_KEY, None) or list(range(len(layers)))
+    setattr(config, KEPT_LAYERS_KEY, [int(original[index]) for index in kept])
     replace_module(model, layer_list, nn.ModuleList([layers[index] for index in kept]))
     new_index = {old: new for new, old in enumerate(kept)}
     remaining: Any = model.get_submodule(layer_list)

@@ -3,7 +3,9 @@
 Physical pruning (:func:`relcomp.compression.prune_physically`) and layer dropping
 write what a stock config cannot say into the config itself: transformers keeps
 ``config.pruned_heads`` and re-prunes on load; per-layer FFN widths go to
-``config.pruned_intermediate_sizes``, which only :func:`load_pruned_model` reads.
+``config.pruned_intermediate_sizes``, which only :func:`load_pruned_model` reads;
+dropped layers leave the indices of the original layers that stay in
+``config.relcomp_kept_layers`` (recovery matches each kept layer to its teacher layer).
 This lives with the models, not with compression, because :func:`relcomp.models.load_model`
 must load such a folder like any other.
 """
@@ -22,6 +24,7 @@ from relcomp.models.adapters import ArchitectureAdapter, adapter_for
 
 __all__ = [
     "FFN_WIDTH_KEY",
+    "KEPT_LAYERS_KEY",
     "apply_pruned_ffn_widths",
     "linear_at",
     "load_pruned_model",
@@ -31,6 +34,8 @@ __all__ = [
 
 #: The config field that holds per-layer FFN widths after non-uniform neuron pruning.
 FFN_WIDTH_KEY = "pruned_intermediate_sizes"
+#: The config field that holds, after layers were dropped, the original index of each layer kept.
+KEPT_LAYERS_KEY = "relcomp_kept_layers"
 
 
 def linear_at(model: nn.Module, name: str) -> nn.Linear:

@@ -12,13 +12,17 @@ export and gate.
   student and a :class:`~relcomp.artifacts.RecoveryLog`;
 * :data:`LOSSES` — ``listwise-kl``, ``margin-mse`` and ``embedding``;
 * :class:`QuantizationAware` — the export's rounding installed for training
-  (``recover(..., quantize=plan)``), so the quantized model is what recovers.
+  (``recover(..., quantize=plan)``), so the quantized model is what recovers;
+* :func:`layer_pairs`, :func:`hidden_state_mse` — optional hidden-state matching
+  (``recover(..., hidden_weight=w)``): each layer the student kept pulled toward the
+  teacher layer it came from.
 """
 
 from __future__ import annotations
 
 from relcomp.artifacts import RecoveryLog
 from relcomp.recovery.data import PSEUDO_QUERY_PREFIX, RecoveryData, pseudo_queries, recovery_data
+from relcomp.recovery.hidden import LayerOutputs, hidden_state_mse, layer_pairs
 from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse
 from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
 from relcomp.recovery.train import (
@@ -34,12 +38,15 @@ __all__ = [
     "LOSSES",
     "PSEUDO_QUERY_PREFIX",
     "RECOVERY_LOG_FILE",
+    "LayerOutputs",
     "QuantizationAware",
     "RecoveryData",
     "RecoveryLog",
     "RecoverySettings",
     "check_teacher",
     "embedding_loss",
+    "hidden_state_mse",
+    "layer_pairs",
     "listwise_kl",
     "margin_mse",
     "pseudo_queries",

@@ -6,6 +6,10 @@ then linear decay, gradient clipping at 1. The data order is a function of the s
 and the step alone, and a checkpoint holds the weights, the optimizer, the schedule
 and the random state, so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted run would have taken.
+
+With ``hidden_weight`` above 0 the loss also pulls each layer the student kept toward
+the teacher layer it came from (:mod:`relcomp.recovery.hidden`); the teacher then runs
+on every step's batch, since its hidden states are too large to cache.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from relcomp.errors import RelcompError
 from relcomp.models import BiEncoder, RankingModel
 from relcomp.models.base import progress_enabled
 from relcomp.recovery.data import RecoveryData
+from relcomp.recovery.hidden import LayerOutputs, hidden_state_mse, layer_pairs
 from relcomp.recovery.losses import LOSSES, embedding_loss
 from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
 
@@ -67,6 +72,7 @@ class RecoverySettings:
     warmup: float = 0.1
     heldout: int = 32
     checkpoint_every: int = 200
+    hidden_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -99,6 +105,16 @@ class RecoverySettings:
             raise RelcompError(f"held-out groups must be a whole number ≥ 0, got {self.heldout}")
         if self.loss is not None:
             LOSSES.get(self.loss)  # an unknown name fails here, naming the valid ones
+        if (
+            isinstance(self.hidden_weight, bool)
+            or not isinstance(self.hidden_weight, int | float)
+            or not math.isfinite(self.hidden_weight)
+            or self.hidden_weight < 0
+        ):
+            raise RelcompError(
+                "recovery hidden weight must be a finite number ≥ 0 (0: no hidden-state "
+                f"matching), got {self.hidden_weight!r}"
+            )
 
     def for_model(self, kind: str) -> RecoverySettings:
         """The loss and temperature defaults of a model kind filled in, and checked against it."""
@@ -130,6 +146,7 @@ def recover(
     checkpoint_every: int = 200,
     loss: str | None = None,
     temperature: float | None = None,
+    hidden_weight: float = 0.0,
     warmup: float = 0.1,
     heldout: int | None = None,
     gate: Callable[[RankingModel], Mapping[str, float]] | None = None,
@@ -161,6 +178,14 @@ def recover(
             (bi-encoders).
         temperature: of the softmax in the loss; 1 for cross-encoders, 0.05 for
             bi-encoders by default.
+        hidden_weight: above 0, the loss adds this weight times the mean squared error
+            between the output of every encoder layer the student kept and the teacher
+            layer it came from (real tokens only, divided by the teacher's variance;
+            :mod:`relcomp.recovery.hidden`), for cross-encoders and bi-encoders alike.
+            The teacher's hidden states are not cached: the teacher (a copy on
+            ``device``, eval mode, under ``torch.no_grad``) runs on each step's batch,
+            one more forward pass per step. The held-out groups then also get
+            ``heldout_hidden_mse`` at every checkpoint.
         warmup: share of the steps with a rising learning rate.
         heldout: groups kept out of training, on which the loss is measured at every
             checkpoint (0: none); by default a tenth of the groups, at most 32.
@@ -180,7 +205,8 @@ def recover(
     Raises:
         RelcompError: bad settings, a student that is not a torch model or is compressed
             in place, a teacher of another kind or tokenizer, data made by another teacher,
-            or a checkpoint in ``checkpoint_dir`` made with other settings.
+            a checkpoint in ``checkpoint_dir`` made with other settings, or (with
+            ``hidden_weight``) a student whose layers cannot be paired with the teacher's.
 
     Example:
         >>> from relcomp.models import load_model
@@ -202,8 +228,10 @@ def recover(
         warmup=warmup,
         heldout=heldout,
         checkpoint_every=checkpoint_every,
+        hidden_weight=hidden_weight,
     ).for_model(student.kind)
     _check_models(student, teacher, data)
+    matched = layer_pairs(student, teacher) if settings.hidden_weight > 0 else ()
     if quantize is not None:
         quantization_actions(quantize, student)  # a plan it cannot simulate fails here
     training, held = data.split(settings.heldout, seed) if settings.heldout else (data, None)
@@ -213,7 +241,13 @@ def recover(
         "student": student.cache_key,
         "teacher": teacher.cache_key,
         "data": data.digest,
-        **{k: v for k, v in dataclasses.asdict(settings).items()},
+        # Without hidden-state matching the identity is what it was before the option
+        # existed, so such checkpoints still resume; any weight above 0 is part of it.
+        **{
+            k: v
+            for k, v in dataclasses.asdict(settings).items()
+            if k != "hidden_weight" or settings.hidden_weight
+        },
         "quantize": quantize.fingerprint() if quantize is not None else None,
     }
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
@@ -243,7 +277,7 @@ def recover(
             "resuming recovery from step %d of %d (%s)", state["step"], settings.steps, checkpoint
         )
     schedule = _schedule(len(training), settings.steps * settings.batch_size, settings.seed)
-    trainer = _Trainer(working, settings, target)
+    trainer = _Trainer(working, settings, target, _frozen_teacher(teacher, target, matched))
 
     if state["step"] == 0 and not state["checkpoints"]:
         state["checkpoints"].append(trainer.checkpoint_entry(0, held, gate))
@@ -318,8 +352,30 @@ def recover(
             "pairs": data.pairs,
         },
         quantization_aware=json.loads(quantize.to_json()) if quantize is not None else None,
+        hidden_weight=float(settings.hidden_weight),
+        hidden_layers=matched,
     )
     return working, log
+
+
+def _frozen_teacher(
+    teacher: RankingModel, device: torch.device, pairs: tuple[tuple[int, int], ...]
+) -> _Teacher | None:
+    """The teacher's copy that hidden-state matching runs on ``device`` (``None`` without it)."""
+    if not pairs:
+        return None
+    frozen = copy.deepcopy(teacher)  # the caller's teacher keeps its device and mode
+    frozen.model.to(device)
+    frozen.device = device
+    frozen.model.eval()
+    frozen.model.requires_grad_(False)
+    return _Teacher(frozen, pairs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Teacher:
+    model: RankingModel
+    pairs: tuple[tuple[int, int], ...]
 
 
 def _check_models(student: RankingModel, teacher: RankingModel, data: RecoveryData) -> None:
@@ -368,15 +424,29 @@ class _Trainer:
     """The loss of a batch of groups, for either kind of model."""
 
     def __init__(
-        self, model: RankingModel, settings: RecoverySettings, device: torch.device
+        self,
+        model: RankingModel,
+        settings: RecoverySettings,
+        device: torch.device,
+        teacher: _Teacher | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
         self.device = device
+        self.teacher = teacher
         self.loss_function = LOSSES.get(str(settings.loss))
 
     def loss(self, data: RecoveryData, rows: np.ndarray | list[int]) -> tuple[torch.Tensor, int]:
-        """``(loss, pairs scored)`` of the groups at ``rows``."""
+        """``(loss, pairs scored)`` of the groups at ``rows``: distillation + weight × hidden."""
+        distillation, hidden, pairs = self.parts(data, rows)
+        if hidden is None:
+            return distillation, pairs
+        return distillation + self.settings.hidden_weight * hidden, pairs
+
+    def parts(
+        self, data: RecoveryData, rows: np.ndarray | list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """``(distillation loss, hidden-state MSE or None, pairs scored)`` of the groups at ``rows``."""
         rows = [int(r) for r in rows]
         previous = self.model.max_length
         self.model.max_length = min(self.settings.max_length, previous)
@@ -387,7 +457,27 @@ class _Trainer:
         finally:
             self.model.max_length = previous
 
-    def _cross_encoder_loss(self, data: RecoveryData, rows: list[int]) -> tuple[torch.Tensor, int]:
+    def _forward(
+        self, run: Callable[[RankingModel, Any], torch.Tensor], features: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``run(student, features)``, and with a teacher, the hidden-state MSE on the same tokens."""
+        if self.teacher is None:
+            return run(self.model, features), None
+        with LayerOutputs(self.model) as student_layers:
+            output = run(self.model, features)
+        with torch.no_grad(), LayerOutputs(self.teacher.model) as teacher_layers:
+            run(self.teacher.model, features)
+        hidden = hidden_state_mse(
+            student_layers.taken(),
+            teacher_layers.taken(),
+            features["attention_mask"],
+            self.teacher.pairs,
+        )
+        return output, hidden
+
+    def _cross_encoder_loss(
+        self, data: RecoveryData, rows: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         assert data.teacher_scores is not None
         targets = torch.as_tensor(
             data.teacher_scores[rows], dtype=torch.float32, device=self.device
@@ -395,15 +485,20 @@ class _Trainer:
         mask = ~torch.isnan(targets)
         queries = [data.queries[r] for r in rows for _ in data.documents[r]]
         documents = [d for r in rows for d in data.documents[r]]
-        scores = self.model.forward_scores(self.model.tokenize(queries, documents))  # type: ignore[attr-defined]
+        scores, hidden = self._forward(
+            lambda model, features: model.forward_scores(features),  # type: ignore[attr-defined]
+            self.model.tokenize(queries, documents),  # type: ignore[attr-defined]
+        )
         student = torch.zeros_like(targets)
         student[mask] = scores.float()
         value = self.loss_function(
             student, torch.nan_to_num(targets), mask, temperature=self.settings.temperature
         )
-        return value, len(documents)
+        return value, hidden, len(documents)
 
-    def _bi_encoder_loss(self, data: RecoveryData, rows: list[int]) -> tuple[torch.Tensor, int]:
+    def _bi_encoder_loss(
+        self, data: RecoveryData, rows: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         model = self.model
         assert isinstance(model, BiEncoder)
         assert (
@@ -412,8 +507,12 @@ class _Trainer:
         )
         queries = [model.query_prompt + data.queries[r] for r in rows]
         documents = [model.document_prompt + d for r in rows for d in data.documents[r]]
-        student_queries = model.embed(model.tokenize(queries))
-        student_documents = model.embed(model.tokenize(documents))
+
+        def embed(encoder: RankingModel, features: Any) -> torch.Tensor:
+            return encoder.embed(features)  # type: ignore[attr-defined]
+
+        student_queries, query_hidden = self._forward(embed, model.tokenize(queries))
+        student_documents, document_hidden = self._forward(embed, model.tokenize(documents))
         teacher_queries = torch.as_tensor(data.teacher_query_embeddings[rows], device=self.device)
         teacher_documents = torch.as_tensor(
             np.concatenate([data.teacher_document_embeddings[r] for r in rows]), device=self.device
@@ -425,20 +524,28 @@ class _Trainer:
             teacher_documents.float(),
             temperature=float(self.settings.temperature or 0.05),
         )
-        return value, len(documents)
+        hidden = (
+            None
+            if query_hidden is None or document_hidden is None
+            else (query_hidden + document_hidden) / 2  # queries and documents count alike
+        )
+        return value, hidden, len(documents)
 
     @torch.no_grad()
-    def heldout_loss(self, held: RecoveryData) -> float:
-        """Mean loss over the held-out groups, dropout off."""
+    def heldout_losses(self, held: RecoveryData) -> tuple[float, float | None]:
+        """Mean distillation loss and (with a teacher) hidden-state MSE over the held-out groups, dropout off."""
         self.model.model.eval()
-        values, weights = [], []
+        values, hidden_values, weights = [], [], []
         batch = max(self.settings.batch_size, 8)
         for start in range(0, len(held), batch):
             rows = list(range(start, min(start + batch, len(held))))
-            value, _ = self.loss(held, rows)
+            value, hidden, _ = self.parts(held, rows)
             values.append(float(value))
+            if hidden is not None:
+                hidden_values.append(float(hidden))
             weights.append(len(rows))
-        return float(np.average(values, weights=weights))
+        hidden_mean = float(np.average(hidden_values, weights=weights)) if hidden_values else None
+        return float(np.average(values, weights=weights)), hidden_mean
 
     def checkpoint_entry(
         self,
@@ -448,7 +555,10 @@ class _Trainer:
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {"step": step}
         if held is not None:
-            entry["heldout_loss"] = round(self.heldout_loss(held), 6)
+            distillation, hidden = self.heldout_losses(held)
+            entry["heldout_loss"] = round(distillation, 6)
+            if hidden is not None:
+                entry["heldout_hidden_mse"] = round(hidden, 6)
         if gate is not None:
             self.model.model.eval()
             with torch.inference_mode():
@@ -511,7 +621,9 @@ def _resume(
         saved = torch.load(path, map_location=model.device, weights_only=False)
     except Exception as error:  # a truncated or foreign file: say which
         raise RelcompError(f"{path}: cannot read the recovery checkpoint: {error}") from None
-    different = sorted(k for k in identity if saved.get("identity", {}).get(k) != identity[k])
+    recorded = saved.get("identity", {})
+    # both ways: a setting only one of the two runs names (a hidden weight) differs too
+    different = sorted(k for k in {*identity, *recorded} if recorded.get(k) != identity.get(k))
     if different:
         raise RelcompError(
             f"{path} is the checkpoint of another recovery run (it differs in {', '.join(different)}); "

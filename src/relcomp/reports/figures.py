@@ -60,6 +60,8 @@ __all__ = [
     "pareto_frontier",
     "plan_figure",
     "point_measure",
+    "recovery_curve",
+    "smoothed",
     "token_heatmap",
 ]
 
@@ -717,5 +719,77 @@ def pareto(
     axes.set_axisbelow(True)
     axes.margins(x=0.12, y=0.15)
     axes.legend(fontsize=8, frameon=False, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def smoothed(values: Sequence[float], window: int | None = None) -> np.ndarray:
+    """Trailing mean over ``window`` values (by default a fiftieth of them, 1 to 50).
+
+    Each point averages itself and the ``window - 1`` before it (fewer at the start), so
+    the curve never borrows from steps that came later.
+
+    Example:
+        >>> smoothed([4.0, 2.0, 0.0, 2.0], window=2).tolist()
+        [4.0, 3.0, 1.0, 1.0]
+    """
+    array = np.asarray(values, dtype=float)
+    if window is None:
+        window = min(50, max(1, len(array) // 50))
+    sums = np.cumsum(np.concatenate([[0.0], array]))
+    ends = np.arange(1, len(array) + 1)
+    starts = np.maximum(0, ends - window)
+    return np.asarray((sums[ends] - sums[starts]) / (ends - starts))
+
+
+def recovery_curve(losses: Sequence[float], checkpoints: Sequence[Mapping[str, Any]]) -> Figure:
+    """Recovery's training loss per step (raw and smoothed) and its held-out losses at checkpoints.
+
+    ``losses`` are a :class:`~relcomp.artifacts.RecoveryLog`'s; ``checkpoints`` its
+    entries, of which ``heldout_loss`` (and ``heldout_hidden_mse``, with hidden-state
+    matching) are drawn as markers at their ``step``. Entries without them are skipped.
+
+    Example:
+        >>> figure = recovery_curve([0.9, 0.7, 0.6, 0.5], [{"step": 0, "heldout_loss": 1.0},
+        ...                                                 {"step": 4, "heldout_loss": 0.6}])
+        >>> axes = figure.axes[0]
+        >>> axes.get_xlabel(), [t.get_text() for t in axes.get_legend().get_texts()]
+        ('step', ['training loss', 'training loss, smoothed', 'held-out loss'])
+    """
+    if not losses and not checkpoints:
+        raise ValueError("a recovery curve needs losses or checkpoints")
+    figure = _new_figure(6.4, 3.4)
+    axes = figure.add_subplot()
+    if losses:
+        steps = np.arange(1, len(losses) + 1)
+        axes.plot(steps, losses, color="#1c7ed6", alpha=0.25, linewidth=0.8, label="training loss")
+        axes.plot(
+            steps, smoothed(losses), color="#1c7ed6", linewidth=1.6, label="training loss, smoothed"
+        )
+    series = (
+        ("heldout_loss", "held-out loss", "o", "#e8590c"),
+        ("heldout_hidden_mse", "held-out hidden-state MSE", "s", "#2b8a3e"),
+    )
+    for key, label, marker, colour in series:
+        points = [
+            (float(entry["step"]), value)
+            for entry in checkpoints
+            if (value := _number(entry.get(key))) is not None
+            and _number(entry.get("step")) is not None
+        ]
+        if points:
+            axes.plot(
+                [step for step, _ in points],
+                [value for _, value in points],
+                marker=marker,
+                color=colour,
+                linewidth=1,
+                markersize=5,
+                label=label,
+            )
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.grid(True, color="#e9ecef", linewidth=0.6)
+    axes.legend(fontsize=8, frameon=False)
     figure.tight_layout()
     return figure

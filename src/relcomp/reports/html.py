@@ -63,6 +63,7 @@ from relcomp.reports.figures import (
     interaction_heatmap,
     pareto,
     point_measure,
+    recovery_curve,
     token_heatmap,
 )
 from relcomp.reports.run import CompressionRun, load_run
@@ -1174,8 +1175,14 @@ def _explanation_parity(explanation: Any) -> str:
     return head + _kv_table(rows)
 
 
-def _recovery_section(run: CompressionRun) -> str | None:
-    """The recovery's log, when the run recovered a pruned model before export."""
+def _recovery_section(page: _Page, run: CompressionRun) -> str | None:
+    """The recovery's log, when the run recovered a pruned model before export.
+
+    The loss curve (training loss per step, smoothed, and the held-out loss at each
+    checkpoint), the gate split's nDCG@10 before and after recovery when the gate
+    measured them (``quality.json``'s ``provenance.recovery.gate``), and the
+    checkpoints as a table.
+    """
     log_file = run.folder / "recovered" / "recovery_log.json"
     if not log_file.is_file():
         return None
@@ -1185,6 +1192,7 @@ def _recovery_section(run: CompressionRun) -> str | None:
         "the collection's train/dev queries and corpus pseudo-queries (never the reported "
         "split; the gate's queries left out) before it was quantized and exported.</p>"
     )
+    hidden_weight = _number(log.get("hidden_weight")) or 0.0
     summary = _kv_table(
         [
             ["steps", _plain_value(log.get("steps"))],
@@ -1193,9 +1201,32 @@ def _recovery_section(run: CompressionRun) -> str | None:
             ["device", _plain_value(log.get("device"))],
             ["input length", _plain_value(log.get("max_length"))],
             ["loss", _plain_value(log.get("loss"))],
+            [
+                "hidden-state matching",
+                _e(f"weight {hidden_weight:g}, layers (student, teacher) ")
+                + _plain_value(log.get("hidden_layers"))
+                if hidden_weight
+                else "off",
+            ],
         ]
     )
     checkpoints = [c for c in log.get("checkpoints") or [] if isinstance(c, Mapping)]
+    losses = [v for v in log.get("losses") or [] if _number(v) is not None]
+    figure = ""
+    if losses or any("heldout_loss" in c for c in checkpoints):
+        hidden_note = (
+            f" The training loss includes the hidden-state term ({hidden_weight:g} × MSE); "
+            "the held-out loss is the distillation loss alone."
+            if hidden_weight
+            else ""
+        )
+        figure = "<h3>Loss curve</h3>" + page.figure(
+            "recovery_loss",
+            recovery_curve([float(v) for v in losses], checkpoints),
+            alt="recovery loss per step and held-out loss at checkpoints",
+            caption="Training loss at every step (faint) and its trailing mean; held-out "
+            "loss on groups kept out of training, at each checkpoint." + hidden_note,
+        )
     names = sorted({k for c in checkpoints for k in c if k != "step"})
     header = "".join(f"<th>{_e(n.replace('_', ' '))}</th>" for n in names)
     body = "".join(
@@ -1211,7 +1242,46 @@ def _recovery_section(run: CompressionRun) -> str | None:
         if checkpoints
         else ""
     )
-    return intro + summary + curve
+    return intro + summary + figure + _recovery_gate(run) + curve
+
+
+def _recovery_gate(run: CompressionRun) -> str:
+    """The gate split's nDCG@10: reference, pruned before recovery, the bundle after it."""
+    recovery = (run.quality.provenance or {}).get("recovery")
+    gate = recovery.get("gate") if isinstance(recovery, Mapping) else None
+    if not isinstance(gate, Mapping):
+        return (
+            "<p class='muted'>The gate split's nDCG@10 before and after recovery: "
+            f"{NOT_MEASURED} (the run had no quality gate).</p>"
+        )
+    measure = str(gate.get("measure", NDCG_AT_10))
+    reference = _number(gate.get("reference"))
+    quantize = (run.quality.provenance or {}).get("quantize")
+    after_name = "after recovery: the exported bundle" + (
+        f" (also quantized: {quantize})" if quantize else ""
+    )
+    rows = []
+    for name, key in (
+        ("reference (uncompressed, torch fp32)", "reference"),
+        ("pruned, before recovery (torch fp32)", "before"),
+        (after_name, "after"),
+    ):
+        value = _number(gate.get(key))
+        change = (
+            _e(f"{value - reference:+.4f}".replace("-", "−"))
+            if value is not None and reference is not None and key != "reference"
+            else ""
+        )
+        shown = _e(f"{value:.4f}") if value is not None else _missing()
+        rows.append(f"<tr><td>{_e(name)}</td><td>{shown}</td><td>{change}</td></tr>")
+    where = f"{gate.get('split', '?')} split, {gate.get('n_queries', '?')} queries"
+    return (
+        f"<h3>{_e(measure)} on the gate split before and after recovery</h3>"
+        f"<p class='muted'>{_e(where)}; the same queries and candidates for all three.</p>"
+        f"<table><tr><th>model</th><th>{_e(measure)}</th><th>Δ against the reference</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _bytes_text(value: float) -> str:
@@ -1434,7 +1504,7 @@ def _build_compression(run: CompressionRun) -> _Page:
     page.section("plan", "The plan", _plan_section(run))
     page.section("components", "Component relevance", _components_section(page, run))
     page.section("explanations", "Token explanations", _explanations_section(page, run))
-    recovery = _recovery_section(run)
+    recovery = _recovery_section(page, run)
     if recovery is not None:
         page.section("recovery", "Recovery", recovery)
     page.section("parity", "Parity of the exported model", _parity_section(run))
@@ -1470,8 +1540,9 @@ def compression_report(run_dir: str | os.PathLike[str]) -> str:
     Sections: Summary (a one-paragraph verdict: size ratio, nDCG@10 change and its
     significance, the quality gate), Quality, size and latency (reference against
     compressed, Δ, p-value), Plans tried (Pareto plots, when ``quality.json`` lists two
-    or more candidates), The plan, Component relevance, Token explanations, Parity of the
-    exported model, Index (a retriever's compressed corpus index, when the folder holds an
+    or more candidates), The plan, Component relevance, Token explanations, Recovery (when
+    the run recovered a pruned model: its loss curve and the gate split's nDCG@10 before
+    and after), Parity of the exported model, Index (a retriever's compressed corpus index, when the folder holds an
     ``index.json``), Provenance. A value the run did not record is shown as
     "not measured".
 
