@@ -36,6 +36,7 @@ __all__ = [
     "INDEX_QUALITY_FILE",
     "INDEX_SETTINGS_FILE",
     "NDCG_AT_10",
+    "AgreementGate",
     "Artifact",
     "ComponentRelevance",
     "CompressionPlan",
@@ -384,6 +385,76 @@ class ParityReport(Artifact):
                 k: v for k, v in summary["explanation"].items() if k != "per_pair"
             }
         return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class AgreementGate(Artifact):
+    """The agreement gate of a collection with no judged dev or train split.
+
+    With no judgements it may use, the gate asks how closely the compressed model
+    ranks like the uncompressed one on corpus pseudo-queries: ``top10_overlap`` is the
+    share of the reference's top-10 (of each query's candidates) that the candidate
+    also puts in its top-10, averaged over queries; ``kendall_tau`` is Kendall's τ-b
+    between the two models' scores of each query's candidates, averaged
+    (``kendall_tau_min`` the worst query). Both are computed as an export's parity is
+    (:class:`ParityReport`). The gate passes when both reach their minimum.
+
+    Example:
+        >>> gate = AgreementGate("m", "m-int8", "toy", "pseudo-queries", 2, "bm25", 30,
+        ...                      top10_overlap=0.9, kendall_tau=0.8, kendall_tau_min=0.7,
+        ...                      min_overlap=0.8, min_tau=0.7)
+        >>> gate.passed, AgreementGate.from_json(gate.to_json()) == gate
+        (True, True)
+        >>> gate.summary()["kind"], gate.summary()["passed"]
+        ('agreement', True)
+    """
+
+    KIND: ClassVar[str] = "agreement_gate"
+
+    reference: str
+    candidate: str
+    dataset: str
+    split: str
+    n_queries: int
+    first_stage: str | None
+    depth: int
+    top10_overlap: float
+    kendall_tau: float
+    kendall_tau_min: float
+    min_overlap: float
+    min_tau: float
+    #: query id → its text: the pseudo-queries the gate ranked with
+    queries: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: query id → ``top10_overlap`` and ``tau`` of that query
+    per_query: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        # a NaN compares False, but say so: a gate never passes on a non-finite number
+        figures = (self.top10_overlap, self.kendall_tau)
+        return (
+            all(math.isfinite(value) for value in figures)
+            and self.top10_overlap >= self.min_overlap - 1e-9
+            and self.kendall_tau >= self.min_tau - 1e-9
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The figures as plain JSON values (what ``quality.json`` records as its gate)."""
+        return {
+            "kind": "agreement",
+            "measure": "top-10 overlap and Kendall's tau with the uncompressed model",
+            "dataset": self.dataset,
+            "split": self.split,
+            "n_queries": self.n_queries,
+            "first_stage": self.first_stage,
+            "depth": self.depth,
+            "top10_overlap": self.top10_overlap,
+            "kendall_tau": self.kendall_tau,
+            "kendall_tau_min": self.kendall_tau_min,
+            "min_overlap": self.min_overlap,
+            "min_tau": self.min_tau,
+            "passed": self.passed,
+        }
 
 
 #: The headline measure: what the quality gate, the plans tried and the report read,

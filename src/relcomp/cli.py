@@ -836,7 +836,14 @@ def _print_compression(result: Any) -> None:
             ("plan", "MB", "p50 ms", NDCG_AT_10, "points lost", "gate"),
         )
     gate = quality.get("gate")
-    if gate:
+    if gate and gate.get("kind") == "agreement":
+        print(
+            f"quality gate: agreement with the uncompressed model on {gate['n_queries']} "
+            f"{gate['split']}: top-10 overlap {gate['top10_overlap']:.3f} (at least "
+            f"{gate['min_overlap']:g}), Kendall tau {gate['kendall_tau']:.3f} (at least "
+            f"{gate['min_tau']:g}): passed"
+        )
+    elif gate:
         print(
             f"quality gate: {gate['loss_points']:.2f} nDCG@10 points lost on "
             f"{gate['split']} (at most {gate['max_ndcg_loss']:g}): passed"
@@ -868,7 +875,7 @@ def _run_flow(command: str, flow: Any) -> None:
 
 
 def _add_compress(verbs: Verbs) -> None:
-    from relcomp.evaluation import PROTOCOLS
+    from relcomp.evaluation import DEFAULT_MIN_OVERLAP, DEFAULT_MIN_TAU, PROTOCOLS
 
     compress = verbs.add_parser(
         "compress",
@@ -891,7 +898,23 @@ def _add_compress(verbs: Verbs) -> None:
         "--max-ndcg-loss",
         type=_non_negative_float,
         default=0.5,
-        help="quality gate: most nDCG@10 points lost on the dev/train split (default: 0.5)",
+        help="quality gate: most nDCG@10 points lost on the dev/train split (default: 0.5); "
+        "a collection with no dev/train split is gated on agreement instead (below)",
+    )
+    compress.add_argument(
+        "--min-agreement-overlap",
+        type=float,
+        default=DEFAULT_MIN_OVERLAP,
+        help="quality gate of a collection with no dev/train split: least mean top-10 "
+        f"overlap with the uncompressed model on corpus pseudo-queries, 0..1 "
+        f"(default: {DEFAULT_MIN_OVERLAP:g})",
+    )
+    compress.add_argument(
+        "--min-agreement-tau",
+        type=float,
+        default=DEFAULT_MIN_TAU,
+        help="and its least mean Kendall tau over each pseudo-query's candidates, -1..1 "
+        f"(default: {DEFAULT_MIN_TAU:g})",
     )
     compress.add_argument(
         "--no-gate", action="store_true", help="skip the quality gate (not recommended)"
@@ -904,7 +927,10 @@ def _add_compress(verbs: Verbs) -> None:
     )
     compress.add_argument("--split", default="test", help="the reported split (default: test)")
     compress.add_argument(
-        "--calibration-split", default=None, help="dev (default) or train; never the reported split"
+        "--calibration-split",
+        default=None,
+        help="dev (default) or train; never the reported split. Without either, corpus "
+        "pseudo-queries (pseudo-queries)",
     )
     compress.add_argument(
         "--calibration", type=_positive_int, default=64, help="calibration pairs (default: 64)"
@@ -1006,6 +1032,8 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             embeddings=args.embeddings,
             first_token=args.first_token,
             max_ndcg_loss=None if args.no_gate else args.max_ndcg_loss,
+            min_agreement_overlap=args.min_agreement_overlap,
+            min_agreement_tau=args.min_agreement_tau,
             protocol=args.protocol,
             split=args.split,
             calibration_split=args.calibration_split,

@@ -22,6 +22,7 @@ from typing import Any
 
 from relcomp.artifacts import (
     EMBEDDINGS,
+    AgreementGate,
     ComponentRelevance,
     CompressionPlan,
     PlanCandidate,
@@ -45,10 +46,24 @@ from relcomp.evaluation import (
 )
 from relcomp.evaluation.comparison import quality_comparison
 from relcomp.evaluation.executor import ChunkExecutor
-from relcomp.evaluation.gate import GateResult, QualityGateError, check_max_ndcg_loss
+from relcomp.evaluation.gate import (
+    DEFAULT_MIN_OVERLAP,
+    DEFAULT_MIN_TAU,
+    GateResult,
+    QualityGateError,
+    agreement_gate,
+    agreement_queries,
+    check_agreement_thresholds,
+    check_max_ndcg_loss,
+)
 from relcomp.evaluation.metrics import NDCG_AT_10
 from relcomp.evaluation.protocol import Protocol
-from relcomp.evaluation.sampling import calibration_dataset, calibration_pairs, parity_groups
+from relcomp.evaluation.sampling import (
+    PSEUDO_SPLIT,
+    calibration_dataset,
+    calibration_pairs,
+    parity_groups,
+)
 from relcomp.evaluation.speed import measure_speed, model_size_bytes
 from relcomp.models import BiEncoder, RankingModel, load_model
 from relcomp.run_folder import RunFolder, folder_identity, install_bundle, staging_folder
@@ -139,6 +154,8 @@ class CompressOptions:
     importance: str = "relevance"
     embeddings: str = "fp32"
     max_ndcg_loss: float | None = 0.5
+    min_agreement_overlap: float = DEFAULT_MIN_OVERLAP
+    min_agreement_tau: float = DEFAULT_MIN_TAU
     split: str = "test"
     calibration_split: str | None = None
     calibration: int = 64
@@ -167,6 +184,7 @@ class CompressOptions:
     def __post_init__(self) -> None:
         if self.max_ndcg_loss is not None:
             check_max_ndcg_loss(self.max_ndcg_loss)
+        check_agreement_thresholds(self.min_agreement_overlap, self.min_agreement_tau)
         if self.recover is not None:
             from relcomp.recovery import RecoverySettings
 
@@ -235,7 +253,8 @@ class CompressFlow:
        ``load_model`` and sentence-transformers load);
     5. :meth:`quality_gate`: nDCG@10 of the torch fp32 reference and of the bundle on
        the calibration split → ``evaluation/gate_*.json`` (after a recovery, also the
-       pruned model before it → ``evaluation/gate_pruned.json``);
+       pruned model before it → ``evaluation/gate_pruned.json``); with no dev or train
+       split, their agreement on corpus pseudo-queries → ``evaluation/gate_agreement.json``;
     5b. :meth:`index` (a bi-encoder, with ``index``): its compressed corpus index and its
        quality against the float index → ``index.json``, ``index_quality.json``;
     6. :meth:`evaluation` of both on the reported split (same queries, same
@@ -260,6 +279,10 @@ class CompressFlow:
         self.calibration_data = calibration_dataset(
             options.data_dir, options.calibration_split, options.split
         )
+        #: no judged dev or train split: calibration on corpus pseudo-queries, agreement gate
+        self.pseudo = self.calibration_data.split == PSEUDO_SPLIT
+        if self.pseudo:
+            self._check_pseudo_calibration()
         self.dataset_name = _dataset_name(options.data_dir)
         check_output_location(options.output_dir)
         self.progress = _FlowProgress()
@@ -308,6 +331,48 @@ class CompressFlow:
             self.dataset_name,
             " | ".join(budget_text(b) for b in options.budgets),
             protocol.name,
+        )
+
+    def _check_pseudo_calibration(self) -> None:
+        """What a collection with no dev or train split cannot do, refused before any model loads."""
+        options = self.options
+        if len(options.budgets) > 1:
+            raise ValueError(
+                f"{options.data_dir} has no dev or train split: several budgets are chosen "
+                "between by nDCG@10 on judged development queries, which it lacks; give one "
+                "budget (its gate then checks agreement with the uncompressed model)"
+            )
+        if options.index_dims is not None and (
+            options.index_dim_selection.strip().lower() == "relevance"
+        ):
+            raise ValueError(
+                f"{options.data_dir} has no dev or train split for --index-dims' relevance "
+                "selection to calibrate on; choose the dimensions by a blind rule "
+                "(--index-dim-selection)"
+            )
+        gate = self.agreement_data  # a corpus too small to gate on fails here
+        logger.info(
+            "%s has no dev or train split: relevance, plans and recovery calibrate on corpus "
+            "pseudo-queries, and the gate checks agreement with the uncompressed model on "
+            "%d other pseudo-queries (top-10 overlap ≥ %g, Kendall τ ≥ %g); %s queries are "
+            "only evaluated",
+            self.calibration_data.name,
+            len(gate.split_queries),
+            options.min_agreement_overlap,
+            options.min_agreement_tau,
+            options.split,
+        )
+
+    @functools.cached_property
+    def agreement_data(self) -> Any:
+        """The agreement gate's pseudo-queries (a collection with no dev or train split)."""
+        options = self.options
+        queries = options.queries if options.queries is not None else options.protocol.queries
+        return agreement_queries(
+            options.data_dir,
+            queries,
+            evaluated=options.split,
+            corpus_documents=len(self.evaluated.corpus),
         )
 
     def _load_reference(self) -> RankingModel:
@@ -616,6 +681,13 @@ class CompressFlow:
 
             gate_queries = self.evaluation_settings["queries"]
             split_queries = self.calibration_data.split_queries
+            # the gate's queries never train: its pseudo-queries' documents are left out too
+            if self.pseudo:
+                excluded = list(self.agreement_data.split_queries)
+            elif gate_queries:
+                excluded = sample_queries(split_queries, gate_queries)
+            else:
+                excluded = list(split_queries)
             self.verbs.recover(
                 prune_physically(self.reference, structural),
                 self.reference,
@@ -623,11 +695,7 @@ class CompressFlow:
                 folder,
                 steps=steps,
                 max_length=options.recovery_max_length,
-                exclude=(
-                    sample_queries(split_queries, gate_queries)
-                    if gate_queries
-                    else list(split_queries)
-                ),
+                exclude=excluded,
                 gate_queries=0,  # the flow's own gate judges the exported model afterwards
                 quantize=aware,
                 hidden_weight=options.recovery_hidden_weight,
@@ -789,6 +857,8 @@ class CompressFlow:
             self.progress("quality gate", "skipped (no --max-ndcg-loss)")
             self.run.forget("gate")
             return None
+        if self.pseudo:
+            return self._agreement_gate()
         split = self.calibration_split
         self.progress("quality gate", f"≤ {max_ndcg_loss:g} nDCG@10 points lost on {split}")
         gate_reference, gate_compressed = self._evaluate_both("gate", split, self.gate_reports)
@@ -852,6 +922,72 @@ class CompressFlow:
             "  nDCG@10 of the pruned model before recovery: %.4f", report.measures[NDCG_AT_10]
         )
         return report
+
+    def _agreement_gate(self) -> dict[str, Any]:
+        """Top-10 overlap and Kendall τ with the reference on pseudo-queries → ``gate_agreement.json``.
+
+        A collection with no dev or train split has no judgements the gate may read, so
+        the bundle must rank as the uncompressed model does on corpus pseudo-queries
+        (:func:`~relcomp.evaluation.agreement_gate`; none of them trained recovery),
+        or it is removed as after a failed nDCG@10 gate.
+        """
+        options = self.options
+        data = self.agreement_data
+        min_overlap, min_tau = options.min_agreement_overlap, options.min_agreement_tau
+        self.progress(
+            "quality gate",
+            f"agreement with the uncompressed model on {len(data.split_queries)} pseudo-queries: "
+            f"top-10 overlap ≥ {min_overlap:g}, Kendall τ ≥ {min_tau:g}",
+        )
+        settings = {
+            "reference": self.reference.cache_key,
+            "bundle": self.run.digest("export"),
+            **self.data_identity,
+            "split": data.split,
+            "gate_queries": sorted(data.split_queries),
+            "max_length": self.reference.max_length,
+            "first_stage": options.first_stage,
+            "depth": self.depth,
+            "min_overlap": min_overlap,
+            "min_tau": min_tau,
+        }
+
+        def make() -> list[str]:
+            agreement_gate(
+                self.reference,
+                self.compressed,
+                data,
+                min_overlap=min_overlap,
+                min_tau=min_tau,
+                first_stage=options.first_stage,
+                depth=self.depth,
+                show_progress_bar=options.show_progress_bar,
+                executor=self.executor,
+            ).save(self.run.path / _AGREEMENT)
+            return [_AGREEMENT]
+
+        self.run.step("gate", settings, make)
+        result = AgreementGate.load(self.run.path / _AGREEMENT)
+        logger.info(
+            "  top-10 overlap %.3f, Kendall τ %.3f (worst query %.3f) on %d pseudo-queries",
+            result.top10_overlap,
+            result.kendall_tau,
+            result.kendall_tau_min,
+            result.n_queries,
+        )
+        if not result.passed:
+            self.compressed = None  # close the ONNX Runtime session before its file goes
+            self._withdraw_bundle()
+            raise QualityGateError(
+                f"quality gate failed: the compressed model ranks unlike the uncompressed one on "
+                f"{result.n_queries} pseudo-queries of {self.dataset_name} (top-10 overlap "
+                f"{result.top10_overlap:.3f}, at least {min_overlap:g} asked "
+                f"(--min-agreement-overlap); Kendall τ {result.kendall_tau:.3f}, at least "
+                f"{min_tau:g} asked (--min-agreement-tau)). The bundle was removed; try a "
+                "larger budget or more recovery steps.",
+                result,
+            )
+        return result.summary()
 
     def _withdraw_bundle(self) -> None:
         """After a failed gate: delete the bundle and everything made from it (see :func:`compress`)."""
@@ -1124,6 +1260,8 @@ class CompressFlow:
 
 #: Every plan tried with several budgets, for the report's Pareto plots.
 _CANDIDATES = "evaluation/candidates.json"
+#: The agreement gate's file (a collection with no dev or train split).
+_AGREEMENT = "evaluation/gate_agreement.json"
 #: The speed step's file.
 _SPEED = "evaluation/speed.json"
 #: The step that measures the pruned model before recovery on the gate split, and its file.

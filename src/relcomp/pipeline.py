@@ -42,9 +42,16 @@ from relcomp.evaluation import (
 )
 from relcomp.evaluation.beir import same_split
 from relcomp.evaluation.executor import ChunkExecutor
-from relcomp.evaluation.gate import GateResult, gate_split, quality_gate
+from relcomp.evaluation.gate import (
+    DEFAULT_MIN_OVERLAP,
+    DEFAULT_MIN_TAU,
+    GateResult,
+    gate_split,
+    quality_gate,
+)
 from relcomp.evaluation.protocol import resolve_protocol
 from relcomp.evaluation.sampling import (
+    PSEUDO_SPLIT,
     calibration_dataset,
     calibration_pairs,
     calibration_triples,
@@ -564,8 +571,9 @@ def component_relevance(
 ) -> ComponentRelevance:
     """Component relevance aggregated over calibration pairs (query, judged-relevant document).
 
-    Calibration pairs come from ``split`` (dev or train), never from the split that is
-    reported: passing ``split="test"`` is refused. With ``contrast``, the relevance
+    Calibration pairs come from ``split`` (dev or train, or corpus pseudo-queries with
+    :data:`~relcomp.evaluation.PSEUDO_SPLIT`), never from the split that is reported:
+    passing ``split="test"`` is refused. With ``contrast``, the relevance
     explained is the margin over each query's hard negative
     (:func:`calibration_triples`, :class:`~relcomp.attribution.ComponentLRP`).
     """
@@ -573,7 +581,11 @@ def component_relevance(
 
     if same_split(data_dir, split, "test"):
         raise ValueError("calibration pairs must not come from the test split; use dev or train")
-    dataset = load_beir(data_dir, split)
+    dataset = (
+        calibration_dataset(data_dir, split, "test")  # corpus pseudo-queries
+        if split == PSEUDO_SPLIT
+        else load_beir(data_dir, split)
+    )
     if contrast:
         triples = calibration_triples(dataset, calibration)
         pairs = [(q, d) for q, d, _ in triples]
@@ -619,6 +631,8 @@ def compress(
     importance: str = "relevance",
     embeddings: str = "fp32",
     max_ndcg_loss: float | None = 0.5,
+    min_agreement_overlap: float = DEFAULT_MIN_OVERLAP,
+    min_agreement_tau: float = DEFAULT_MIN_TAU,
     protocol: str = "quick",
     split: str = "test",
     calibration_split: str | None = None,
@@ -650,6 +664,11 @@ def compress(
     Each step writes its artifact into ``output_dir`` as soon as it is made (see
     :class:`CompressFlow` for the steps and their files). Calibration, plan statistics
     and the gate use the calibration split (``dev``, else ``train``), never ``split``.
+    A collection with neither (a corpus with a few judged test queries) calibrates on
+    corpus pseudo-queries, and its gate checks agreement with the uncompressed model on
+    other pseudo-queries (top-10 overlap ≥ ``min_agreement_overlap`` and Kendall τ ≥
+    ``min_agreement_tau``, :func:`~relcomp.evaluation.agreement_gate`) instead of
+    nDCG@10; it takes one budget.
     ``run.json`` records each step's settings and files: run again with the same
     settings and finished steps are skipped.
 
@@ -674,7 +693,10 @@ def compress(
         embeddings: the word-embedding table in the bundle: ``fp32`` (plans cover
             Linears only) or ``int8`` (a quarter of the size; the gate checks its cost).
         max_ndcg_loss: the most nDCG@10 points the compressed model may lose on the
-            calibration split; ``None`` skips the gate.
+            calibration split; ``None`` skips the gate (either kind).
+        min_agreement_overlap: the agreement gate (no dev or train split): the least
+            mean top-10 overlap with the uncompressed model, in [0, 1].
+        min_agreement_tau: the agreement gate's least mean Kendall τ, in [-1, 1].
         protocol: ``quick`` (100 queries, BM25 top-30, 256 tokens), ``full`` (every
             query, top-100, 512 tokens for rerankers) or ``demo``; ``queries``, ``depth``
             and ``max_length`` override it.
@@ -711,7 +733,8 @@ def compress(
 
     Raises:
         QualityGateError: the compressed model (every one tried, with several budgets)
-            lost more than ``max_ndcg_loss`` points.
+            lost more than ``max_ndcg_loss`` points, or (no dev or train split) ranks
+            less like the uncompressed model than the agreement minimums allow.
 
     Example:
         >>> result = compress("all-MiniLM-L6-v2", "src/relcomp/data/demo", "bits_per_weight=6",
@@ -723,6 +746,7 @@ def compress(
     options = CompressOptions(
         model, data_dir, tuple(parse_budgets(budget, method)), output_dir, method=method,
         importance=importance, embeddings=embeddings, max_ndcg_loss=max_ndcg_loss,
+        min_agreement_overlap=min_agreement_overlap, min_agreement_tau=min_agreement_tau,
         protocol=protocol_settings, split=split, calibration_split=calibration_split,
         calibration=calibration, queries=queries, depth=depth, max_length=max_length,
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,

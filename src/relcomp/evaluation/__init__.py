@@ -28,9 +28,14 @@ from relcomp.evaluation.first_stage import (
     top_k,
 )
 from relcomp.evaluation.gate import (
+    DEFAULT_MIN_OVERLAP,
+    DEFAULT_MIN_TAU,
     GATE_MEASURE,
     GateResult,
     QualityGateError,
+    agreement_gate,
+    agreement_queries,
+    check_agreement_thresholds,
     check_max_ndcg_loss,
     gate_split,
     quality_gate,
@@ -47,11 +52,13 @@ from relcomp.evaluation.protocol import PROTOCOLS, Protocol, resolve_protocol
 from relcomp.evaluation.report import quality_report
 from relcomp.evaluation.rerank import candidate_pairs, rerank
 from relcomp.evaluation.sampling import (
+    PSEUDO_SPLIT,
     calibration_dataset,
     calibration_pairs,
     calibration_triples,
     development_split,
     parity_groups,
+    pseudo_query_dataset,
     sample_queries,
 )
 from relcomp.evaluation.speed import measure_speed, model_size_bytes
@@ -65,9 +72,12 @@ from relcomp.evaluation.systems import (
 __all__ = [
     "BM25",
     "DEFAULT_MEASURES",
+    "DEFAULT_MIN_OVERLAP",
+    "DEFAULT_MIN_TAU",
     "FIRST_STAGES",
     "GATE_MEASURE",
     "PROTOCOLS",
+    "PSEUDO_SPLIT",
     "BM25Settings",
     "BeirDataset",
     "Cache",
@@ -76,12 +86,15 @@ __all__ = [
     "Qrels",
     "QualityGateError",
     "Run",
+    "agreement_gate",
+    "agreement_queries",
     "available_splits",
     "bm25_retrieve",
     "calibration_dataset",
     "calibration_pairs",
     "calibration_triples",
     "candidate_pairs",
+    "check_agreement_thresholds",
     "check_max_ndcg_loss",
     "compare_runs",
     "default_cache_dir",
@@ -98,6 +111,7 @@ __all__ = [
     "paired_test",
     "parity_groups",
     "parse_measures",
+    "pseudo_query_dataset",
     "quality_comparison",
     "quality_gate",
     "quality_report",

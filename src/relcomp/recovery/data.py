@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -36,21 +35,12 @@ from relcomp.evaluation import (
     load_beir,
     rerank,
 )
+from relcomp.evaluation.sampling import PSEUDO_QUERY_PREFIX, pseudo_queries, pseudo_query_document
 from relcomp.models import BiEncoder, RankingModel
 
 __all__ = ["PSEUDO_QUERY_PREFIX", "RecoveryData", "pseudo_queries", "recovery_data"]
 
 logger = logging.getLogger(__name__)
-
-#: Pseudo-query ids start with this; the rest says how they were drawn, so that a
-#: cached first-stage run or teacher score never mixes two drawings.
-PSEUDO_QUERY_PREFIX = "relcomp-pseudo"
-_PSEUDO_VERSION = 1
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_WORD = re.compile(r"\w+")
-#: A title or sentence shorter than this (in words) says too little to retrieve with.
-_MIN_WORDS = 4
-_MAX_WORDS = 40
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -154,56 +144,6 @@ class RecoveryData:
         )
 
 
-def pseudo_queries(dataset: BeirDataset, n: int, seed: int = 13) -> dict[str, tuple[str, str]]:
-    """``n`` pseudo-queries drawn from the corpus: ``{id: (text, source document id)}``.
-
-    Each comes from a different, seeded document: its title when the title has at
-    least four words, else one of its sentences of 4–40 words (seeded). A document
-    with neither is passed over. Ids name the drawing (version, seed), so caches keep
-    drawings apart.
-
-    Example:
-        >>> from relcomp.data import demo_path
-        >>> from relcomp.evaluation import load_beir
-        >>> drawn = pseudo_queries(load_beir(demo_path(), "train"), 3)
-        >>> len(drawn), all(len(text.split()) >= 4 for text, _ in drawn.values())
-        (3, True)
-    """
-    if n < 0:
-        raise ValueError(f"the number of pseudo-queries must be ≥ 0, got {n}")
-    rng = np.random.default_rng(seed)
-    doc_ids = dataset.sorted_doc_ids
-    drawn: dict[str, tuple[str, str]] = {}
-    for row in rng.permutation(len(doc_ids)).tolist():
-        if len(drawn) == n:
-            break
-        doc_id = doc_ids[row]
-        title, text = dataset.corpus[doc_id]
-        if len(_WORD.findall(title)) >= _MIN_WORDS:
-            query = title.strip()
-        else:
-            sentences = [
-                s.strip()
-                for s in _SENTENCE.split(text)
-                if _MIN_WORDS <= len(_WORD.findall(s)) <= _MAX_WORDS
-            ]
-            if not sentences:
-                continue
-            query = sentences[int(rng.integers(len(sentences)))]
-        drawn[f"{PSEUDO_QUERY_PREFIX}-v{_PSEUDO_VERSION}-s{seed}:{doc_id}"] = (query, doc_id)
-    if len(drawn) < n:
-        logger.warning(
-            "%s: only %d of the %d pseudo-queries asked for could be drawn (documents with a "
-            "title or sentence of %d–%d words)",
-            dataset.name,
-            len(drawn),
-            n,
-            _MIN_WORDS,
-            _MAX_WORDS,
-        )
-    return drawn
-
-
 def recovery_data(
     teacher: RankingModel,
     data_dir: str | os.PathLike[str],
@@ -226,7 +166,8 @@ def recovery_data(
         pseudo: pseudo-queries drawn from the corpus; by default as many as there are
             split queries, and 1,000 when the collection has no train or dev split.
         splits: the splits whose queries are used; by default every split but ``test``.
-        exclude: query ids never to use (the quality gate's queries, say).
+        exclude: query ids never to use (the quality gate's queries, say); a
+            pseudo-query id among them keeps its source document out of the drawing.
         seed: seeds the pseudo-query drawing.
         max_length: the teacher's input length while scoring (its own when ``None``).
         batch_size: pairs or texts per forward pass of the teacher.
@@ -263,7 +204,9 @@ def recovery_data(
                 query_source[query_id] = split
     if pseudo is None:
         pseudo = len(query_source) if query_source else 1000
-    drawn = pseudo_queries(base, pseudo, seed=seed)
+    # An excluded pseudo-query (the agreement gate's) keeps its document out of the drawing.
+    excluded_documents = {d for q in excluded if (d := pseudo_query_document(q)) is not None}
+    drawn = pseudo_queries(base, pseudo, seed=seed, exclude_documents=excluded_documents)
     texts = {**{q: base.queries[q] for q in query_source}, **{q: t for q, (t, _) in drawn.items()}}
     if not texts:
         raise RelcompError(

@@ -673,6 +673,8 @@ def _summary(run: CompressionRun) -> str:
         sentences.append("No quality gate was set.")
     elif state == "none":
         sentences.append(f"A quality gate was set; its result was {NOT_MEASURED}.")
+    elif gate.get("kind") == "agreement":
+        sentences.append(_agreement_sentence(gate, state))
     else:
         loss, allowed = _number(gate.get("loss_points")), _number(gate.get("max_ndcg_loss"))
         split = gate.get("split")
@@ -723,9 +725,38 @@ def _summary(run: CompressionRun) -> str:
     return verdict_html + f'<div class="cards">{"".join(cards)}</div>'
 
 
+def _agreement_sentence(gate: Mapping[str, Any], state: str) -> str:
+    """The verdict of an agreement gate (a collection with no judged dev or train split)."""
+    figures = []
+    for label, key, least in (
+        ("top-10 overlap", "top10_overlap", "min_overlap"),
+        ("Kendall's τ", "kendall_tau", "min_tau"),
+    ):
+        value, minimum = _number(gate.get(key)), _number(gate.get(least))
+        figures.append(
+            f"{label} {_fixed(value, 3)}"
+            + (f" (at least {minimum:.2f})" if minimum is not None else "")
+        )
+    n_queries = gate.get("n_queries")
+    queries = f"{n_queries} " if isinstance(n_queries, int) else ""
+    verdict = "passed" if state == "pass" else "failed"
+    return (
+        f"It <strong>{verdict}</strong> the quality gate, which, with no judged dev or train "
+        f"queries to read, checks agreement with the uncompressed model on {_e(queries)}corpus "
+        f"pseudo-queries: {', '.join(figures)}."
+    )
+
+
 def _gate_detail(gate: Any) -> str:
     if not isinstance(gate, Mapping):
         return "no maximum loss was set"
+    if gate.get("kind") == "agreement":
+        overlap, tau = _number(gate.get("min_overlap")), _number(gate.get("min_tau"))
+        parts = ["agreement with the uncompressed model"]
+        if overlap is not None and tau is not None:
+            parts.append(f"top-10 overlap ≥ {overlap:.2f}, Kendall's τ ≥ {tau:.2f}")
+        parts.append("on corpus pseudo-queries")
+        return ", ".join(parts)
     allowed = _number(gate.get("max_ndcg_loss"))
     split = gate.get("split")
     parts = []
