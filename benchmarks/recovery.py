@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--max-length", type=int, default=128, help="recovery input length")
     parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument(
+        "--candidate-depth",
+        type=int,
+        default=None,
+        help="draw the candidates from BM25's top-N (half its top, half deeper)",
+    )
     parser.add_argument("--pseudo", type=int, default=None)
     parser.add_argument("--queries", type=int, default=100, help="test queries (quick: 100)")
     parser.add_argument("--depth", type=int, default=30)
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work / (
         f"{args.model}-{args.train}-{args.importance}-{args.params_removed:g}"
         + (f"-qat-{args.quantize}" if args.quantize else "")
+        + (f"-depth{args.candidate_depth}" if args.candidate_depth else "")
     )
     work.mkdir(parents=True, exist_ok=True)
 
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher,
         train_dir,
         candidates=args.candidates,
+        candidate_depth=args.candidate_depth,
         pseudo=args.pseudo,
         max_length=args.max_length,
     )
@@ -194,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data_seconds": round(data_seconds, 1),
                 "device": log.device,
                 "quantization_aware": args.quantize,
+                "candidate_depth": args.candidate_depth,
                 "data": {**dict(log.data), "collection": relative(log.data["collection"])},
                 "heldout_loss": [dict(c) for c in log.checkpoints],
             },

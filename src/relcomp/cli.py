@@ -196,6 +196,13 @@ def _add_recover(verbs: Verbs) -> None:
         "--candidates", type=_positive_int, default=8, help="BM25 candidates per query (8)"
     )
     recover.add_argument(
+        "--candidate-depth",
+        type=_positive_int,
+        default=None,
+        help="draw the candidates from BM25's top-N: half its top, half from the ranks "
+        "below (default: its top --candidates); for a re-ranker that serves deep lists",
+    )
+    recover.add_argument(
         "--pseudo",
         type=int,
         default=None,
@@ -251,6 +258,7 @@ def _cmd_recover(args: argparse.Namespace) -> None:
         lr=args.lr,
         max_length=args.max_length,
         candidates=args.candidates,
+        candidate_depth=args.candidate_depth,
         pseudo=args.pseudo,
         loss=args.loss,
         temperature=args.temperature,

@@ -859,6 +859,7 @@ def recover(
     lr: float = 5e-5,
     max_length: int = 128,
     candidates: int = 8,
+    candidate_depth: int | None = None,
     pseudo: int | None = None,
     loss: str | None = None,
     temperature: float | None = None,
@@ -898,6 +899,8 @@ def recover(
         lr: AdamW's peak learning rate.
         max_length: input length while training.
         candidates: BM25 candidates per query.
+        candidate_depth: draw them from BM25's top-``candidate_depth`` (half the top,
+            half deeper; :func:`relcomp.recovery.recovery_data`) instead of its top.
         pseudo: pseudo-queries from the corpus (default: as many as split queries).
         loss: ``listwise-kl``, ``margin-mse`` (cross-encoders) or ``embedding`` (bi-encoders).
         temperature: the loss's softmax temperature.
@@ -992,6 +995,7 @@ def recover(
         reference,
         data_dir,
         candidates=candidates,
+        candidate_depth=candidate_depth,
         pseudo=pseudo,
         exclude=[*gate_ids, *exclude],
         seed=seed,

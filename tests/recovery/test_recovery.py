@@ -142,6 +142,33 @@ def test_recovery_data_never_uses_test_or_excluded_queries(
         recovery_data(teacher, collection, splits=["test"])
 
 
+def test_deep_candidates_keep_bm25s_top_half_and_draw_the_rest_from_below(
+    tiny_model: Any, collection: Path
+) -> None:
+    from relcomp.evaluation import bm25_retrieve, load_beir
+
+    teacher = tiny_model("minilm")
+    shallow = recovery_data(teacher, collection, candidates=4, pseudo=0)
+    deep = recovery_data(teacher, collection, candidates=4, pseudo=0, candidate_depth=8)
+    assert deep.identity["candidate_depth"] == 8 and "candidate_depth" not in shallow.identity
+    assert deep.digest != shallow.digest  # another data set: its own checkpoints and cache
+    train = load_beir(collection, "train")
+    top8 = bm25_retrieve(train, list(train.split_queries), depth=8, show_progress_bar=False)
+    drew_deeper = 0
+    for query_id, query in train.queries.items():
+        if query_id not in train.split_queries:
+            continue
+        row = deep.queries.index(query)
+        ranked = [d for d, _ in sorted(top8[query_id].items(), key=lambda i: (-i[1], i[0]))]
+        texts = {train.document_text(d): rank for rank, d in enumerate(ranked)}
+        ranks = sorted(texts[t] for t in deep.documents[row])
+        assert len(ranks) == min(4, len(ranked)) and ranks[:2] == [0, 1]
+        drew_deeper += ranks[-1] >= 4
+    assert drew_deeper > 0  # some group reaches below BM25's top-4
+    with pytest.raises(RelcompError, match="candidate_depth \\(3\\) must be at least"):
+        recovery_data(teacher, collection, candidates=4, candidate_depth=3)
+
+
 def test_the_teachers_scores_are_computed_once_and_read_back(
     tiny_model: Any, collection: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -155,6 +155,7 @@ def recovery_data(
     seed: int = 13,
     max_length: int | None = None,
     batch_size: int = 32,
+    candidate_depth: int | None = None,
     show_progress_bar: bool | None = None,
 ) -> RecoveryData:
     """Recovery groups from a BEIR folder, with ``teacher``'s targets.
@@ -163,6 +164,11 @@ def recovery_data(
         teacher: the uncompressed model (a cross-encoder or a bi-encoder).
         data_dir: a BEIR folder.
         candidates: BM25 candidates per query (the group's size).
+        candidate_depth: draw the candidates from BM25's top-``candidate_depth`` instead
+            of taking its top-``candidates``: the first half of the group is BM25's top,
+            the rest is drawn (seeded per query) from the ranks below, so the student
+            also learns to push down the deep candidates a re-ranker serving top-100
+            sees. ``None`` (the default): BM25's top-``candidates``.
         pseudo: pseudo-queries drawn from the corpus; by default as many as there are
             split queries, and 1,000 when the collection has no train or dev split.
         splits: the splits whose queries are used; by default every split but ``test``.
@@ -188,6 +194,11 @@ def recovery_data(
     """
     if candidates < 2:
         raise RelcompError(f"recovery needs at least 2 candidates per query, got {candidates}")
+    if candidate_depth is not None and candidate_depth < candidates:
+        raise RelcompError(
+            f"candidate_depth ({candidate_depth}) must be at least candidates ({candidates}): "
+            "the candidates are drawn from BM25's top-candidate_depth"
+        )
     available = available_splits(data_dir)
     chosen = [s for s in available if s != "test"] if splits is None else list(splits)
     for split in chosen:
@@ -218,7 +229,13 @@ def recovery_data(
         base, split="recovery", queries=texts, qrels={query_id: {} for query_id in texts}
     )
     options: dict[str, Any] = {"show_progress_bar": show_progress_bar}
-    first_stage = bm25_retrieve(dataset, list(texts), depth=candidates, **options)
+    first_stage = bm25_retrieve(
+        dataset, list(texts), depth=candidate_depth or candidates, **options
+    )
+    if candidate_depth is not None:
+        first_stage = {
+            q: _top_and_deep(found, candidates, seed, q) for q, found in first_stage.items()
+        }
     for query_id, (_, source_doc) in drawn.items():
         # The document a pseudo-query came from is its natural positive: keep it.
         found = first_stage[query_id]
@@ -243,6 +260,8 @@ def recovery_data(
         "split_queries": sum(1 for q in usable if q in query_source),
         "pseudo_queries": sum(1 for q in usable if q in drawn),
         "candidates": candidates,
+        # named only when used, so data (and checkpoints) made before the option match
+        **({"candidate_depth": candidate_depth} if candidate_depth is not None else {}),
         "first_stage": "bm25",
         "seed": seed,
         "teacher": teacher.cache_key,
@@ -282,6 +301,32 @@ def recovery_data(
         teacher_scores=targets,
         identity=identity,
     )
+
+
+def _top_and_deep(
+    found: Mapping[str, float], candidates: int, seed: int, query_id: str
+) -> dict[str, float]:
+    """BM25's top half of ``candidates``, and the rest drawn from the ranks below.
+
+    The draw is seeded by ``seed`` and the query id, so a query keeps its candidates
+    (and the teacher's cached scores stay valid) whatever else is in the data.
+
+    Example:
+        >>> found = {f"d{i}": float(100 - i) for i in range(100)}
+        >>> group = _top_and_deep(found, 8, 13, "q1")
+        >>> list(group)[:4], len(group), all(d in found for d in group)
+        (['d0', 'd1', 'd2', 'd3'], 8, True)
+        >>> group == _top_and_deep(found, 8, 13, "q1")
+        True
+    """
+    ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]))
+    if len(ranked) <= candidates:
+        return dict(ranked)
+    top = (candidates + 1) // 2
+    digest = hashlib.sha256(f"{seed}|{query_id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    deep = sorted(rng.choice(np.arange(top, len(ranked)), candidates - top, replace=False))
+    return dict([*ranked[:top], *(ranked[int(i)] for i in deep)])
 
 
 def _bi_encoder_targets(
