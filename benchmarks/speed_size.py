@@ -301,12 +301,14 @@ def time_systems(
 # -- quality ------------------------------------------------------------------------------
 def quality(
     systems: dict[str, Any], dataset_name: str, protocol: Protocol, executor: Any = None
-) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, Any]]:
+) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """nDCG@10 of every system re-ranking the same BM25 candidates of the same test queries.
 
     ``executor`` (``--ray``): the pairs are scored on Ray, in chunks, the same scores.
     The full protocol saves scores in relcomp's score cache (keyed by the weights' or
-    ONNX files' digests), so a stopped run resumes where it stopped.
+    ONNX files' digests), so a stopped run resumes where it stopped. The last value
+    returned is each system's nDCG@10 at shallower re-ranking depths (the same scores,
+    BM25's top-k only).
     """
     dataset = load_beir(beir_path(dataset_name), "test")
     query_ids = (
@@ -317,6 +319,7 @@ def quality(
     candidates = bm25_retrieve(dataset, query_ids, depth=protocol.depth, show_progress_bar=False)
     means: dict[str, float] = {}
     per_query: dict[str, dict[str, Any]] = {}
+    by_depth: dict[str, Any] = {}
     for name, model in systems.items():
         tic = time.time()
         run = rerank(
@@ -329,15 +332,23 @@ def quality(
             use_cache=protocol.name == "full",
         )
         report = quality_report(
-            name, dataset, run, ["nDCG@10"], query_ids=query_ids, first_stage="bm25"
+            name,
+            dataset,
+            run,
+            ["nDCG@10"],
+            query_ids=query_ids,
+            first_stage="bm25",
+            depth=protocol.depth,
+            candidates=candidates,
         )
         means[name] = float(report.measures["nDCG@10"])
         per_query[name] = dict(report.per_query)
+        by_depth[name] = {k: m["nDCG@10"] for k, m in report.by_depth.items()}
         logger.info(
             "%s on %s: nDCG@10 %.4f (%.0f s)", name, dataset_name, means[name], time.time() - tic
         )
     setting = {"queries": len(query_ids), "first_stage": "bm25", "depth": protocol.depth}
-    return means, per_query, setting
+    return means, per_query, setting, by_depth
 
 
 def timing_pairs(dataset_name: str, n: int, depth: int) -> tuple[list[str], list[str]]:
@@ -530,7 +541,7 @@ def run_model(
             for name, system in systems.items()
             if name not in args.skip_quality
         }
-        means, per_query, setting = quality(
+        means, per_query, setting, by_depth = quality(
             scored, dataset, protocol, getattr(args, "executor", None)
         )
         meta[f"evaluation_{dataset}"] = setting
@@ -538,6 +549,7 @@ def run_model(
             if row["system"] not in means:
                 continue
             row["ndcg@10"][dataset] = means[row["system"]]
+            row.setdefault("ndcg@10_by_depth", {})[dataset] = by_depth[row["system"]]
             if row["system"] != reference:
                 test = paired_test(per_query[reference], per_query[row["system"]], ["nDCG@10"])
                 # the key keeps its name; _meta's quality_reference says against what
@@ -695,6 +707,39 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _depth_table(
+    meta: dict[str, Any], model: str, systems: list[dict[str, Any]], datasets: list[str]
+) -> str:
+    """nDCG@10 had each system re-ranked only BM25's top-k (the same scores), and its
+    loss against the quality reference at each depth; empty for files without it."""
+    reference = meta.get("models", {}).get(model, {}).get("quality_reference", TORCH)
+    by_name = {s["system"]: s for s in systems}
+    if not any(s.get("ndcg@10_by_depth") for s in systems) or reference not in by_name:
+        return ""
+    base = by_name[reference]
+    rows = []
+    for dataset in datasets:
+        depth = meta.get("models", {}).get(model, {}).get(f"evaluation_{dataset}", {}).get("depth")
+        for s in systems:
+            found = s.get("ndcg@10_by_depth", {}).get(dataset)
+            if found is None or dataset not in s["ndcg@10"]:
+                continue
+            at = {**found, str(depth): s["ndcg@10"][dataset]}
+            ref_at = {**base["ndcg@10_by_depth"][dataset], str(depth): base["ndcg@10"][dataset]}
+            cells = [
+                f"{at[k]:.4f}" + ("" if s is base else f" ({100 * (at[k] - ref_at[k]):+.2f})")
+                for k in sorted(at, key=int)
+            ]
+            rows.append([dataset, s["system"], *cells])
+            header = ["data", "system", *(f"top-{k}" for k in sorted(at, key=int))]
+    if not rows:
+        return ""
+    return (
+        f"{model_label(model)}, nDCG@10 by re-ranking depth (BM25's top-k re-ranked; in "
+        f"brackets, points against {reference}):\n\n" + markdown_table(header, rows)
+    )
+
+
 def _ndcg(row: dict[str, Any], dataset: str) -> str:
     value = row["ndcg@10"].get(dataset)
     return "not scored" if value is None else f"{value:.4f}"
@@ -723,6 +768,9 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
             header = ["system", "MB", "pairs/s", "p50 ms", "p95 ms"]
             header += [f"nDCG@10 {d}" for d in datasets]
             tables.append(f"{model_label(model)}:\n\n" + markdown_table(header, rows))
+            depth_table = _depth_table(payload["_meta"], model, systems, datasets)
+            if depth_table:
+                tables.append(depth_table)
             targets = payload["_meta"].get("targets", {}).get(model)
             if targets:
                 checks = [

@@ -142,3 +142,25 @@ def _with_timing(payload: dict[str, Any]) -> dict[str, Any]:
     for row in payload["m"]:
         row.update(p50_ms=1.0, p95_ms=2.0)
     return payload
+
+
+def test_the_depth_table_gives_each_systems_loss_at_each_re_ranking_depth(scripts: Any) -> None:
+    speed = scripts("speed_size")
+    rows = [
+        _row(speed.TORCH, 90.9, 10.0),
+        _row(speed.ORT_FP32, 90.9, 25.0, nf=0.3146),
+        _row("relcomp pruned 70% + recovery + int8", 16.0, 90.0, nf=0.2923),
+    ]
+    rows[1]["ndcg@10_by_depth"] = {"nf": {"10": 0.3086, "30": 0.3150}}
+    rows[2]["ndcg@10_by_depth"] = {"nf": {"10": 0.3026, "30": 0.3038}}
+    meta = {
+        "datasets": ["nf"],
+        "models": {"m": {"quality_reference": speed.ORT_FP32, "evaluation_nf": {"depth": 100}}},
+    }
+    table = speed.markdown([_with_timing({"_meta": meta, "m": rows})])
+    assert "| data | system | top-10 | top-30 | top-100 |" in table
+    assert "| nf | ORT fp32 | 0.3086 | 0.3150 | 0.3146 |" in table
+    assert (
+        "| nf | relcomp pruned 70% + recovery + int8 | 0.3026 (-0.60) | 0.3038 (-1.12) | 0.2923 (-2.23) |"
+        in table
+    )

@@ -74,6 +74,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("speed_size", "markdown", ["speed_size_reranker.json"]),
         ("speed_size", "markdown", ["speed_size_retriever.json"]),
         ("speed_size", "markdown", ["speed_size_recovered.json"]),
+        ("speed_size", "markdown", ["speed_size_recovered_full.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
     "recovery.md": [
