@@ -165,6 +165,18 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
     loss = 100 * (torch_fp32["ndcg@10"]["nfcorpus"] - best["ndcg@10"]["nfcorpus"])
     assert f"{gain:.2f} points above the uncompressed model on scifact" in line
     assert f"{loss:.2f} below on nfcorpus" in line
+    [full] = results("speed_size_recovered_full.json")
+    systems = {s["system"]: s for s in full["../shared/assets/models/minilm-l6-reranker"]}
+    best, reference = (
+        systems["relcomp pruned 70% + int8-aware recovery + int8"],
+        systems["ORT fp32"],
+    )
+    peer = systems["ORT int8 (optimum avx2)"]
+    assert f"{best['pairs_per_s'] / systems['torch fp32']['pairs_per_s']:.1f}× torch" in line
+    assert f"{best['pairs_per_s'] / peer['pairs_per_s']:.2f}× the peer" in line
+    full_loss = 100 * (reference["ndcg@10"]["nfcorpus"] - best["ndcg@10"]["nfcorpus"])
+    peer_loss = 100 * (reference["ndcg@10"]["nfcorpus"] - peer["ndcg@10"]["nfcorpus"])
+    assert f"loses {full_loss:.2f} points (the peer {peer_loss:.2f})" in line
 
     [attribution] = results("attribution_cost.json")
     line = headlines["Attribution cost"]
