@@ -381,6 +381,13 @@ def main() -> None:
         "re-ranking depth, and exit (runs nothing)",
     )
     parser.add_argument(
+        "--recovery-table",
+        nargs="+",
+        metavar="JSON",
+        help="print, per method of these --recover result files, nDCG@10 before and after "
+        "recovery and the paired test against relevance, and exit (runs nothing)",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         metavar="JSON",
@@ -418,6 +425,9 @@ def main() -> None:
         return
     if args.depths:
         print(depth_markdown([json.loads(Path(f).read_text()) for f in args.depths]))
+        return
+    if args.recovery_table:
+        print(recovery_markdown([json.loads(Path(f).read_text()) for f in args.recovery_table]))
         return
     if args.backfill_depths and not args.resume:
         parser.error("--backfill-depths works on the rows of --output: add --resume")
@@ -895,6 +905,56 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
     return _markdown_table(header, [[line.get(h, "–") for h in header] for line in lines])
 
 
+def recovery_markdown(payloads: list[dict[str, Any]]) -> str:
+    """Recovered sweeps (``--recover``): each method before and after recovery, as markdown.
+
+    A line per (budget, method): nDCG@10 of the pruned model before recovery and after,
+    the points lost against the uncompressed model after recovery, the paired test of
+    the recovered model against the relevance plan's (which choice recovers better), the
+    held-out distillation loss at the end and the recovery's seconds.
+    """
+    merged = merge(payloads)
+    header = ["model", "data", "budget", "method", "before recovery", "after recovery"]
+    header += ["points lost", "p vs relevance", "held-out loss", "steps", "seconds"]
+    table = []
+    for model, dataset, _family, _retrieval, rows in groups(merged):
+        reference = next((r for r in rows if r["method"] == "reference"), None)
+        recovered = [r for r in rows if "recovery" in r]
+        if reference is None or not recovered:
+            continue
+        for row in recovered:
+            relevance = next(
+                (
+                    r
+                    for r in recovered
+                    if r["method"] == "relevance" and r["budget"] == row["budget"]
+                ),
+                None,
+            )
+            p = (
+                None
+                if relevance is None or relevance is row
+                else _paired(relevance, row)["p_value"]
+            )
+            heldout = row["recovery"]["heldout_loss"]
+            table.append(
+                [
+                    model,
+                    dataset,
+                    ",".join(f"{k}={v:g}" for k, v in row["budget"].items()),
+                    row["method"],
+                    f"{row['ndcg@10_before_recovery']:.4f}",
+                    f"{row['ndcg@10']:.4f}",
+                    f"{100 * (reference['ndcg@10'] - row['ndcg@10']):+.2f}",
+                    "–" if p is None else f"{p:.3f}",
+                    f"{heldout[-1]['heldout_loss']:.4f}" if heldout else "–",
+                    str(row["recovery"]["steps"]),
+                    f"{row['recovery']['seconds']:.0f}",
+                ]
+            )
+    return _markdown_table(header, table)
+
+
 def depth_markdown(payloads: list[dict[str, Any]]) -> str:
     """nDCG@10 by re-ranking depth, a line per (budget, method), as a markdown table.
 
@@ -1014,6 +1074,17 @@ def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
             f"cannot merge results of different protocols: {sorted(map(str, protocols))}"
         )
     merged: dict[str, Any] = {"_meta": {"protocol": protocols.pop() if protocols else None}}
+    steps = {p.get("_meta", {}).get("recovery", {}).get("steps") for p in payloads}
+    if len(steps) > 1:
+        raise SystemExit(
+            "cannot merge results recovered for different steps (none: not recovered): "
+            f"{sorted(map(str, steps))}"
+        )
+    recovery = next(
+        (p["_meta"]["recovery"] for p in payloads if p.get("_meta", {}).get("recovery")), None
+    )
+    if recovery:
+        merged["_meta"]["recovery"] = recovery
     for payload in payloads:
         for model, datasets in payload.items():
             if model.startswith("_"):

@@ -164,3 +164,40 @@ def test_the_depth_table_gives_each_systems_loss_at_each_re_ranking_depth(script
         "| nf | relcomp pruned 70% + recovery + int8 | 0.3026 (-0.60) | 0.3038 (-1.12) | 0.2923 (-2.23) |"
         in table
     )
+
+
+def test_the_recovery_table_gives_before_after_and_the_test_against_relevance(
+    scripts: Any,
+) -> None:
+    quality = scripts("compression_quality")
+    budget = {"params_removed": 0.5}
+    per_query = {"relevance": [0.5, 0.6, 0.7, 0.4], "taylor": [0.6, 0.72, 0.8, 0.52]}
+    recovery = {
+        "steps": 300,
+        "seconds": 12.0,
+        "heldout_loss": [{"step": 300, "heldout_loss": 0.07}],
+    }
+    rows = [{"budget": None, "method": "reference", "ndcg@10": 0.60, "size_mb": 90.0}]
+    rows += [
+        {
+            "budget": budget,
+            "method": method,
+            "ndcg@10": sum(values) / 4,
+            "ndcg@10_before_recovery": 0.3,
+            "size_mb": 50.0,
+            "per_query": {f"q{i}": v for i, v in enumerate(values)},
+            "recovery": recovery,
+        }
+        for method, values in per_query.items()
+    ]
+    payload = {"_meta": {"protocol": "quick", "recovery": {"steps": 300}}}
+    payload["m"] = {"d": {"prune-structured": rows}}
+    table = quality.recovery_markdown([payload])
+    assert (
+        "| m | d | params_removed=0.5 | relevance | 0.3000 | 0.5500 | +5.00 | – | 0.0700 | 300 | 12 |"
+        in table
+    )
+    assert "| m | d | params_removed=0.5 | taylor | 0.3000 | 0.6600 | -6.00 | 0.000 |" in table
+    unrecovered = {"_meta": {"protocol": "quick"}, "m": {"d": {"prune-structured": rows[:1]}}}
+    with pytest.raises(SystemExit, match="recovered for different steps"):
+        quality.merge([payload, unrecovered])

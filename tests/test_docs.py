@@ -66,7 +66,11 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         for model in ("minilm", "reranker")
         for function in ("markdown", "summary")
     ]
-    + [("compression_quality", "depth_markdown", ["compression_quality_reranker_full.json"])],
+    + [("compression_quality", "depth_markdown", ["compression_quality_reranker_full.json"])]
+    + [
+        ("compression_quality", function, ["compression_quality_reranker_recovered.json"])
+        for function in ("recovery_markdown", "markdown")
+    ],
     "activation_quantization.md": [
         ("activation_quantization", "markdown", ["activation_quantization.json"]),
     ],
@@ -195,6 +199,14 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
         cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
         met, judged = (sum(int(c[4].split(" of ")[i]) for c in cells) for i in (0, 1))
         assert f"{met} of {judged} for {name}" in line
+    [recovered] = results("compression_quality_reranker_recovered.json")
+    rows = {r["method"]: r for r in recovered["minilm-l6-reranker"]["scifact"]["prune-structured"]}
+    [claim] = recovered["_meta"]["claims"]
+    assert (
+        f"{claim['best_blind'].capitalize()}'s plan recovers best "
+        f"({rows[claim['best_blind']]['ndcg@10']:.4f} against relevance's "
+        f"{rows['relevance']['ndcg@10']:.4f} on scifact, p {claim['p_value']:.3f})"
+    ) in line
 
     [scaling] = results("distributed_scaling.json")
     rows = {(r["system"], r["workers"]): r for r in scaling["rows"]}
