@@ -235,6 +235,11 @@ def _rows(payload: dict[str, Any]) -> list[list[str]]:
                     f" ({meta['recovery']['quantization_aware']}-aware)"
                     if meta["recovery"].get("quantization_aware")
                     else ""
+                )
+                + (
+                    f" (candidates from BM25 top-{meta['recovery']['candidate_depth']})"
+                    if meta["recovery"].get("candidate_depth")
+                    else ""
                 ),
             }[system]
             rows.append(

@@ -88,6 +88,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
             ["recovery_reranker_scifact.json", "recovery_reranker_scifact_70.json"],
         ),
         ("recovery", "markdown", ["recovery_reranker_nfcorpus_70_qat.json"]),
+        ("recovery", "markdown", ["recovery_reranker_nfcorpus_70_qat_depth100.json"]),
     ],
     "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
