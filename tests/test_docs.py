@@ -89,6 +89,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ),
         ("recovery", "markdown", ["recovery_reranker_nfcorpus_70_qat.json"]),
         ("recovery", "markdown", ["recovery_reranker_nfcorpus_70_qat_depth100.json"]),
+        ("recovery", "markdown", ["recovery_reranker_nfcorpus_50_qat.json"]),
     ],
     "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],
