@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from relcomp.artifacts import (
     EMBEDDINGS,
@@ -876,9 +876,7 @@ class CompressFlow:
                 "after": gate["candidate"],
             }
         if not result.passed:
-            self.compressed = None  # close the ONNX Runtime session before its file goes
-            self._withdraw_bundle()
-            raise QualityGateError(
+            self._fail_gate(
                 f"quality gate failed: the compressed model lost {result.loss_points:.2f} "
                 f"nDCG@10 points on {self.dataset_name}/{result.split} ({gate['reference']:.4f} → "
                 f"{gate['candidate']:.4f}, {gate['n_queries']} queries); at most "
@@ -976,9 +974,7 @@ class CompressFlow:
             result.n_queries,
         )
         if not result.passed:
-            self.compressed = None  # close the ONNX Runtime session before its file goes
-            self._withdraw_bundle()
-            raise QualityGateError(
+            self._fail_gate(
                 f"quality gate failed: the compressed model ranks unlike the uncompressed one on "
                 f"{result.n_queries} pseudo-queries of {self.dataset_name} (top-10 overlap "
                 f"{result.top10_overlap:.3f}, at least {min_overlap:g} asked "
@@ -988,6 +984,12 @@ class CompressFlow:
                 result,
             )
         return result.summary()
+
+    def _fail_gate(self, message: str, result: GateResult | AgreementGate) -> NoReturn:
+        """Remove the bundle a gate refused (:meth:`_withdraw_bundle`), then raise."""
+        self.compressed = None  # close the ONNX Runtime session before its file goes
+        self._withdraw_bundle()
+        raise QualityGateError(message, result)
 
     def _withdraw_bundle(self) -> None:
         """After a failed gate: delete the bundle and everything made from it (see :func:`compress`)."""

@@ -26,7 +26,12 @@ from relcomp.recovery import (
     recovery_data,
 )
 from tests.fixtures import DOCUMENTS, QUERIES
-from tests.recovery.test_recovery import pruned_student, run, write_collection
+from tests.recovery.test_recovery import (
+    interrupted_and_resumed,
+    pruned_student,
+    run,
+    write_collection,
+)
 
 HELDOUT = 3
 
@@ -218,27 +223,11 @@ def test_a_resumed_run_with_hidden_matching_equals_an_uninterrupted_one(
     teacher = tiny_model("minilm")
     data = recovery_data(teacher, collection, candidates=3, pseudo=3)
     options: dict[str, Any] = {"steps": 8, "checkpoint_every": 4, "hidden_weight": 0.5}
-    whole, whole_log = run(pruned_student(teacher), teacher, data, **options)
-
-    class Interrupted(Exception):
-        pass
-
-    calls = {"n": 0}
-
-    def interrupt_at_step_8(model: Any) -> dict[str, float]:
-        calls["n"] += 1  # called at steps 0, 4 and 8; the step-4 checkpoint is saved after it
-        if calls["n"] == 3:
-            raise Interrupted
-        return {}
-
     folder = tmp_path / "checkpoints"
-    with pytest.raises(Interrupted):
-        run(pruned_student(teacher), teacher, data, checkpoint_dir=folder,
-            gate=interrupt_at_step_8, **options)  # fmt: skip
-    saved = torch.load(folder / CHECKPOINT_FILE, weights_only=False)
+    whole, whole_log, resumed, resumed_log, saved = interrupted_and_resumed(
+        teacher, data, folder, **options
+    )
     assert saved["state"]["step"] == 4 and saved["identity"]["hidden_weight"] == 0.5
-    resumed, resumed_log = run(pruned_student(teacher), teacher, data, checkpoint_dir=folder,
-                               **options)  # fmt: skip
     assert resumed_log.losses == whole_log.losses
     assert resumed_log.checkpoints == whole_log.checkpoints
     for (name, a), (_, b) in zip(

@@ -235,12 +235,12 @@ def test_bi_encoder_recovery_moves_embeddings_toward_the_teacher(
     assert log.checkpoints[-1]["heldout_loss"] < 0.8 * log.checkpoints[0]["heldout_loss"]
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(
-    tiny_model: Any, collection: Path, tmp_path: Path
-) -> None:
-    teacher = tiny_model("minilm")
-    data = recovery_data(teacher, collection, candidates=3, pseudo=3)
-    whole, whole_log = run(pruned_student(teacher), teacher, data, steps=8, checkpoint_every=4)
+def interrupted_and_resumed(
+    teacher: Any, data: Any, folder: Path, **options: Any
+) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """An 8-step run whole, and the same run stopped after its step-4 checkpoint and
+    resumed from it: ``(whole, its log, resumed, its log, the saved checkpoint)``."""
+    whole, whole_log = run(pruned_student(teacher), teacher, data, **options)
 
     class Interrupted(Exception):
         pass
@@ -253,15 +253,26 @@ def test_a_resumed_run_equals_an_uninterrupted_one(
             raise Interrupted
         return {}
 
-    folder = tmp_path / "checkpoints"
     with pytest.raises(Interrupted):
-        run(pruned_student(teacher), teacher, data, steps=8, checkpoint_every=4,
-            checkpoint_dir=folder, gate=interrupt_at_step_8)  # fmt: skip
+        run(pruned_student(teacher), teacher, data, checkpoint_dir=folder,
+            gate=interrupt_at_step_8, **options)  # fmt: skip
     saved = torch.load(folder / CHECKPOINT_FILE, weights_only=False)
-    assert saved["state"]["step"] == 4
     resumed, resumed_log = run(
-        pruned_student(teacher), teacher, data, steps=8, checkpoint_every=4, checkpoint_dir=folder
+        pruned_student(teacher), teacher, data, checkpoint_dir=folder, **options
     )
+    return whole, whole_log, resumed, resumed_log, saved
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(
+    tiny_model: Any, collection: Path, tmp_path: Path
+) -> None:
+    teacher = tiny_model("minilm")
+    data = recovery_data(teacher, collection, candidates=3, pseudo=3)
+    folder = tmp_path / "checkpoints"
+    whole, whole_log, resumed, resumed_log, saved = interrupted_and_resumed(
+        teacher, data, folder, steps=8, checkpoint_every=4
+    )
+    assert saved["state"]["step"] == 4
     assert resumed_log.losses == whole_log.losses
     for (name, a), (_, b) in zip(
         whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
