@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("reranker", "retriever"), default="reranker")
     parser.add_argument("--train", choices=COLLECTIONS, default="scifact")
-    parser.add_argument("--params-removed", type=float, default=0.5)
+    parser.add_argument(
+        "--method", choices=("prune-structured", "drop-layers"), default="prune-structured"
+    )
+    parser.add_argument(
+        "--params-removed", type=float, default=0.5, help="prune-structured's budget"
+    )
+    parser.add_argument("--layers-dropped", type=int, default=2, help="drop-layers' budget")
     parser.add_argument("--importance", default="relevance")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -67,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         help="draw the candidates from BM25's top-N (half its top, half deeper)",
     )
     parser.add_argument("--pseudo", type=int, default=None)
-    parser.add_argument("--queries", type=int, default=100, help="test queries (quick: 100)")
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=100,
+        help="test queries (quick: 100; 0: train and save the model only, for speed_size's "
+        "--recovered rows, which evaluate it on the full protocol)",
+    )
     parser.add_argument("--depth", type=int, default=30)
     parser.add_argument("--eval-max-length", type=int, default=256)
     parser.add_argument(
@@ -75,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="quantization-aware recovery through this precision (int8): the student trains "
         "through the export's rounding; the torch figures are its fp32 weights",
+    )
+    parser.add_argument(
+        "--hidden-weight",
+        type=float,
+        default=0.0,
+        help="weight of hidden-state matching for the layers the plan keeps (0: off)",
     )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -87,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.output is None:
         parser.error("--output is required to run the benchmark")
+    if args.queries < 0:
+        parser.error(f"--queries must be 0 (no evaluation) or more, got {args.queries}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     set_threads(args.threads)
     started = time.perf_counter()
@@ -94,10 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     path = reranker_path() if args.model == "reranker" else "all-MiniLM-L6-v2"
     teacher = load_model(path)
     train_dir = beir_path(args.train)
+    structured = args.method == "prune-structured"
+    budget = (
+        {"params_removed": args.params_removed}
+        if structured
+        else {"layers_dropped": args.layers_dropped}
+    )
     work = args.work / (
-        f"{args.model}-{args.train}-{args.importance}-{args.params_removed:g}"
+        f"{args.model}-{args.train}-{args.importance}-"
+        + (f"{args.params_removed:g}" if structured else f"drop{args.layers_dropped}")
         + (f"-qat-{args.quantize}" if args.quantize else "")
         + (f"-depth{args.candidate_depth}" if args.candidate_depth else "")
+        + (f"-hidden{args.hidden_weight:g}" if args.hidden_weight else "")
     )
     work.mkdir(parents=True, exist_ok=True)
 
@@ -112,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         relevance = None
     the_plan = plan(
         teacher,
-        "prune-structured",
-        {"params_removed": args.params_removed},
+        args.method,
+        budget,
         relevance=relevance,
         importance=args.importance,
         data_dir=train_dir,
@@ -140,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         max_length=args.max_length,
+        hidden_weight=args.hidden_weight,
         device=args.device,
         checkpoint_dir=work,
         quantize=(
@@ -152,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     systems = {"reference": teacher, "pruned": pruned, "recovered": recovered}
     results: dict[str, Any] = {}
-    for collection in COLLECTIONS:
+    for collection in COLLECTIONS if args.queries else ():
         reports = {
             name: evaluate(
                 model,
@@ -177,16 +206,22 @@ def main(argv: list[str] | None = None) -> int:
             }
     payload = {
         "_meta": {
-            "protocol": "quick" if args.queries == 100 and args.depth == 30 else "custom",
+            "protocol": (
+                "not evaluated"
+                if not args.queries
+                else "quick"
+                if args.queries == 100 and args.depth == 30
+                else "custom"
+            ),
             "queries": args.queries,
             "depth": args.depth,
             "eval_max_length": args.eval_max_length,
             "model": relative(path),
             "train_collection": args.train,
             "plan": {
-                "method": "prune-structured",
+                "method": args.method,
                 "importance": args.importance,
-                "params_removed": args.params_removed,
+                **budget,
                 "parameters": {
                     "reference": parameter_count(teacher),
                     "pruned": parameter_count(pruned),
@@ -203,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": log.device,
                 "quantization_aware": args.quantize,
                 "candidate_depth": args.candidate_depth,
+                "hidden_weight": args.hidden_weight,
                 "data": {**dict(log.data), "collection": relative(log.data["collection"])},
                 "heldout_loss": [dict(c) for c in log.checkpoints],
             },
@@ -229,7 +265,7 @@ def _rows(payload: dict[str, Any]) -> list[list[str]]:
         for system, figures in systems.items():
             label = {
                 "reference": "uncompressed",
-                "pruned": f"{plan['importance']} {100 * plan['params_removed']:g} % pruned",
+                "pruned": _plan_label(plan),
                 "recovered": f"… + {meta['recovery']['steps']} recovery steps"
                 + (
                     f" ({meta['recovery']['quantization_aware']}-aware)"
@@ -239,6 +275,11 @@ def _rows(payload: dict[str, Any]) -> list[list[str]]:
                 + (
                     f" (candidates from BM25 top-{meta['recovery']['candidate_depth']})"
                     if meta["recovery"].get("candidate_depth")
+                    else ""
+                )
+                + (
+                    f" (hidden-state matching × {meta['recovery']['hidden_weight']:g})"
+                    if meta["recovery"].get("hidden_weight")
                     else ""
                 ),
             }[system]
@@ -255,6 +296,12 @@ def _rows(payload: dict[str, Any]) -> list[list[str]]:
                 ]
             )
     return rows
+
+
+def _plan_label(plan: dict[str, Any]) -> str:
+    if plan.get("method", "prune-structured") == "drop-layers":
+        return f"{plan['importance']}: {plan['layers_dropped']} layers dropped"
+    return f"{plan['importance']} {100 * plan['params_removed']:g} % pruned"
 
 
 def markdown(payloads: list[dict[str, Any]] | dict[str, Any]) -> str:

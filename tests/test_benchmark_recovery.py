@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,48 @@ def test_the_recovery_table_gives_before_after_and_the_test_against_relevance(
     unrecovered = {"_meta": {"protocol": "quick"}, "m": {"d": {"prune-structured": rows[:1]}}}
     with pytest.raises(SystemExit, match="recovered for different steps"):
         quality.merge([payload, unrecovered])
+
+
+# -- recovery.py ---------------------------------------------------------------------------
+def test_the_recovery_benchmark_drops_layers_and_can_train_without_evaluating(
+    scripts: Any, tiny_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = scripts("recovery")
+    collection = write_collection(tmp_path / "collection")
+    teacher = tiny_model("minilm")
+    monkeypatch.setattr(bench, "load_model", lambda path: teacher)
+    monkeypatch.setattr(bench, "beir_path", lambda name: collection)
+    output = tmp_path / "out.json"
+    argv = ["--method", "drop-layers", "--layers-dropped", "1", "--importance", "uniform"]
+    argv += ["--steps", "2", "--candidates", "4", "--pseudo", "4", "--queries", "0"]
+    bench.main([*argv, "--work", str(tmp_path / "work"), "--output", str(output)])
+
+    payload = json.loads(output.read_text())
+    assert payload["_meta"]["protocol"] == "not evaluated" and payload["results"] == {}
+    assert payload["_meta"]["plan"] == {
+        "method": "drop-layers",
+        "importance": "uniform",
+        "layers_dropped": 1,
+        "parameters": payload["_meta"]["plan"]["parameters"],
+    }
+    parameters = payload["_meta"]["plan"]["parameters"]
+    assert parameters["pruned"] < parameters["reference"]
+    folder = tmp_path / "work" / "reranker-scifact-uniform-drop1" / "recovered"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["num_hidden_layers"] == teacher.config.num_hidden_layers - 1
+    assert bench._plan_label(payload["_meta"]["plan"]) == "uniform: 1 layers dropped"
+
+
+def test_the_recovery_benchmark_refuses_negative_queries_before_any_work(
+    scripts: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench = scripts("recovery")
+    monkeypatch.setattr(bench, "load_model", _no_work)
+    output = tmp_path / "out.json"
+    with pytest.raises(SystemExit):
+        bench.main(["--queries", "-1", "--output", str(output)])
+    assert "--queries must be 0 (no evaluation) or more, got -1" in capsys.readouterr().err
+    assert not output.exists()

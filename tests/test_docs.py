@@ -90,6 +90,8 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("recovery", "markdown", ["recovery_reranker_nfcorpus_70_qat.json"]),
         ("recovery", "markdown", ["recovery_reranker_nfcorpus_70_qat_depth100.json"]),
         ("recovery", "markdown", ["recovery_reranker_nfcorpus_50_qat.json"]),
+        ("recovery", "markdown", ["recovery_reranker_nfcorpus_taylor50_qat_depth100.json"]),
+        ("recovery", "markdown", ["recovery_reranker_nfcorpus_drop3_qat_depth100.json"]),
     ],
     "speed_levers.md": [("speed_levers", "markdown", ["speed_levers.json"])],
     "index_compression.md": [("index_compression", "markdown", ["index_compression.json"])],

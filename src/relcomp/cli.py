@@ -978,6 +978,22 @@ def _add_compress(verbs: Verbs) -> None:
         "with this weight (default 0: off; see relcomp recover --hidden-weight)",
     )
     compress.add_argument(
+        "--recovery-candidate-depth",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with --recover, draw each recovery query's candidates from BM25's top-N, half "
+        "its top and half deeper (default: its top 8; see relcomp recover --candidate-depth)",
+    )
+    compress.add_argument(
+        "--recovery-pseudo",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --recover, N corpus pseudo-queries beside the train/dev queries "
+        "(default: as many as those)",
+    )
+    compress.add_argument(
         "--quantize",
         default=None,
         help="then quantize: a precision everywhere (int8, int4, fp16) or a bits budget "
@@ -1057,6 +1073,8 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             recovery_max_length=args.recovery_max_length,
             quantization_aware=args.quantization_aware,
             recovery_hidden_weight=args.recovery_hidden_weight,
+            recovery_candidate_depth=args.recovery_candidate_depth,
+            recovery_pseudo=args.recovery_pseudo,
             show_progress_bar=not args.quiet,
             index=args.index,
             index_dims=args.index_dims,

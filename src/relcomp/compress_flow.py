@@ -172,6 +172,8 @@ class CompressOptions:
     recovery_max_length: int = 128
     quantization_aware: bool = False
     recovery_hidden_weight: float = 0.0
+    recovery_candidate_depth: int | None = None
+    recovery_pseudo: int | None = None
     first_token: bool = False
     show_progress_bar: bool | None = None
     index: str | None = None
@@ -186,7 +188,7 @@ class CompressOptions:
             check_max_ndcg_loss(self.max_ndcg_loss)
         check_agreement_thresholds(self.min_agreement_overlap, self.min_agreement_tau)
         if self.recover is not None:
-            from relcomp.recovery import RecoverySettings
+            from relcomp.recovery import DEFAULT_CANDIDATES, RecoverySettings
 
             RecoverySettings(
                 steps=self.recover,
@@ -198,8 +200,24 @@ class CompressOptions:
                     "--recover takes one budget: several budgets would each need their own "
                     "recovery, which compress does not run yet"
                 )
-        elif self.recovery_hidden_weight:
-            raise ValueError("--recovery-hidden-weight shapes recovery: give --recover STEPS too")
+            depth = self.recovery_candidate_depth
+            if depth is not None and (isinstance(depth, bool) or depth < DEFAULT_CANDIDATES):
+                raise ValueError(
+                    f"--recovery-candidate-depth must be at least {DEFAULT_CANDIDATES} (the "
+                    f"candidates per recovery query, drawn from BM25's top-N), got {depth!r}"
+                )
+            if self.recovery_pseudo is not None and self.recovery_pseudo < 0:
+                raise ValueError(
+                    f"--recovery-pseudo must be 0 or more pseudo-queries, got {self.recovery_pseudo}"
+                )
+        else:
+            for flag, value in (
+                ("--recovery-hidden-weight", self.recovery_hidden_weight),
+                ("--recovery-candidate-depth", self.recovery_candidate_depth),
+                ("--recovery-pseudo", self.recovery_pseudo),
+            ):
+                if value:
+                    raise ValueError(f"{flag} shapes recovery: give --recover STEPS too")
         if self.quantize is not None:
             parse_quantize(self.quantize)
         if self.explanations < 0:
@@ -671,6 +689,12 @@ class CompressFlow:
                 if options.recovery_hidden_weight
                 else {}
             ),
+            **(
+                {"candidate_depth": options.recovery_candidate_depth}
+                if options.recovery_candidate_depth is not None
+                else {}
+            ),
+            **({"pseudo": options.recovery_pseudo} if options.recovery_pseudo is not None else {}),
         }
         folder = self.run.path / "recovered"
 
@@ -699,6 +723,8 @@ class CompressFlow:
                 gate_queries=0,  # the flow's own gate judges the exported model afterwards
                 quantize=aware,
                 hidden_weight=options.recovery_hidden_weight,
+                candidate_depth=options.recovery_candidate_depth,
+                pseudo=options.recovery_pseudo,
                 show_progress_bar=options.show_progress_bar,
             )
             return sorted(

@@ -650,6 +650,8 @@ def compress(
     recovery_max_length: int = 128,
     quantization_aware: bool = False,
     recovery_hidden_weight: float = 0.0,
+    recovery_candidate_depth: int | None = None,
+    recovery_pseudo: int | None = None,
     first_token: bool = False,
     show_progress_bar: bool | None = None,
     index: str | None = None,
@@ -715,6 +717,10 @@ def compress(
         threads: torch and ONNX Runtime threads while timing (BENCHMARKS.md: 2).
         recovery_hidden_weight: with ``recover``, the weight of hidden-state matching
             in the recovery loss (0: none; see :func:`recover`).
+        recovery_candidate_depth: with ``recover``, draw each recovery query's
+            candidates from BM25's top-N (``recover``'s ``candidate_depth``).
+        recovery_pseudo: with ``recover``, how many corpus pseudo-queries
+            (``recover``'s ``pseudo``; default as many as the train/dev queries).
         show_progress_bar: tqdm bars; ``None`` follows the logger level.
         index: a bi-encoder's corpus index built with the bundle after the gate:
             ``float32``, ``float16``, ``int8`` or ``binary`` (``None``: none); see
@@ -752,7 +758,9 @@ def compress(
         first_stage=first_stage, explanations=explanations, report=report, resume=resume,
         threads=threads, recover=recover, quantize=quantize,
         recovery_max_length=recovery_max_length, quantization_aware=quantization_aware,
-        recovery_hidden_weight=recovery_hidden_weight, first_token=first_token,
+        recovery_hidden_weight=recovery_hidden_weight,
+        recovery_candidate_depth=recovery_candidate_depth, recovery_pseudo=recovery_pseudo,
+        first_token=first_token,
         show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
         index_rescore=index_rescore, index_dim_selection=index_dim_selection, ray=ray,
         workers=workers,

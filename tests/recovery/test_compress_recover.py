@@ -41,6 +41,9 @@ def test_compress_with_recovery_exports_the_recovered_model(
         "quantization_aware": True,
         # hidden-state matching through the flow for one kind; the other trains without it
         "recovery_hidden_weight": 0.5 if kind == "cross-encoder" else 0.0,
+        # deep candidates for one kind; pseudo-queries counted for both
+        "recovery_candidate_depth": 8 if kind == "cross-encoder" else None,
+        "recovery_pseudo": 3,
         "show_progress_bar": False,
     }
     result = pipeline.compress(
@@ -49,6 +52,8 @@ def test_compress_with_recovery_exports_the_recovered_model(
     log = RecoveryLog.load(out / "recovered" / "recovery_log.json")
     assert log.steps == 3 and log.data["excluded_queries"] == 2
     assert log.hidden_weight == settings["recovery_hidden_weight"]
+    assert log.data.get("candidate_depth") == settings["recovery_candidate_depth"]
+    assert log.data["pseudo_queries"] == 3
     assert (log.hidden_layers != ()) == (kind == "cross-encoder")
     # --quantization-aware with --quantize int8: recovery trains through int8's rounding
     assert log.quantization_aware is not None
@@ -113,3 +118,43 @@ def test_recover_needs_a_structural_plan_and_one_budget(
             tiny_model_path("minilm"), collection, "0.2", tmp_path / "c",
             method="prune-structured", quantize="prune_heads(1)", **common,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"recover": 2, "recovery_candidate_depth": 4}, "must be at least 8"),
+        ({"recover": 2, "recovery_pseudo": -1}, "must be 0 or more"),
+        ({"recovery_candidate_depth": 100}, "give --recover STEPS too"),
+        ({"recovery_pseudo": 10}, "give --recover STEPS too"),
+    ],
+)
+def test_recovery_data_settings_are_checked_before_any_work(
+    settings: dict[str, Any], message: str
+) -> None:
+    from relcomp.compress_flow import CompressOptions
+    from relcomp.evaluation import resolve_protocol
+
+    with pytest.raises(ValueError, match=message):
+        CompressOptions("m", "d", ({"params_removed": 0.3},), "o",
+                        protocol=resolve_protocol("quick"), **settings)  # fmt: skip
+
+
+def test_compress_passes_the_recovery_data_settings(
+    tiny_model_path: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relcomp import cli
+
+    seen: dict[str, Any] = {}
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        raise ValueError("stopped before any work")
+
+    monkeypatch.setattr(pipeline, "compress", stop)
+    collection = write_collection(tmp_path / "collection")
+    argv = ["-q", "compress", "-m", str(tiny_model_path("minilm")), "-d", str(collection)]
+    argv += ["--budget", "0.3", "--recover", "2", "--recovery-candidate-depth", "100"]
+    argv += ["--recovery-pseudo", "300", "-o", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    assert (seen["recovery_candidate_depth"], seen["recovery_pseudo"]) == (100, 300)

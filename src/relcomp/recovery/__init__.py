@@ -21,7 +21,13 @@ export and gate.
 from __future__ import annotations
 
 from relcomp.artifacts import RecoveryLog
-from relcomp.recovery.data import PSEUDO_QUERY_PREFIX, RecoveryData, pseudo_queries, recovery_data
+from relcomp.recovery.data import (
+    DEFAULT_CANDIDATES,
+    PSEUDO_QUERY_PREFIX,
+    RecoveryData,
+    pseudo_queries,
+    recovery_data,
+)
 from relcomp.recovery.hidden import LayerOutputs, hidden_state_mse, layer_pairs
 from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse
 from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
@@ -35,6 +41,7 @@ from relcomp.recovery.train import (
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "DEFAULT_CANDIDATES",
     "LOSSES",
     "PSEUDO_QUERY_PREFIX",
     "RECOVERY_LOG_FILE",

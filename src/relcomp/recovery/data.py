@@ -38,7 +38,16 @@ from relcomp.evaluation import (
 from relcomp.evaluation.sampling import PSEUDO_QUERY_PREFIX, pseudo_queries, pseudo_query_document
 from relcomp.models import BiEncoder, RankingModel
 
-__all__ = ["PSEUDO_QUERY_PREFIX", "RecoveryData", "pseudo_queries", "recovery_data"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "PSEUDO_QUERY_PREFIX",
+    "RecoveryData",
+    "pseudo_queries",
+    "recovery_data",
+]
+
+#: BM25 candidates per recovery query unless told otherwise.
+DEFAULT_CANDIDATES = 8
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +157,7 @@ def recovery_data(
     teacher: RankingModel,
     data_dir: str | os.PathLike[str],
     *,
-    candidates: int = 8,
+    candidates: int = DEFAULT_CANDIDATES,
     pseudo: int | None = None,
     splits: Sequence[str] | None = None,
     exclude: Iterable[str] = (),
