@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"-qat-{args.quantize}" if args.quantize else "")
         + (f"-depth{args.candidate_depth}" if args.candidate_depth else "")
         + (f"-hidden{args.hidden_weight:g}" if args.hidden_weight else "")
+        + (f"-len{args.max_length}" if args.max_length != 128 else "")
     )
     work.mkdir(parents=True, exist_ok=True)
 
