@@ -211,12 +211,12 @@ class CompressOptions:
                     f"--recovery-pseudo must be 0 or more pseudo-queries, got {self.recovery_pseudo}"
                 )
         else:
-            for flag, value in (
-                ("--recovery-hidden-weight", self.recovery_hidden_weight),
-                ("--recovery-candidate-depth", self.recovery_candidate_depth),
-                ("--recovery-pseudo", self.recovery_pseudo),
+            for flag, given in (
+                ("--recovery-hidden-weight", bool(self.recovery_hidden_weight)),
+                ("--recovery-candidate-depth", self.recovery_candidate_depth is not None),
+                ("--recovery-pseudo", self.recovery_pseudo is not None),
             ):
-                if value:
+                if given:
                     raise ValueError(f"{flag} shapes recovery: give --recover STEPS too")
         if self.quantize is not None:
             parse_quantize(self.quantize)

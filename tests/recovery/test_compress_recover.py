@@ -13,7 +13,7 @@ from relcomp import pipeline
 from relcomp.artifacts import RecoveryLog
 from relcomp.models import load_model
 from tests.fixtures import DOCUMENTS, QUERIES
-from tests.recovery.test_recovery import write_collection
+from tests.recovery.test_recovery import passed_to_pipeline, write_collection
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +126,7 @@ def test_recover_needs_a_structural_plan_and_one_budget(
         ({"recover": 2, "recovery_candidate_depth": 4}, "must be at least 8"),
         ({"recover": 2, "recovery_pseudo": -1}, "must be 0 or more"),
         ({"recovery_candidate_depth": 100}, "give --recover STEPS too"),
-        ({"recovery_pseudo": 10}, "give --recover STEPS too"),
+        ({"recovery_pseudo": 0}, "give --recover STEPS too"),
     ],
 )
 def test_recovery_data_settings_are_checked_before_any_work(
@@ -143,18 +143,10 @@ def test_recovery_data_settings_are_checked_before_any_work(
 def test_compress_passes_the_recovery_data_settings(
     tiny_model_path: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from relcomp import cli
-
-    seen: dict[str, Any] = {}
-
-    def stop(*args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        raise ValueError("stopped before any work")
-
-    monkeypatch.setattr(pipeline, "compress", stop)
     collection = write_collection(tmp_path / "collection")
-    argv = ["-q", "compress", "-m", str(tiny_model_path("minilm")), "-d", str(collection)]
+    argv = ["compress", "-m", str(tiny_model_path("minilm")), "-d", str(collection)]
     argv += ["--budget", "0.3", "--recover", "2", "--recovery-candidate-depth", "100"]
     argv += ["--recovery-pseudo", "300", "-o", str(tmp_path / "out")]
-    assert cli.main(argv) == 2
+    status, seen = passed_to_pipeline(monkeypatch, argv)
+    assert status == 2
     assert (seen["recovery_candidate_depth"], seen["recovery_pseudo"]) == (100, 300)

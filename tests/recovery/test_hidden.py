@@ -28,6 +28,7 @@ from relcomp.recovery import (
 from tests.fixtures import DOCUMENTS, QUERIES
 from tests.recovery.test_recovery import (
     interrupted_and_resumed,
+    passed_to_pipeline,
     pruned_student,
     run,
     write_collection,
@@ -278,14 +279,6 @@ def test_a_version_1_recovery_log_reads_with_no_hidden_matching() -> None:
 def test_the_command_lines_pass_the_hidden_weight(
     tiny_model_path: Any, collection: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from relcomp import cli
-
-    seen: dict[str, Any] = {}
-
-    def stop(*args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        raise ValueError("stopped before any work")
-
     model = str(tiny_model_path("minilm"))
     output = collection.parent / "out"
     for verb, flag, name in (
@@ -296,8 +289,7 @@ def test_the_command_lines_pass_the_hidden_weight(
             "recovery_hidden_weight",
         ),
     ):
-        monkeypatch.setattr(pipeline, verb[0], stop)
-        seen.clear()
-        status = cli.main(["-q", *verb, "-m", model, "-d", str(collection), flag, "0.5",
-                           "-o", str(output)])  # fmt: skip
+        status, seen = passed_to_pipeline(
+            monkeypatch, [*verb, "-m", model, "-d", str(collection), flag, "0.5", "-o", str(output)]
+        )
         assert status == 2 and seen[name] == 0.5, (verb, seen)

@@ -235,6 +235,23 @@ def test_bi_encoder_recovery_moves_embeddings_toward_the_teacher(
     assert log.checkpoints[-1]["heldout_loss"] < 0.8 * log.checkpoints[0]["heldout_loss"]
 
 
+def passed_to_pipeline(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> tuple[int, dict[str, Any]]:
+    """``relcomp ARGV``'s exit status and the keywords it handed ``pipeline.<verb>``,
+    which is stopped before any work."""
+    from relcomp import cli, pipeline
+
+    seen: dict[str, Any] = {}
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        raise ValueError("stopped before any work")
+
+    monkeypatch.setattr(pipeline, argv[0], stop)
+    return cli.main(["-q", *argv]), seen
+
+
 def interrupted_and_resumed(
     teacher: Any, data: Any, folder: Path, **options: Any
 ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
