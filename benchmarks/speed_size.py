@@ -40,7 +40,8 @@ that everything runs: its figures follow no protocol.
 (``relcomp recover`` or ``benchmarks/recovery.py`` folders, ``recovery_log.json``
 inside), exported with int8 on every Linear: each collection is scored by the model
 recovered on it where one is given (a model serves the collection it was recovered
-on), and the row is timed on the first. Its JSON adds ``recovery`` (per folder: the
+on), and the row is timed on the first; a folder named in several rows is exported
+once, so its scores are computed once. Its JSON adds ``recovery`` (per folder: the
 collection, steps, pairs seen, wall seconds, device, quantization-aware plan).
 ``--plans none`` leaves out the unrecovered plans; ``--first-token`` exports every
 relcomp bundle with its last layer at the first token only (cross-encoders).
@@ -480,17 +481,27 @@ def run_model(
             "attention": bundle.fusion.get("attention_operator"),
         }
     per_dataset: dict[str, dict[str, Any]] = {}  # recovered rows: the model for each dataset
+    # a folder named by several rows is exported once: its bundle, and its cached scores, serve each
+    exported: dict[Path, tuple[Any, Any, Any]] = {}
     for row in args.recovered or []:
         bundles: dict[Path, Any] = {}
         for index, source in enumerate(row.folders.values()):
-            student = load_model(source)
-            student.max_length = model.max_length
-            plan = CompressionPlan(student.name, (("_default", "int8"),), method="recovered+int8")
-            out = folder / f"recovered-{len(per_dataset)}-{index}"
-            bundle = export_bundle(
-                student, out, plan=plan, embeddings=args.embeddings, first_token=first_token
-            )
-            bundles[source] = load_model(out, max_length=model.max_length)
+            if source.resolve() not in exported:
+                student = load_model(source)
+                student.max_length = model.max_length
+                plan = CompressionPlan(
+                    student.name, (("_default", "int8"),), method="recovered+int8"
+                )
+                out = folder / f"recovered-{len(per_dataset)}-{index}"
+                bundle = export_bundle(
+                    student, out, plan=plan, embeddings=args.embeddings, first_token=first_token
+                )
+                exported[source.resolve()] = (
+                    student,
+                    bundle,
+                    load_model(out, max_length=model.max_length),
+                )
+            student, bundle, bundles[source] = exported[source.resolve()]
             if index == 0:
                 systems[row.name] = bundles[source]
                 info[row.name] = {
