@@ -486,7 +486,8 @@ def run_model(
     for row in args.recovered or []:
         bundles: dict[Path, Any] = {}
         for index, source in enumerate(row.folders.values()):
-            if source.resolve() not in exported:
+            key = source.resolve()
+            if key not in exported:
                 student = load_model(source)
                 student.max_length = model.max_length
                 plan = CompressionPlan(
@@ -496,12 +497,9 @@ def run_model(
                 bundle = export_bundle(
                     student, out, plan=plan, embeddings=args.embeddings, first_token=first_token
                 )
-                exported[source.resolve()] = (
-                    student,
-                    bundle,
-                    load_model(out, max_length=model.max_length),
-                )
-            student, bundle, bundles[source] = exported[source.resolve()]
+                loaded = load_model(out, max_length=model.max_length)
+                exported[key] = (student, bundle, loaded)
+            student, bundle, bundles[source] = exported[key]
             if index == 0:
                 systems[row.name] = bundles[source]
                 info[row.name] = {
