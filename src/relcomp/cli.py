@@ -112,10 +112,12 @@ def _add_planning(parser: argparse.ArgumentParser, method_required: bool) -> Non
     )
 
 
-def _add_embeddings(parser: argparse.ArgumentParser, help: str) -> None:
+def _add_embeddings(
+    parser: argparse.ArgumentParser, help: str, default: str | None = "fp32"
+) -> None:
     from relcomp.artifacts import EMBEDDINGS
 
-    parser.add_argument("--embeddings", choices=EMBEDDINGS, default=EMBEDDINGS[0], help=help)
+    parser.add_argument("--embeddings", choices=EMBEDDINGS, default=default, help=help)
 
 
 def _add_first_token(parser: argparse.ArgumentParser) -> None:
@@ -900,7 +902,12 @@ def _add_compress(verbs: Verbs) -> None:
         "bundle that passes the gate is kept (the report plots them all)",
     )
     _add_planning(compress, method_required=False)
-    _add_embeddings(compress, "word embeddings in the bundle: fp32 as the plan (default) or int8")
+    _add_embeddings(
+        compress,
+        "word embeddings in the bundle: fp32 or int8 (default: int8 with --quantize int8 or "
+        "int4, else fp32 as the plan)",
+        default=None,
+    )
     _add_first_token(compress)
     compress.add_argument(
         "--max-ndcg-loss",

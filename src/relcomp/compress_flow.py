@@ -152,7 +152,8 @@ class CompressOptions:
     protocol: Protocol
     method: str = "mixed-precision"
     importance: str = "relevance"
-    embeddings: str = "fp32"
+    #: None: int8 when ``quantize`` is an integer precision (int8, int4), else fp32
+    embeddings: str | None = None
     max_ndcg_loss: float | None = 0.5
     min_agreement_overlap: float = DEFAULT_MIN_OVERLAP
     min_agreement_tau: float = DEFAULT_MIN_TAU
@@ -226,6 +227,14 @@ class CompressOptions:
             raise ValueError(f"threads must be ≥ 1, got {self.threads}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be ≥ 1, got {self.workers}")
+        if self.embeddings is None:
+            object.__setattr__(self, "embeddings", embeddings_for(self.quantize))
+            if self.embeddings == "int8":
+                logger.info(
+                    "--quantize %s: the word embeddings are int8 too (--embeddings fp32 "
+                    "keeps them fp32)",
+                    self.quantize,
+                )
         if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be 'fp32' or 'int8', got {self.embeddings!r}")
         self._check_index()
@@ -1315,6 +1324,26 @@ class _FlowProgress:
             detail,
             time.perf_counter() - self.started,
         )
+
+
+def embeddings_for(quantize: str | None) -> str:
+    """The word embeddings ``--quantize`` implies when ``--embeddings`` is not given.
+
+    An integer precision everywhere (``int8``, ``int4``) quantizes the word-embedding
+    table to int8 too (one scale per row): it is a fifth of a pruned MiniLM's
+    parameters, and left in fp32 it keeps the bundle under 2× smaller. fp16, a bits
+    budget or no ``--quantize`` keep it fp32, as the plan.
+
+    Example:
+        >>> embeddings_for("int8"), embeddings_for("fp16"), embeddings_for("6bits"), embeddings_for(None)
+        ('int8', 'fp32', 'fp32', 'fp32')
+    """
+    from relcomp.compression import Int4, Int8
+
+    if quantize is None:
+        return "fp32"
+    kind, what = parse_quantize(quantize)
+    return "int8" if kind == "action" and isinstance(what, Int4 | Int8) else "fp32"
 
 
 def parse_quantize(text: str) -> tuple[str, Any]:

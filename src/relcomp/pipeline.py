@@ -629,7 +629,7 @@ def compress(
     *,
     method: str = "mixed-precision",
     importance: str = "relevance",
-    embeddings: str = "fp32",
+    embeddings: str | None = None,
     max_ndcg_loss: float | None = 0.5,
     min_agreement_overlap: float = DEFAULT_MIN_OVERLAP,
     min_agreement_tau: float = DEFAULT_MIN_TAU,
@@ -693,7 +693,8 @@ def compress(
             ``sparsify``).
         importance: ``relevance`` (default) or a blind baseline (``uniform``, ``magnitude``…).
         embeddings: the word-embedding table in the bundle: ``fp32`` (plans cover
-            Linears only) or ``int8`` (a quarter of the size; the gate checks its cost).
+            Linears only) or ``int8`` (a quarter of the size; the gate checks its cost);
+            ``None``: int8 when ``quantize`` is ``int8`` or ``int4``, else fp32.
         max_ndcg_loss: the most nDCG@10 points the compressed model may lose on the
             calibration split; ``None`` skips the gate (either kind).
         min_agreement_overlap: the agreement gate (no dev or train split): the least

@@ -69,6 +69,9 @@ def test_compress_with_recovery_exports_the_recovered_model(
     quality = json.loads((out / "quality.json").read_text())
     assert quality["provenance"]["recovery"]["steps"] == 3
     assert quality["provenance"]["quantize"] == "int8"
+    # --quantize int8 without --embeddings quantizes the word-embedding table too
+    assert quality["provenance"]["embeddings"] == "int8"
+    assert "int8 embeddings" in quality["compressed"]["name"]
     assert provenance is None or provenance["recovery"]["steps"] == 3
     bundle = load_model(out)
     scores = bundle.score(list(QUERIES[:3]), list(DOCUMENTS[:3]))
