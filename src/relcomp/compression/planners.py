@@ -413,8 +413,11 @@ def layer_dropping_plan(
     A layer's score is the sum of its Linears' scores (``importance.linears``): with
     AttnLRP relevance, the relevance that flows through the layer's projections. Ties
     go to the higher layer, so ``uniform`` importance drops the top layers, the blind
-    rule Sajjad et al. found best for fine-tuned encoders. The last layer is kept
-    unless its score says otherwise; at least one layer always stays.
+    rule Sajjad et al. found best for fine-tuned encoders. No layer is protected: a
+    cross-encoder whose top three of six layers go reads its first token from layer
+    2, where that token barely depends on the input yet, and recovery stalls (see
+    docs/benchmarks/recovery.md, where a hand-written ``drop_layers(1,2,3)``, which
+    keeps the top two, is measured beside it). At least one layer always stays.
 
     Example:
         >>> from relcomp.models import load_model
