@@ -82,6 +82,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("speed_size", "markdown", ["speed_size_recovered_full_taylor50.json"]),
         ("speed_size", "markdown", ["speed_size_recovered_full_len256.json"]),
         ("speed_size", "markdown", ["speed_size_recovered_full_served.json"]),
+        ("speed_size", "markdown", ["speed_size_dropped_layers_full.json"]),
         ("speed_size", "markdown", ["speed_size_retriever_recovered_full.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
@@ -189,6 +190,19 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
     assert (
         f"across collections it loses {lost(sf_model, 'nfcorpus'):.2f} and "
         f"{lost(nf_model, 'scifact'):.2f}" in line
+    )
+    [dropped_run] = results("speed_size_dropped_layers_full.json")
+    rows = {s["system"]: s for s in dropped_run["../shared/assets/models/minilm-l6-reranker"]}
+    two = rows[
+        "relcomp top 2 layers dropped + int8-aware recovery at 256 tokens on nfcorpus + int8"
+    ]
+    dropped_fp32, dropped_peer = rows["ORT fp32"], rows["ORT int8 (optimum avx2)"]
+    assert (
+        f"dropping its top 2 layers instead, recovered on nfcorpus alone, loses "
+        f"{lost(two, 'nfcorpus', dropped_fp32):.2f} there and none on scifact "
+        f"({-lost(two, 'scifact', dropped_fp32):+.2f}) at "
+        f"{two['pairs_per_s'] / dropped_peer['pairs_per_s']:.2f}× the peer "
+        f"({two['size_mb']:.1f} MB)" in line
     )
     [retriever_run] = results("speed_size_retriever_recovered_full.json")
     rows = {s["system"]: s for s in retriever_run["all-MiniLM-L6-v2"]}
