@@ -83,6 +83,7 @@ from relcomp.compression import parameter_count
 from relcomp.compression.planners import make_plan
 from relcomp.evaluation import (
     bm25_retrieve,
+    keep_freed_memory,
     load_beir,
     paired_test,
     quality_report,
@@ -271,23 +272,24 @@ def time_systems(
     """Throughput at batch 32 and latency at batch 1, the systems interleaved after a warm-up."""
     batch_q, batch_d = queries[:batch_size], documents[:batch_size]
     single = list(zip(queries[:latency_pairs], documents[:latency_pairs], strict=True))
-    for model in systems.values():  # warm-up
-        model.score(batch_q[:4], batch_d[:4], batch_size=batch_size, show_progress_bar=False)
-        model.score(batch_q[:1], batch_d[:1], batch_size=1, show_progress_bar=False)
     batch_times: dict[str, list[float]] = {name: [] for name in systems}
     single_times: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(repeats):
-        for name, model in systems.items():
-            time.sleep(PAUSE_S)
-            tic = time.perf_counter()
+    with keep_freed_memory():
+        for model in systems.values():  # warm-up, which also grows the kept heap to its peak
             model.score(batch_q, batch_d, batch_size=batch_size, show_progress_bar=False)
-            batch_times[name].append(time.perf_counter() - tic)
-    for query, document in single:
-        for name, model in systems.items():
-            time.sleep(PAUSE_S)
-            tic = time.perf_counter()
-            model.score([query], [document], batch_size=1, show_progress_bar=False)
-            single_times[name].append(time.perf_counter() - tic)
+            model.score(batch_q[:1], batch_d[:1], batch_size=1, show_progress_bar=False)
+        for _ in range(repeats):
+            for name, model in systems.items():
+                time.sleep(PAUSE_S)
+                tic = time.perf_counter()
+                model.score(batch_q, batch_d, batch_size=batch_size, show_progress_bar=False)
+                batch_times[name].append(time.perf_counter() - tic)
+        for query, document in single:
+            for name, model in systems.items():
+                time.sleep(PAUSE_S)
+                tic = time.perf_counter()
+                model.score([query], [document], batch_size=1, show_progress_bar=False)
+                single_times[name].append(time.perf_counter() - tic)
     return {
         name: {
             "pairs_per_s": len(batch_q) / statistics.median(batch_times[name]),
@@ -671,7 +673,9 @@ def run(args: argparse.Namespace) -> None:
             "timing": (
                 f"{args.threads} threads, systems interleaved, warm-up, batch 32 median of "
                 f"{protocol.repeats}, batch 1 over {protocol.latency_pairs} pairs, "
-                f"{PAUSE_S} s pause before each timed call (spinning worker threads)"
+                f"{PAUSE_S} s pause before each timed call (spinning worker threads), "
+                "glibc malloc keeping freed memory (relcomp.evaluation.keep_freed_memory: "
+                "torch re-faulted its activations on every call otherwise)"
             ),
             "note": "smoke run: figures follow no protocol" if args.smoke else "",
             "first_token_in_relcomp_bundles": bool(args.first_token),

@@ -61,7 +61,7 @@ from relcomp.evaluation.sampling import (
     pseudo_query_dataset,
     sample_queries,
 )
-from relcomp.evaluation.speed import measure_speed, model_size_bytes
+from relcomp.evaluation.speed import keep_freed_memory, measure_speed, model_size_bytes
 from relcomp.evaluation.systems import (
     BM25,
     evaluate_scorer,
@@ -104,6 +104,7 @@ __all__ = [
     "evaluate_run",
     "evaluate_scorer",
     "gate_split",
+    "keep_freed_memory",
     "load_beir",
     "load_first_stage",
     "measure_speed",
