@@ -82,7 +82,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("speed_size", "markdown", ["speed_size_recovered_full_taylor50.json"]),
         ("speed_size", "markdown", ["speed_size_recovered_full_len256.json"]),
         ("speed_size", "markdown", ["speed_size_recovered_full_served.json"]),
-        ("speed_size", "markdown", ["speed_size_dropped_layers_full.json"]),
+        ("speed_size", "markdown", ["speed_size_reranker_recovered_full.json"]),
         ("speed_size", "markdown", ["speed_size_retriever_recovered_full.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
@@ -166,17 +166,24 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
     assert len(headlines) == len(TABLES)
 
     line = headlines["Speed and size"]
-    [best_run] = results("speed_size_recovered_full_served.json")
-    systems = {s["system"]: s for s in best_run["../shared/assets/models/minilm-l6-reranker"]}
+    [reranker_run] = results("speed_size_reranker_recovered_full.json")
+    systems = {s["system"]: s for s in reranker_run["../shared/assets/models/minilm-l6-reranker"]}
     recipe = "relcomp taylor-pruned 50% + int8-aware recovery at 256 tokens on"
-    best = systems[f"{recipe} the collection served + int8"]
+    best = systems[
+        "relcomp top 2 layers dropped + int8-aware recovery at 256 tokens on nfcorpus + int8"
+    ]
+    served = systems[f"{recipe} the collection served + int8"]
     reference, peer = systems["ORT fp32"], systems["ORT int8 (optimum avx2)"]
+    torch_fp32 = systems["torch fp32"]
     assert f"({best['size_mb']:.1f} MB" in line
     assert f"{reference['size_mb'] / best['size_mb']:.2f}× smaller" in line
-    assert (
-        f"at {best['pairs_per_s'] / systems['torch fp32']['pairs_per_s']:.1f}× torch fp32" in line
-    )
-    assert f"{best['pairs_per_s'] / peer['pairs_per_s']:.2f}× the optimum int8 peer" in line
+    assert f"at {best['pairs_per_s'] / torch_fp32['pairs_per_s']:.1f}× torch fp32" in line
+    over_peer = best["pairs_per_s"] / peer["pairs_per_s"]
+    assert f"{over_peer:.2f}× the optimum int8 peer" in line
+    if over_peer < 2:
+        assert f"every target but ≥ 2× the peer, missed by {2 - over_peer:.2f}" in line
+    else:
+        assert "every target met" in line
 
     def lost(system: dict, data: str, reference: dict = reference) -> float:
         return 100 * (reference["ndcg@10"][data] - system["ndcg@10"][data])
@@ -186,31 +193,21 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
     assert f"(p {p_values['nfcorpus']:.2f})" in line
     assert f"none on scifact ({-lost(best, 'scifact'):+.2f}, p {p_values['scifact']:.2f})" in line
     assert f"(the peer {lost(peer, 'nfcorpus'):.2f} and {lost(peer, 'scifact'):.2f})" in line
-    nf_model, sf_model = (systems[f"{recipe} {data} + int8"] for data in ("nfcorpus", "scifact"))
     assert (
-        f"across collections it loses {lost(sf_model, 'nfcorpus'):.2f} and "
-        f"{lost(nf_model, 'scifact'):.2f}" in line
-    )
-    [dropped_run] = results("speed_size_dropped_layers_full.json")
-    rows = {s["system"]: s for s in dropped_run["../shared/assets/models/minilm-l6-reranker"]}
-    two = rows[
-        "relcomp top 2 layers dropped + int8-aware recovery at 256 tokens on nfcorpus + int8"
-    ]
-    dropped_fp32, dropped_peer = rows["ORT fp32"], rows["ORT int8 (optimum avx2)"]
-    assert (
-        f"dropping its top 2 layers instead, recovered on nfcorpus alone, loses "
-        f"{lost(two, 'nfcorpus', dropped_fp32):.2f} there and none on scifact "
-        f"({-lost(two, 'scifact', dropped_fp32):+.2f}) at "
-        f"{two['pairs_per_s'] / dropped_peer['pairs_per_s']:.2f}× the peer "
-        f"({two['size_mb']:.1f} MB)" in line
+        f"Taylor-pruned 50 %, recovered on the collection it serves, loses "
+        f"{lost(served, 'nfcorpus'):.2f} and none ({-lost(served, 'scifact'):+.2f}) at "
+        f"{served['pairs_per_s'] / peer['pairs_per_s']:.2f}× the peer" in line
     )
     [retriever_run] = results("speed_size_retriever_recovered_full.json")
     rows = {s["system"]: s for s in retriever_run["all-MiniLM-L6-v2"]}
-    served, retriever_fp32 = rows[f"{recipe} the collection served + int8"], rows["ORT fp32"]
+    retriever_best = rows[f"{recipe} the collection served + int8"]
+    retriever_fp32, retriever_peer = rows["ORT fp32"], rows["ORT int8 (optimum avx2)"]
     assert (
-        "all-MiniLM-L6-v2, recovered the same way, loses "
-        f"{lost(served, 'nfcorpus', retriever_fp32):.2f} and "
-        f"{lost(served, 'scifact', retriever_fp32):.2f} (missed)" in line
+        "all-MiniLM-L6-v2's best plan, Taylor 50 % recovered the same way, loses "
+        f"{lost(retriever_best, 'nfcorpus', retriever_fp32):.2f} and "
+        f"{lost(retriever_best, 'scifact', retriever_fp32):.2f} at "
+        f"{retriever_best['pairs_per_s'] / retriever_peer['pairs_per_s']:.2f}× the peer "
+        "(missed)" in line
     )
 
     [attribution] = results("attribution_cost.json")
