@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,6 +50,8 @@ def model_size_bytes(model: Any) -> int:
 # glibc's mallopt parameters and their defaults (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+#: open keep_freed_memory() contexts: only the outermost sets and restores
+_kept_depth = 0
 
 
 @contextlib.contextmanager
@@ -66,7 +69,9 @@ def keep_freed_memory() -> Iterator[bool]:
     own arena and pays none of it. ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from
     the heap and ``M_TRIM_THRESHOLD`` keeps the freed heap, as tcmalloc or jemalloc (the
     allocators PyTorch recommends for CPU inference) would: the same call then takes
-    ~20 faults. The heap keeps its peak size until the process ends. It is not certain:
+    tens of faults. On leaving the outermost context glibc's defaults are set again
+    (glibc has no getter for the values before; setting them explicitly turns off its
+    dynamic mmap threshold). The heap keeps its peak size until then. It is not certain:
     in about one fresh process in seven here a 64 MB block was still mapped afresh inside
     the context (the cause is not pinned down; glibc falls back to ``mmap`` when it
     cannot grow the heap).
@@ -76,19 +81,25 @@ def keep_freed_memory() -> Iterator[bool]:
         ...     isinstance(kept, bool)
         True
     """
+    global _kept_depth
     libc = _glibc()
     if libc is None:
         yield False
         return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    if _kept_depth == 0:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    _kept_depth += 1
     try:
         yield True
     finally:
-        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        _kept_depth -= 1
+        if _kept_depth == 0:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
 
 
+@functools.cache
 def _glibc() -> Any:
     """The C library when it is glibc (it has ``mallopt`` and ``gnu_get_libc_version``)."""
     import ctypes
