@@ -389,8 +389,11 @@ def targets(
             for d in datasets
             if d in row["ndcg@10"]
         }
+        # the peer's quality may be left out (--skip-quality): its check is then not measured
         peer_losses = {
-            d: 100 * (quality_row["ndcg@10"][d] - peer_row["ndcg@10"][d]) for d in losses
+            d: 100 * (quality_row["ndcg@10"][d] - peer_row["ndcg@10"][d])
+            for d in losses
+            if d in peer_row["ndcg@10"]
         }
         checks = {
             "loss ≤ 0.5 nDCG@10 points on every collection": (
@@ -415,14 +418,22 @@ def targets(
                 )
             },
             "less loss than the int8 peer at equal or smaller size": (
-                row["size_mb"] <= peer_row["size_mb"]
-                and all(losses[d] < peer_losses[d] for d in losses),
+                (
+                    row["size_mb"] <= peer_row["size_mb"]
+                    and all(losses[d] < peer_losses[d] for d in losses)
+                )
+                if len(peer_losses) == len(losses)
+                else None,
                 f"size {row['size_mb']:.1f} vs {peer_row['size_mb']:.1f} MB; loss "
-                + ", ".join(f"{d} {losses[d]:+.2f} vs {peer_losses[d]:+.2f}" for d in losses),
+                + ", ".join(
+                    f"{d} {losses[d]:+.2f} vs "
+                    + (f"{peer_losses[d]:+.2f}" if d in peer_losses else "the peer not scored")
+                    for d in losses
+                ),
             ),
         }
         results[row["system"]] = {
-            "met": sum(ok for ok, _ in checks.values()),
+            "met": sum(ok is True for ok, _ in checks.values()),
             "checks": {
                 name: {"met": ok, "figure": figure} for name, (ok, figure) in checks.items()
             },
@@ -434,6 +445,11 @@ def targets(
         default=None,
     )
     return {"best": best, "plans": results}
+
+
+def _verdict(met: bool | None, yes: str, no: str) -> str:
+    """A target's verdict; ``None``: not measured (the peer's quality left out)."""
+    return "not measured" if met is None else yes if met else no
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -713,7 +729,7 @@ def run(args: argparse.Namespace) -> None:
         if best is not None:
             print(f"\nbest relcomp plan for {meta['model']}: {best}")
             for target, check in verdict["plans"][best]["checks"].items():
-                print(f"  {'met   ' if check['met'] else 'MISSED'} {target}: {check['figure']}")
+                print(f"  {_verdict(check['met'], 'met   ', 'MISSED')} {target}: {check['figure']}")
     save()
     print(f"\nwrote {output} ({time.time() - started:.0f} s)")
     if not os.environ.get("SPEED_SIZE_KEEP_BUNDLES"):
@@ -787,7 +803,7 @@ def markdown(payloads: list[dict[str, Any]]) -> str:
             targets = payload["_meta"].get("targets", {}).get(model)
             if targets:
                 checks = [
-                    [plan, check, "met" if found["met"] else "**missed**", found["figure"]]
+                    [plan, check, _verdict(found["met"], "met", "**missed**"), found["figure"]]
                     for plan, verdict in targets["plans"].items()
                     for check, found in verdict["checks"].items()
                 ]

@@ -139,6 +139,26 @@ def test_losses_are_taken_against_ort_fp32_when_torch_fp32_is_not_scored(scripts
     assert "| torch fp32 | 90.9 | 10.0 |" in speed.markdown([_with_timing(payload)])
 
 
+def test_the_peer_check_is_not_measured_when_the_peers_quality_is_left_out(scripts: Any) -> None:
+    speed = scripts("speed_size")
+    plan = "relcomp top 2 layers dropped + recovery + int8"
+    rows = [
+        _row(speed.TORCH, 90.9, 10.0),
+        _row(speed.ORT_FP32, 90.9, 25.0, nf=0.3400),
+        _row(speed.PEER, 23.0, 30.0),  # --skip-quality "ORT int8 (optimum avx2)"
+        _row(plan, 16.0, 90.0, nf=0.3390),
+    ]
+    verdict = speed.targets(rows, ["nf"], speed.ORT_FP32)
+    checks = verdict["plans"][plan]["checks"]
+    peer_check = checks["less loss than the int8 peer at equal or smaller size"]
+    assert peer_check["met"] is None
+    assert peer_check["figure"] == "size 16.0 vs 23.0 MB; loss nf +0.10 vs the peer not scored"
+    assert verdict["plans"][plan]["met"] == len(checks) - 1  # every other target is met
+    payload = {"_meta": {"datasets": ["nf"], "targets": {"m": verdict}}, "m": rows}
+    table = speed.markdown([_with_timing(payload)])
+    assert "| less loss than the int8 peer at equal or smaller size | not measured |" in table
+
+
 def _with_timing(payload: dict[str, Any]) -> dict[str, Any]:
     for row in payload["m"]:
         row.update(p50_ms=1.0, p95_ms=2.0)
