@@ -83,6 +83,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("speed_size", "markdown", ["speed_size_recovered_full_len256.json"]),
         ("speed_size", "markdown", ["speed_size_recovered_full_served.json"]),
         ("speed_size", "markdown", ["speed_size_reranker_recovered_full.json"]),
+        ("speed_size", "markdown", ["speed_size_reranker_drop2_neurons_full.json"]),
         ("speed_size", "markdown", ["speed_size_retriever_recovered_full.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
