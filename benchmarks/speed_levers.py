@@ -2,7 +2,7 @@
 
 On the reranker pruned by relevance (``prune-structured``, ``--params-removed``),
 exported to ONNX Runtime, one process, 2 threads, the systems interleaved
-(../shared/BENCHMARKS.md), on the same real scifact test pairs:
+(../shared/BENCHMARKS.md), on the same real test pairs (BM25 candidates):
 
 * **first token** — the last layer's queries, attention output and feed-forward block
   at the first token only (``export_bundle(first_token=True)``), against the full
@@ -10,7 +10,14 @@ exported to ONNX Runtime, one process, 2 threads, the systems interleaved
 * **int4 compute** — ``MatMulNBits`` with int8 compute (``accuracy_level=4``) against
   float compute (the default);
 * **static int8** — calibrated activation scales (``int8(activations=True)``,
-  ``QLinearMatMul``) against dynamic int8 (``MatMulInteger``).
+  ``QLinearMatMul``) against dynamic int8 (``MatMulInteger``);
+* **remove padding** — the token-wise operators (Linears, LayerNorms, GELU) on the
+  batch's real tokens only, attention on the padded layout
+  (``export_bundle(remove_padding=True)``), alone and with the first-token last layer.
+
+``--timing-dataset`` picks the collection the timing pairs come from (scifact by
+default); the share of padding in the timing batch is recorded, since the last lever's
+gain grows with it.
 
 Parity is each system's largest score difference from the torch model it was
 exported from, and Kendall's τ of the timing pairs' scores, so a lever that is fast
@@ -18,6 +25,8 @@ but not lossless shows it.
 
     python benchmarks/speed_levers.py --output benchmarks/results/speed_levers.json
     python benchmarks/speed_levers.py --markdown benchmarks/results/speed_levers.json
+    python benchmarks/speed_levers.py --max-length 512 --timing-dataset nfcorpus \
+        --output benchmarks/results/speed_levers_padding.json
 """
 
 from __future__ import annotations
@@ -77,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         "the first-token last layer",
     )
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument(
+        "--timing-dataset",
+        choices=("scifact", "nfcorpus"),
+        default="scifact",
+        help="the collection whose test queries and BM25 candidates are timed",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
@@ -111,12 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         ("torch fp32", "base", model, None),
         ("fp32", "base", model, {}),
         ("fp32", "first token", model, {"first_token": True}),
+        ("fp32", "remove padding", model, {"remove_padding": True}),
+        (
+            "fp32",
+            "first token + remove padding",
+            model,
+            {"first_token": True, "remove_padding": True},
+        ),
         ("pruned + int8", "base", pruned, {"plan": with_default("int8")}),
         (
             "pruned + int8",
             "first token",
             pruned,
             {"plan": with_default("int8"), "first_token": True},
+        ),
+        (
+            "pruned + int8",
+            "first token + remove padding",
+            pruned,
+            {"plan": with_default("int8"), "first_token": True, "remove_padding": True},
         ),
         (
             "pruned + int8",
@@ -142,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                 pruned_models[share],
                 {"plan": with_default("int8"), "first_token": True},
             ),
+            (
+                label,
+                "first token + remove padding",
+                pruned_models[share],
+                {"plan": with_default("int8"), "first_token": True, "remove_padding": True},
+            ),
         ]
     variants = [
         (
@@ -152,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         for system, *rest in variants
     ]
-    queries, documents = timing_pairs("scifact", 32, 30)
+    queries, documents = timing_pairs(args.timing_dataset, 32, 30)
+    lengths = [
+        len(ids)
+        for ids in model.tokenizer(queries, documents, truncation=True, max_length=args.max_length)[
+            "input_ids"
+        ]
+    ]
+    padding = 1 - sum(lengths) / (len(lengths) * max(lengths))
     systems: dict[str, Any] = {}
     parity: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="relcomp-levers-") as scratch:
@@ -200,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "threads": args.threads,
             "pairs": len(queries),
+            "timing_dataset": args.timing_dataset,
+            "padding_share": round(padding, 4),
             "machine": machine(),
             "wall_seconds": round(time.perf_counter() - started, 1),
             "command": command_line(),

@@ -44,7 +44,10 @@ on), and the row is timed on the first; a folder named in several rows is export
 once, so its scores are computed once. Its JSON adds ``recovery`` (per folder: the
 collection, steps, pairs seen, wall seconds, device, quantization-aware plan).
 ``--plans none`` leaves out the unrecovered plans; ``--first-token`` exports every
-relcomp bundle with its last layer at the first token only (cross-encoders).
+relcomp bundle with its last layer at the first token only (cross-encoders);
+``--remove-padding`` runs every relcomp bundle's token-wise operators on the batch's real
+tokens only (``export_bundle(remove_padding=True)``). The reference systems (torch, ORT
+fp32, the optimum peer) are exported as they are.
 """
 
 from __future__ import annotations
@@ -355,16 +358,29 @@ def quality(
 
 
 def timing_pairs(dataset_name: str, n: int, depth: int) -> tuple[list[str], list[str]]:
-    """Real (query, BM25 candidate) pairs from the test split, the same for every system."""
+    """``n`` real (query, BM25 candidate) pairs from the test split, the same for every system.
+
+    Up to 8 candidates a query, from a seeded sample of queries that is doubled until it
+    gives ``n`` pairs (some nfcorpus queries have fewer than 8 BM25 hits, or none).
+    """
     dataset = load_beir(beir_path(dataset_name), "test")
-    query_ids = sample_queries(dataset.split_queries, max(2, n // 8 + 1), seed=7)
-    run = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=False)
-    queries, documents = [], []
-    for query_id in query_ids:
-        for doc_id, _ in ranked(run[query_id], 8):
-            queries.append(dataset.query_text(query_id))
-            documents.append(dataset.document_text(doc_id))
-    return queries[:n], documents[:n]
+    sample = max(2, n // 8 + 1)
+    while True:
+        query_ids = sample_queries(dataset.split_queries, sample, seed=7)
+        run = bm25_retrieve(dataset, query_ids, depth=depth, show_progress_bar=False)
+        queries, documents = [], []
+        for query_id in query_ids:
+            for doc_id, _ in ranked(run[query_id], 8):
+                queries.append(dataset.query_text(query_id))
+                documents.append(dataset.document_text(doc_id))
+        if len(queries) >= n:
+            return queries[:n], documents[:n]
+        if sample >= len(dataset.split_queries):
+            raise ValueError(
+                f"{dataset_name} test: {len(queries)} BM25 pairs from every query, fewer than "
+                f"the {n} a timing batch needs"
+            )
+        sample = min(2 * sample, len(dataset.split_queries))
 
 
 # -- targets ------------------------------------------------------------------------------
@@ -490,7 +506,12 @@ def run_model(
         plan = relcomp_plan(model, parts, relevance)
         out = folder / system.replace(" ", "_").replace("%", "pc").replace("+", "and")
         bundle = export_bundle(
-            model, out, plan=plan, embeddings=args.embeddings, first_token=first_token
+            model,
+            out,
+            plan=plan,
+            embeddings=args.embeddings,
+            first_token=first_token,
+            remove_padding=args.remove_padding,
         )
         systems[system] = load_model(out, max_length=model.max_length)
         info[system] = {
@@ -513,7 +534,12 @@ def run_model(
                 )
                 out = folder / f"recovered-{len(per_dataset)}-{index}"
                 bundle = export_bundle(
-                    student, out, plan=plan, embeddings=args.embeddings, first_token=first_token
+                    student,
+                    out,
+                    plan=plan,
+                    embeddings=args.embeddings,
+                    first_token=first_token,
+                    remove_padding=args.remove_padding,
                 )
                 loaded = load_model(out, max_length=model.max_length)
                 exported[key] = (student, bundle, loaded)
@@ -645,6 +671,11 @@ def main() -> None:
         help="relcomp bundles run a cross-encoder's last layer at the first token only",
     )
     parser.add_argument(
+        "--remove-padding",
+        action="store_true",
+        help="relcomp bundles run their token-wise operators on real tokens only",
+    )
+    parser.add_argument(
         "--skip-quality",
         nargs="+",
         default=[],
@@ -696,6 +727,7 @@ def run(args: argparse.Namespace) -> None:
             ),
             "note": "smoke run: figures follow no protocol" if args.smoke else "",
             "first_token_in_relcomp_bundles": bool(args.first_token),
+            "padding_removed_in_relcomp_bundles": bool(args.remove_padding),
         }
     }
     started = time.time()

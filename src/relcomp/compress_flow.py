@@ -176,6 +176,7 @@ class CompressOptions:
     recovery_candidate_depth: int | None = None
     recovery_pseudo: int | None = None
     first_token: bool = False
+    remove_padding: bool = False
     show_progress_bar: bool | None = None
     index: str | None = None
     index_dims: int | None = None
@@ -837,6 +838,7 @@ class CompressFlow:
             "calibration_split": self.calibration_split,
             "embeddings": self.options.embeddings,
             **({"first_token": True} if self.options.first_token else {}),
+            **({"remove_padding": True} if self.options.remove_padding else {}),
         }
 
     def _export_settings(self) -> dict[str, Any]:
@@ -867,6 +869,7 @@ class CompressFlow:
             explain_against=self.reference,
             embeddings=options.embeddings,
             first_token=options.first_token,
+            remove_padding=options.remove_padding,
             show_progress_bar=options.show_progress_bar,
         )
 

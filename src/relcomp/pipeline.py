@@ -416,6 +416,7 @@ def export(
     max_length: int | None = None,
     embeddings: str = "fp32",
     first_token: bool = False,
+    remove_padding: bool = False,
     exporter: str = "auto",
     optimize: bool = True,
     variant: str | None = None,
@@ -444,6 +445,8 @@ def export(
         max_length: longest input in tokens.
         embeddings: ``fp32`` or ``int8`` word embeddings.
         first_token: a cross-encoder's last layer at the first token only (the same scores, less work).
+        remove_padding: token-wise operators on real tokens only (the same scores in
+            float, less work on padded batches; :func:`relcomp.export.remove_padding`).
         exporter: ``auto``, ``optimum`` or ``torch``.
         optimize: onnxruntime's transformer fusions.
         variant: names ``onnx/model_<variant>.onnx``.
@@ -508,6 +511,7 @@ def export(
         exporter=exporter,  # type: ignore[arg-type]
         embeddings=embeddings,
         first_token=first_token,
+        remove_padding=remove_padding,
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
     )
@@ -653,6 +657,7 @@ def compress(
     recovery_candidate_depth: int | None = None,
     recovery_pseudo: int | None = None,
     first_token: bool = False,
+    remove_padding: bool = False,
     show_progress_bar: bool | None = None,
     index: str | None = None,
     index_dims: int | None = None,
@@ -761,7 +766,7 @@ def compress(
         recovery_max_length=recovery_max_length, quantization_aware=quantization_aware,
         recovery_hidden_weight=recovery_hidden_weight,
         recovery_candidate_depth=recovery_candidate_depth, recovery_pseudo=recovery_pseudo,
-        first_token=first_token,
+        first_token=first_token, remove_padding=remove_padding,
         show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
         index_rescore=index_rescore, index_dim_selection=index_dim_selection, ray=ray,
         workers=workers,

@@ -2,7 +2,8 @@
 
 * :func:`export_bundle` — prune in torch, export (optimum-onnx, or ``torch.onnx``),
   fuse (onnxruntime's transformer optimiser), quantize node by node as the plan says
-  (``quantize_dynamic`` / ``quantize_static`` / ``MatMulNBits``), measure parity, run
+  (``quantize_dynamic`` / ``quantize_static`` / ``MatMulNBits``), optionally run the
+  token-wise operators on real tokens only (:func:`remove_padding`), measure parity, run
   the quality gate, and only then move the sentence-transformers-layout folder into
   place;
 * :func:`check_parity` / :func:`parity_groups` — score error and ranking agreement
@@ -42,6 +43,7 @@ from relcomp.export.ort_realise import (
     realise_for_ort,
 )
 from relcomp.export.parity import ParityGroups, check_parity
+from relcomp.export.remove_padding import PaddingRemoval, remove_padding
 
 __all__ = [
     "EXPORTERS",
@@ -53,6 +55,7 @@ __all__ = [
     "ExportBundle",
     "GateResult",
     "OrtRealisation",
+    "PaddingRemoval",
     "ParityGroups",
     "ParityReport",
     "QualityGateError",
@@ -69,4 +72,5 @@ __all__ = [
     "precision_label",
     "quality_gate",
     "realise_for_ort",
+    "remove_padding",
 ]

@@ -66,6 +66,7 @@ from relcomp.export.first_token import first_token_last_layer
 from relcomp.export.graph import onnx_size
 from relcomp.export.ort_realise import realise_for_ort
 from relcomp.export.parity import ParityGroups, check_parity
+from relcomp.export.remove_padding import remove_padding as unpad
 from relcomp.models.base import RankingModel
 from relcomp.models.onnx_backend import is_bundle, load_bundle
 from relcomp.models.saving import copy_model_files
@@ -368,6 +369,7 @@ def export_bundle(
     int8_weight_type: str = "uint8",
     embeddings: str = "fp32",
     first_token: bool = False,
+    remove_padding: bool = False,
     explain_against: RankingModel | None = None,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
@@ -404,6 +406,13 @@ def export_bundle(
             and feed-forward block at the first token only (the only one its head
             reads; :func:`~relcomp.export.first_token.first_token_last_layer`); the
             same scores for less work. Ignored, with a note, where it does not apply.
+        remove_padding: the token-wise operators (Linears, LayerNorms, GELU) run on the
+            batch's real tokens only, attention on the padded layout
+            (:func:`~relcomp.export.remove_padding.remove_padding`); the same scores in
+            float, less work the more a batch is padded. Under dynamic int8 the
+            activation scales are taken over real tokens only. Needs graph
+            optimisation (``optimize``); where the graph does not allow it, the bundle
+            is exported padded and a note says why.
         explain_against: with ``parity_groups``, explanation parity is measured too:
             the AttnLRP token relevance of the bundle's torch twin (``model`` with the
             plan simulated by ``compress_``) against this model's, on the first
@@ -506,7 +515,14 @@ def export_bundle(
             int4_accuracy_level=int4_accuracy_level,
         )
         notes.extend(realisation.notes)
-        _save_onnx(realisation.model, folder / onnx_file)
+        realised = realisation.model
+        fusion = {**realisation.fusion, "attention_operator": realisation.attention}
+        if remove_padding:
+            removal = unpad(realised)
+            realised = removal.model
+            notes.append(removal.note)
+            fusion["packed_operators"] = removal.packed_nodes
+        _save_onnx(realised, folder / onnx_file)
         copy_model_files(model.path, folder, skip=_BUNDLE_FILES)
         config: Any = working.model.config
         config.save_pretrained(folder)
@@ -533,7 +549,7 @@ def export_bundle(
             ),
             modules=realisation.modules,
             nodes={label: tuple(nodes) for label, nodes in realisation.nodes.items()},
-            fusion={**realisation.fusion, "attention_operator": realisation.attention},
+            fusion=fusion,
             notes=tuple(notes),
             versions=_versions(),
         )
