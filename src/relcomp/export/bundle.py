@@ -409,7 +409,10 @@ def export_bundle(
         remove_padding: the token-wise operators (Linears, LayerNorms, GELU) run on the
             batch's real tokens only, attention on the padded layout
             (:func:`~relcomp.export.remove_padding.remove_padding`); the same scores in
-            float, less work the more a batch is padded. Under dynamic int8 the
+            float, less work the more a batch is padded. Attention is then fused as
+            ``MultiHeadAttention``, so that the Q, K and V projections, outside it, run
+            on real tokens too (1.03× over the packed ``Attention`` operator on 32
+            nfcorpus pairs at 512 tokens). Under dynamic int8 the
             activation scales are taken over real tokens only. Needs graph
             optimisation (``optimize``); where the graph does not allow it, the bundle
             is exported padded and a note says why.
@@ -513,6 +516,7 @@ def export_bundle(
             embeddings=embeddings,
             word_embeddings_shape=_word_embeddings_shape(working),
             int4_accuracy_level=int4_accuracy_level,
+            separate_qkv=remove_padding,
         )
         notes.extend(realisation.notes)
         realised = realisation.model

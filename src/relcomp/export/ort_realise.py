@@ -224,6 +224,7 @@ def realise_for_ort(
     int4_accuracy_level: int | None = None,
     embeddings: str = "fp32",
     word_embeddings_shape: tuple[int, int] | None = None,
+    separate_qkv: bool = False,
 ) -> OrtRealisation:
     """Fuse and quantize an exported float32 graph as ``precisions`` says.
 
@@ -249,6 +250,11 @@ def realise_for_ort(
             ``EmbedLayerNormalization`` becomes ``QEmbedLayerNormalization``, or the
             ``Gather`` of an unfused graph a quantized Gather).
         word_embeddings_shape: the word-embedding table's shape, to find its ``Gather``.
+        separate_qkv: fuse attention as ``MultiHeadAttention`` even where the packed
+            ``Attention`` operator could hold every layer: Q, K and V stay separate
+            MatMuls outside the attention operator, so that
+            :func:`~relcomp.export.remove_padding.remove_padding` can run them on real
+            tokens only.
 
     Returns:
         The realised graph, the precision each Linear runs at, the nodes of each
@@ -275,7 +281,13 @@ def realise_for_ort(
     attention = "none"
     fusion: dict[str, int] = {}
     if optimize:
-        if not packed:
+        if packed and separate_qkv:
+            packed = False
+            notes.append(
+                "attention fused as MultiHeadAttention (Q, K, V stay separate MatMuls), as "
+                "asked: their projections can then run on real tokens only"
+            )
+        elif not packed:
             notes.append(
                 "attention fused as MultiHeadAttention (Q, K, V stay separate MatMuls) because "
                 f"the packed Attention operator cannot hold {'; '.join(mixed[:4])}"
