@@ -43,6 +43,22 @@ def test_cross_encoder_scores_are_unchanged_in_fp32(
     assert padded.fusion.get("packed_operators") is None
 
 
+def test_sentence_transformers_loads_the_rewritten_graph(tiny_model: Any, tmp_path: Path) -> None:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    model = tiny_model("minilm")
+    bundle = export_bundle(model, tmp_path / "packed", remove_padding=True)
+    st_model = CrossEncoder(
+        str(tmp_path / "packed"),
+        backend="onnx",
+        model_kwargs={"file_name": bundle.onnx_file},
+        activation_fn=torch.nn.Identity(),
+    )
+    got = st_model.predict(list(zip(*PAIRS, strict=True)))
+    np.testing.assert_allclose(got, model.score(*PAIRS), atol=1e-5)
+
+
 def test_bi_encoder_embeddings_are_unchanged(tiny_model: Any, tmp_path: Path) -> None:
     model = tiny_model("minilm", "bi-encoder")
     export_bundle(model, tmp_path / "padded")
