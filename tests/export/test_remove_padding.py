@@ -25,7 +25,7 @@ def _packed_linears(folder: Path, onnx_file: str) -> int:
     )
 
 
-@pytest.mark.parametrize("family", ["minilm", "roberta"])
+@pytest.mark.parametrize("family", ["minilm", "roberta", "xlm-roberta", "distilbert", "electra"])
 def test_cross_encoder_scores_are_unchanged_in_fp32(
     tiny_model: Any, tmp_path: Path, family: str
 ) -> None:
@@ -41,6 +41,18 @@ def test_cross_encoder_scores_are_unchanged_in_fp32(
     alone = load_model(tmp_path / "packed").score(PAIRS[0][:1], PAIRS[1][:1])
     np.testing.assert_allclose(alone, expected[:1], atol=1e-5)
     assert padded.fusion.get("packed_operators") is None
+
+
+def test_mpnet_is_exported_padded_with_a_note(tiny_model: Any, tmp_path: Path) -> None:
+    # MPNet's embeddings fuse into a SkipLayerNormalization (word + position embeddings),
+    # which the rewrite does not take for the start of the hidden state
+    model = tiny_model("mpnet")
+    bundle = export_bundle(model, tmp_path / "mpnet", remove_padding=True)
+    assert any(note.startswith("padding kept") for note in bundle.notes), bundle.notes
+    assert bundle.fusion["packed_operators"] == 0
+    np.testing.assert_allclose(
+        load_model(tmp_path / "mpnet").score(*PAIRS), model.score(*PAIRS), atol=1e-5
+    )
 
 
 def test_sentence_transformers_loads_the_rewritten_graph(tiny_model: Any, tmp_path: Path) -> None:

@@ -102,8 +102,9 @@ def remove_padding(model: Any, *, mask_input: str = "attention_mask") -> Padding
 
     Applies to graphs that take ``mask_input`` and whose embeddings end in one
     ``EmbedLayerNormalization`` (onnxruntime's fusion) or one LayerNorm in an
-    ``/embeddings/LayerNorm/`` scope (TorchScript's node names); any other graph is
-    returned unchanged with a note saying why. The gain is largest on fused graphs,
+    ``/embeddings/LayerNorm/`` scope (TorchScript's node names); any other graph (MPNet's,
+    whose embeddings fuse into a ``SkipLayerNormalization``) is returned unchanged with a
+    note saying why. The gain is largest on fused graphs,
     where each attention operator's output is packed again; in an unfused graph the
     token-wise work between attention and the next Reshape stays padded. The model is
     modified in place.
