@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -501,18 +502,17 @@ def run_model(
     export_bundle(model, folder / "fp32")
     systems[ORT_FP32] = load_model(folder / "fp32", max_length=model.max_length)
     systems[PEER] = optimum_peer(model, folder / "peer")
-    first_token = args.first_token and model.kind == "cross-encoder"
+    # every relcomp bundle, planned or recovered, is exported with the same levers
+    relcomp_export = functools.partial(
+        export_bundle,
+        embeddings=args.embeddings,
+        first_token=args.first_token and model.kind == "cross-encoder",
+        remove_padding=args.remove_padding,
+    )
     for system, parts in plans:
         plan = relcomp_plan(model, parts, relevance)
         out = folder / system.replace(" ", "_").replace("%", "pc").replace("+", "and")
-        bundle = export_bundle(
-            model,
-            out,
-            plan=plan,
-            embeddings=args.embeddings,
-            first_token=first_token,
-            remove_padding=args.remove_padding,
-        )
+        bundle = relcomp_export(model, out, plan=plan)
         systems[system] = load_model(out, max_length=model.max_length)
         info[system] = {
             "plan": {"method": plan.method, "achieved": dict(make_achieved(model, plan))},
@@ -533,14 +533,7 @@ def run_model(
                     student.name, (("_default", "int8"),), method="recovered+int8"
                 )
                 out = folder / f"recovered-{len(per_dataset)}-{index}"
-                bundle = export_bundle(
-                    student,
-                    out,
-                    plan=plan,
-                    embeddings=args.embeddings,
-                    first_token=first_token,
-                    remove_padding=args.remove_padding,
-                )
+                bundle = relcomp_export(student, out, plan=plan)
                 loaded = load_model(out, max_length=model.max_length)
                 exported[key] = (student, bundle, loaded)
             student, bundle, bundles[source] = exported[key]

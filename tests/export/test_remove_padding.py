@@ -37,7 +37,7 @@ def test_cross_encoder_scores_are_unchanged_in_fp32(
     assert _packed_linears(tmp_path / "packed", packed.onnx_file) >= 4  # FFN + output, each layer
     expected = load_model(tmp_path / "padded").score(*PAIRS)
     np.testing.assert_allclose(load_model(tmp_path / "packed").score(*PAIRS), expected, atol=1e-5)
-    # one pair alone (nothing padded) and the batch in another order agree too
+    # a pair alone (nothing padded) scores as it did in the padded batch
     alone = load_model(tmp_path / "packed").score(PAIRS[0][:1], PAIRS[1][:1])
     np.testing.assert_allclose(alone, expected[:1], atol=1e-5)
     assert padded.fusion.get("packed_operators") is None
@@ -125,6 +125,25 @@ def test_a_graph_it_cannot_read_is_left_alone() -> None:
     removal = remove_padding(helper.make_model(graph))
     assert removal.packed_nodes == 0 and "0 embedding outputs found" in removal.note
     assert [node.op_type for node in removal.model.graph.node] == ["Relu"]
+    # embeddings found, but nothing token-wise after them: the graph stays as it was
+    norm = helper.make_node(
+        "LayerNormalization", ["x", "g", "b"], ["h"], name="/m/embeddings/LayerNorm/LN"
+    )
+    shape = helper.make_node("Shape", ["h"], ["y"])
+    graph = helper.make_graph(
+        [norm, shape],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]), mask],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+        initializer=[
+            helper.make_tensor("g", TensorProto.FLOAT, [2], [1.0, 1.0]),
+            helper.make_tensor("b", TensorProto.FLOAT, [2], [0.0, 0.0]),
+        ],
+    )
+    before = helper.make_model(graph).SerializeToString()
+    removal = remove_padding(helper.make_model(graph))
+    assert removal.packed_nodes == 0 and "no token-wise operator" in removal.note
+    assert removal.model.SerializeToString() == before
 
 
 def test_cli_flag_reaches_the_bundle(tiny_model: Any, tmp_path: Path) -> None:
