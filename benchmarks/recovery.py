@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"{args.params_removed:g}" if structured else f"drop{args.layers_dropped}")
         + (f"-qat-{args.quantize}" if args.quantize else "")
         + (f"-depth{args.candidate_depth}" if args.candidate_depth else "")
+        + (f"-c{args.candidates}" if args.candidates != 8 else "")
         + (f"-hidden{args.hidden_weight:g}" if args.hidden_weight else "")
         + (f"-len{args.max_length}" if args.max_length != 128 else "")
     )

@@ -248,7 +248,7 @@ def test_the_recovery_benchmark_drops_layers_and_can_train_without_evaluating(
     }
     parameters = payload["_meta"]["plan"]["parameters"]
     assert parameters["pruned"] < parameters["reference"]
-    folder = tmp_path / "work" / "reranker-scifact-uniform-drop1" / "recovered"
+    folder = tmp_path / "work" / "reranker-scifact-uniform-drop1-c4" / "recovered"
     config = json.loads((folder / "config.json").read_text())
     assert config["num_hidden_layers"] == teacher.config.num_hidden_layers - 1
     assert bench._plan_label(payload["_meta"]["plan"]) == "uniform: 1 layers dropped"
