@@ -94,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="weight of hidden-state matching for the layers the plan keeps (0: off)",
     )
+    parser.add_argument(
+        "--similarity-weight",
+        type=float,
+        default=1.0,
+        help="retriever: weight of the in-batch similarity KL next to the embedding distance "
+        "(400 = 1/temperature²: an unscaled KL)",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/recovery"))
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"-depth{args.candidate_depth}" if args.candidate_depth else "")
         + (f"-c{args.candidates}" if args.candidates != 8 else "")
         + (f"-hidden{args.hidden_weight:g}" if args.hidden_weight else "")
+        + (f"-sim{args.similarity_weight:g}" if args.similarity_weight != 1.0 else "")
         + (f"-len{args.max_length}" if args.max_length != 128 else "")
     )
     work.mkdir(parents=True, exist_ok=True)
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         max_length=args.max_length,
         hidden_weight=args.hidden_weight,
+        similarity_weight=args.similarity_weight,
         device=args.device,
         checkpoint_dir=work,
         quantize=(
@@ -241,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 "quantization_aware": args.quantize,
                 "candidate_depth": args.candidate_depth,
                 "hidden_weight": args.hidden_weight,
+                "similarity_weight": args.similarity_weight,
                 "data": {**dict(log.data), "collection": relative(log.data["collection"])},
                 "heldout_loss": [dict(c) for c in log.checkpoints],
             },

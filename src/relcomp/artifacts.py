@@ -1075,8 +1075,12 @@ class RecoveryLog(Artifact):
     loss (0: none) and ``hidden_layers`` the ``(student layer, teacher layer)`` pairs it
     matched; with it, checkpoints also hold ``heldout_hidden_mse``, and ``losses`` are
     the distillation loss plus the weighted hidden-state term (``heldout_loss`` stays
-    the distillation loss alone, comparable between runs). Version 1 logs (before
-    hidden-state matching) read with a weight of 0.
+    the distillation loss alone, comparable between runs). ``similarity_weight`` is, for
+    bi-encoders, the weight of the in-batch similarity KL next to the embedding distance
+    (:func:`~relcomp.recovery.losses.embedding_loss`); the distillation loss, held-out
+    included, holds it, so held-out losses compare only between runs of one weight.
+    Version 1 logs (before hidden-state matching) read with a weight of 0, and versions
+    1 and 2 (before the similarity weight) with a similarity weight of 1.
 
     Example:
         >>> log = RecoveryLog(student="s", teacher="t", loss="listwise-kl", steps=2,
@@ -1087,8 +1091,8 @@ class RecoveryLog(Artifact):
     """
 
     KIND: ClassVar[str] = "recovery_log"
-    VERSION: ClassVar[int] = 2
-    READS_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
+    VERSION: ClassVar[int] = 3
+    READS_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
 
     student: str
     teacher: str
@@ -1108,6 +1112,7 @@ class RecoveryLog(Artifact):
     quantization_aware: Mapping[str, Any] | None = None
     hidden_weight: float = 0.0
     hidden_layers: tuple[tuple[int, int], ...] = ()
+    similarity_weight: float = 1.0
 
     @property
     def final_heldout_loss(self) -> float | None:

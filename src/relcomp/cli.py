@@ -232,6 +232,14 @@ def _add_recover(verbs: Verbs) -> None:
         "with this weight (default 0: off; costs one teacher forward pass per step)",
     )
     recover.add_argument(
+        "--similarity-weight",
+        type=float,
+        default=1.0,
+        help="bi-encoders: weight of the in-batch similarity KL next to the embedding "
+        "distance (default 1; 400 = 1/temperature² at the default 0.05: an unscaled KL, "
+        "which ranks better at depth)",
+    )
+    recover.add_argument(
         "--gate-queries",
         type=int,
         default=50,
@@ -272,6 +280,7 @@ def _cmd_recover(args: argparse.Namespace) -> None:
         loss=args.loss,
         temperature=args.temperature,
         hidden_weight=args.hidden_weight,
+        similarity_weight=args.similarity_weight,
         gate_queries=args.gate_queries,
         checkpoint_every=args.checkpoint_every,
         quantize=args.quantize,
@@ -993,6 +1002,13 @@ def _add_compress(verbs: Verbs) -> None:
         "with this weight (default 0: off; see relcomp recover --hidden-weight)",
     )
     compress.add_argument(
+        "--recovery-similarity-weight",
+        type=float,
+        default=1.0,
+        help="with --recover and a bi-encoder, the weight of the in-batch similarity KL "
+        "(default 1; see relcomp recover --similarity-weight)",
+    )
+    compress.add_argument(
         "--recovery-candidate-depth",
         type=_positive_int,
         default=None,
@@ -1089,6 +1105,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             recovery_max_length=args.recovery_max_length,
             quantization_aware=args.quantization_aware,
             recovery_hidden_weight=args.recovery_hidden_weight,
+            recovery_similarity_weight=args.recovery_similarity_weight,
             recovery_candidate_depth=args.recovery_candidate_depth,
             recovery_pseudo=args.recovery_pseudo,
             show_progress_bar=not args.quiet,

@@ -173,6 +173,7 @@ class CompressOptions:
     recovery_max_length: int = 128
     quantization_aware: bool = False
     recovery_hidden_weight: float = 0.0
+    recovery_similarity_weight: float = 1.0
     recovery_candidate_depth: int | None = None
     recovery_pseudo: int | None = None
     first_token: bool = False
@@ -196,6 +197,7 @@ class CompressOptions:
                 steps=self.recover,
                 max_length=self.recovery_max_length,
                 hidden_weight=self.recovery_hidden_weight,
+                similarity_weight=self.recovery_similarity_weight,
             )
             if len(self.budgets) > 1:
                 raise ValueError(
@@ -215,6 +217,7 @@ class CompressOptions:
         else:
             for flag, given in (
                 ("--recovery-hidden-weight", bool(self.recovery_hidden_weight)),
+                ("--recovery-similarity-weight", self.recovery_similarity_weight != 1.0),
                 ("--recovery-candidate-depth", self.recovery_candidate_depth is not None),
                 ("--recovery-pseudo", self.recovery_pseudo is not None),
             ):
@@ -321,6 +324,13 @@ class CompressFlow:
             check_budget(self.reference, options.method, parsed)
         if options.index is not None:  # a cross-encoder has no index; dims fit the model
             self._check_index_model()
+        if options.recover is not None:  # a weight this kind of model does not take fails here
+            from relcomp.recovery import RecoverySettings
+
+            RecoverySettings(
+                steps=options.recover,
+                similarity_weight=options.recovery_similarity_weight,
+            ).for_model(self.reference.kind)
         # made only once the inputs are known to be good: a failed start leaves no folder
         self.run = RunFolder(options.output_dir, resume=options.resume)
         protocol = options.protocol
@@ -700,6 +710,11 @@ class CompressFlow:
                 else {}
             ),
             **(
+                {"similarity_weight": options.recovery_similarity_weight}
+                if options.recovery_similarity_weight != 1.0
+                else {}
+            ),
+            **(
                 {"candidate_depth": options.recovery_candidate_depth}
                 if options.recovery_candidate_depth is not None
                 else {}
@@ -733,6 +748,7 @@ class CompressFlow:
                 gate_queries=0,  # the flow's own gate judges the exported model afterwards
                 quantize=aware,
                 hidden_weight=options.recovery_hidden_weight,
+                similarity_weight=options.recovery_similarity_weight,
                 candidate_depth=options.recovery_candidate_depth,
                 pseudo=options.recovery_pseudo,
                 show_progress_bar=options.show_progress_bar,
@@ -785,6 +801,7 @@ class CompressFlow:
                 "loss": log.loss,
                 "heldout_loss": [log.checkpoints[0].get("heldout_loss"), log.final_heldout_loss],
                 "hidden_weight": log.hidden_weight,
+                "similarity_weight": log.similarity_weight,
                 "data": dict(log.data),
             }
             if self.recovery_gate is not None:  # "after" is the exported bundle the gate judged

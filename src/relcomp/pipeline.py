@@ -654,6 +654,7 @@ def compress(
     recovery_max_length: int = 128,
     quantization_aware: bool = False,
     recovery_hidden_weight: float = 0.0,
+    recovery_similarity_weight: float = 1.0,
     recovery_candidate_depth: int | None = None,
     recovery_pseudo: int | None = None,
     first_token: bool = False,
@@ -723,6 +724,8 @@ def compress(
         threads: torch and ONNX Runtime threads while timing (BENCHMARKS.md: 2).
         recovery_hidden_weight: with ``recover``, the weight of hidden-state matching
             in the recovery loss (0: none; see :func:`recover`).
+        recovery_similarity_weight: with ``recover`` and a bi-encoder, the weight of the
+            in-batch similarity KL in the recovery loss (see :func:`recover`).
         recovery_candidate_depth: with ``recover``, draw each recovery query's
             candidates from BM25's top-N (``recover``'s ``candidate_depth``).
         recovery_pseudo: with ``recover``, how many corpus pseudo-queries
@@ -765,6 +768,7 @@ def compress(
         threads=threads, recover=recover, quantize=quantize,
         recovery_max_length=recovery_max_length, quantization_aware=quantization_aware,
         recovery_hidden_weight=recovery_hidden_weight,
+        recovery_similarity_weight=recovery_similarity_weight,
         recovery_candidate_depth=recovery_candidate_depth, recovery_pseudo=recovery_pseudo,
         first_token=first_token, remove_padding=remove_padding,
         show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
@@ -878,6 +882,7 @@ def recover(
     loss: str | None = None,
     temperature: float | None = None,
     hidden_weight: float = 0.0,
+    similarity_weight: float = 1.0,
     exclude: Sequence[str] = (),
     gate_queries: int = 50,
     gate_depth: int = 30,
@@ -922,6 +927,9 @@ def recover(
             kept to the teacher layer it came from, with this weight (see
             :mod:`relcomp.recovery.hidden`); the teacher then runs on every training
             batch, one more forward pass per step.
+        similarity_weight: bi-encoders: the weight of the in-batch similarity KL next to
+            the embedding distance (1 by default; ``1 / temperature**2``, 400 at the
+            default 0.05, gives it the gradient of an unscaled KL).
         exclude: more query ids kept out of the recovery data (a later gate's, say).
         gate_queries: held-out dev/train queries evaluated at each checkpoint (0: none).
         gate_depth: BM25 depth of that evaluation.
@@ -952,7 +960,7 @@ def recover(
     )
     from relcomp.recovery import recover as train
 
-    RecoverySettings(
+    settings = RecoverySettings(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -962,6 +970,7 @@ def recover(
         temperature=temperature,
         checkpoint_every=checkpoint_every,
         hidden_weight=hidden_weight,
+        similarity_weight=similarity_weight,
     )  # every setting checked before a model is loaded
     precision = None
     if isinstance(quantize, str):
@@ -992,6 +1001,7 @@ def recover(
     if not isinstance(reference, RankingModel) or not isinstance(trained, RankingModel):
         raise ValueError("recovery needs neural models, not bm25")
     check_teacher(trained, reference)
+    settings.for_model(trained.kind)  # a loss or weight this kind of model does not take fails here
     if the_plan is not None:
         trained = prune_physically(trained, the_plan)
     if hidden_weight > 0:  # layers that cannot be paired fail before the teacher scores anything
@@ -1051,6 +1061,7 @@ def recover(
         loss=loss,
         temperature=temperature,
         hidden_weight=hidden_weight,
+        similarity_weight=similarity_weight,
         gate=gate if gate_ids else None,
         quantize=quantize_plan,
         show_progress_bar=show_progress_bar,

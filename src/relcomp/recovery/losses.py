@@ -100,6 +100,7 @@ def embedding_loss(
     teacher_documents: torch.Tensor,
     *,
     temperature: float = 0.05,
+    similarity_weight: float = 1.0,
 ) -> torch.Tensor:
     """Embedding distance plus in-batch similarity KL, for bi-encoders.
 
@@ -109,6 +110,11 @@ def embedding_loss(
         teacher_queries: the teacher's ``(queries, dim)``.
         teacher_documents: the teacher's ``(documents, dim)``.
         temperature: of the similarity softmax (0.05 suits cosine similarities in [-1, 1]).
+        similarity_weight: weight of the similarity KL next to the distance. The KL is
+            scaled by the temperature squared (as :func:`listwise_kl`), so at 0.05 a
+            weight of 1 leaves it 400 times weaker than an unscaled KL and the distance
+            drives training; ``1 / temperature**2`` (400) gives the ranking term the
+            gradient of an unscaled KL.
 
     Example:
         >>> import torch
@@ -124,4 +130,4 @@ def embedding_loss(
         teacher_queries @ teacher_documents.T,
         temperature=temperature,
     )
-    return distance + divergence
+    return distance + similarity_weight * divergence

@@ -73,6 +73,7 @@ class RecoverySettings:
     heldout: int = 32
     checkpoint_every: int = 200
     hidden_weight: float = 0.0
+    similarity_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -116,6 +117,17 @@ class RecoverySettings:
                 f"matching), got {self.hidden_weight!r}"
             )
 
+        if (
+            isinstance(self.similarity_weight, bool)
+            or not isinstance(self.similarity_weight, int | float)
+            or not math.isfinite(self.similarity_weight)
+            or self.similarity_weight < 0
+        ):
+            raise RelcompError(
+                "recovery similarity weight must be a finite number ≥ 0, got "
+                f"{self.similarity_weight!r}"
+            )
+
     def for_model(self, kind: str) -> RecoverySettings:
         """The loss and temperature defaults of a model kind filled in, and checked against it."""
         loss = self.loss or ("embedding" if kind == "bi-encoder" else "listwise-kl")
@@ -126,6 +138,11 @@ class RecoverySettings:
             raise RelcompError(
                 f"a cross-encoder recovers with {' or '.join(map(repr, _CROSS_ENCODER_LOSSES))}, "
                 f"not {loss!r}"
+            )
+        if kind != "bi-encoder" and self.similarity_weight != 1.0:
+            raise RelcompError(
+                "the similarity weight belongs to the bi-encoders' 'embedding' loss; "
+                f"a {kind} takes none (got {self.similarity_weight!r})"
             )
         temperature = self.temperature or (0.05 if kind == "bi-encoder" else 1.0)
         return dataclasses.replace(self, loss=loss, temperature=temperature)
@@ -147,6 +164,7 @@ def recover(
     loss: str | None = None,
     temperature: float | None = None,
     hidden_weight: float = 0.0,
+    similarity_weight: float = 1.0,
     warmup: float = 0.1,
     heldout: int | None = None,
     gate: Callable[[RankingModel], Mapping[str, float]] | None = None,
@@ -186,6 +204,9 @@ def recover(
             ``device``, eval mode, under ``torch.no_grad``) runs on each step's batch,
             one more forward pass per step. The held-out groups then also get
             ``heldout_hidden_mse`` at every checkpoint.
+        similarity_weight: bi-encoders: the weight of the in-batch similarity KL next
+            to the embedding distance (:func:`~relcomp.recovery.losses.embedding_loss`;
+            ``1 / temperature**2`` gives it an unscaled KL's gradient).
         warmup: share of the steps with a rising learning rate.
         heldout: groups kept out of training, on which the loss is measured at every
             checkpoint (0: none); by default a tenth of the groups, at most 32.
@@ -229,6 +250,7 @@ def recover(
         heldout=heldout,
         checkpoint_every=checkpoint_every,
         hidden_weight=hidden_weight,
+        similarity_weight=similarity_weight,
     ).for_model(student.kind)
     _check_models(student, teacher, data)
     matched = layer_pairs(student, teacher) if settings.hidden_weight > 0 else ()
@@ -241,12 +263,12 @@ def recover(
         "student": student.cache_key,
         "teacher": teacher.cache_key,
         "data": data.digest,
-        # Without hidden-state matching the identity is what it was before the option
-        # existed, so such checkpoints still resume; any weight above 0 is part of it.
+        # Options left at their defaults stay out of the identity, so checkpoints made
+        # before the options existed still resume; any other value is part of it.
         **{
             k: v
             for k, v in dataclasses.asdict(settings).items()
-            if k != "hidden_weight" or settings.hidden_weight
+            if (k, v) not in (("hidden_weight", 0.0), ("similarity_weight", 1.0))
         },
         "quantize": quantize.fingerprint() if quantize is not None else None,
     }
@@ -354,6 +376,7 @@ def recover(
         quantization_aware=json.loads(quantize.to_json()) if quantize is not None else None,
         hidden_weight=float(settings.hidden_weight),
         hidden_layers=matched,
+        similarity_weight=float(settings.similarity_weight),
     )
     return working, log
 
@@ -523,6 +546,7 @@ class _Trainer:
             teacher_queries.float(),
             teacher_documents.float(),
             temperature=float(self.settings.temperature or 0.05),
+            similarity_weight=self.settings.similarity_weight,
         )
         hidden = (
             None

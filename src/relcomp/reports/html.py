@@ -1239,6 +1239,11 @@ def _recovery_section(page: _Page, run: CompressionRun) -> str | None:
                 if hidden_weight
                 else "off",
             ],
+            *(
+                [["in-batch similarity KL weight", _plain_value(log.get("similarity_weight", 1.0))]]
+                if log.get("loss") == "embedding"
+                else []
+            ),
         ]
     )
     checkpoints = [c for c in log.get("checkpoints") or [] if isinstance(c, Mapping)]
