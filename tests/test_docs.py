@@ -88,6 +88,7 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("speed_size", "markdown", ["speed_size_retriever_recovered_full.json"]),
         ("speed_size", "markdown", ["speed_size_retriever_hidden_full.json"]),
         ("speed_size", "markdown", ["speed_size_retriever_1000steps_full.json"]),
+        ("speed_size", "markdown", ["speed_size_retriever_similarity_full.json"]),
     ],
     "low_rank.md": [("low_rank", "markdown", ["low_rank.json"])],
     "recovery.md": [
