@@ -369,7 +369,14 @@ def test_quality_json_is_read_as_the_typed_comparison(run_folder: Path) -> None:
     assert QualityComparison.from_json(quality.to_json()) == quality
 
 
-def _write_recovery(run_folder: Path, *, gate: bool = True, hidden_weight: float = 0.0) -> None:
+def _write_recovery(
+    run_folder: Path,
+    *,
+    gate: bool = True,
+    hidden_weight: float = 0.0,
+    loss: str = "listwise-kl",
+    similarity_weight: float = 1.0,
+) -> None:
     """A recovery log in ``recovered/`` and the gate's before/after figures in quality.json."""
     from relcomp.artifacts import RecoveryLog
 
@@ -377,11 +384,12 @@ def _write_recovery(run_folder: Path, *, gate: bool = True, hidden_weight: float
         {"step": 0, "heldout_loss": 0.9, "heldout_hidden_mse": 2.0},
         {"step": 20, "heldout_loss": 0.4, "heldout_hidden_mse": 0.7},
     ]
-    RecoveryLog(student="s", teacher="t", loss="listwise-kl", steps=20, batch_size=4,
+    RecoveryLog(student="s", teacher="t", loss=loss, steps=20, batch_size=4,
                 lr=5e-5, max_length=128, seed=13, device="cpu", pairs_seen=640, seconds=3.0,
                 losses=[1.0 - i / 40 for i in range(20)], checkpoints=checkpoints,
                 hidden_weight=hidden_weight,
                 hidden_layers=[(0, 0), (1, 2)] if hidden_weight else [],
+                similarity_weight=similarity_weight,
                 ).save(run_folder / "recovered" / "recovery_log.json")  # fmt: skip
     quality = json.loads((run_folder / "quality.json").read_text(encoding="utf-8"))
     recovery: dict = {"steps": 20, "hidden_weight": hidden_weight}
@@ -417,6 +425,14 @@ def test_the_recovery_section_says_when_the_gate_did_not_measure_it(run_folder: 
     recovery = page[page.index('id="recovery"') : page.index('id="parity"')]
     assert "before and after recovery: not measured" in recovery
     assert "0.5012" not in recovery and "hidden-state matching</th><td>off" in recovery
+    assert "similarity KL weight" not in recovery  # a cross-encoder's loss has none
+
+
+def test_a_bi_encoders_recovery_section_names_its_similarity_weight(run_folder: Path) -> None:
+    _write_recovery(run_folder, loss="embedding", similarity_weight=400.0)
+    page = compression_report(run_folder)
+    recovery = page[page.index('id="recovery"') : page.index('id="parity"')]
+    assert "in-batch similarity KL weight</th><td>400" in recovery
 
 
 def test_a_run_without_recovery_has_no_recovery_section(run_folder: Path) -> None:
