@@ -236,8 +236,7 @@ def _add_recover(verbs: Verbs) -> None:
         type=float,
         default=1.0,
         help="bi-encoders: weight of the in-batch similarity KL next to the embedding "
-        "distance (default 1; 400 = 1/temperature² at the default 0.05: an unscaled KL, "
-        "which ranks better at depth)",
+        "distance (default 1; 400 = 1/temperature² at the default 0.05: an unscaled KL)",
     )
     recover.add_argument(
         "--gate-queries",

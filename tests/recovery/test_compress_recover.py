@@ -16,11 +16,6 @@ from tests.fixtures import DOCUMENTS, QUERIES
 from tests.recovery.test_recovery import passed_to_pipeline, write_collection
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder"])
 def test_compress_with_recovery_exports_the_recovered_model(
     tiny_model_path: Any, tmp_path: Path, kind: str

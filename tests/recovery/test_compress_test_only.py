@@ -31,11 +31,6 @@ from tests.recovery.test_recovery import write_collection
 GATE_FILE = "evaluation/gate_agreement.json"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def only_test(tmp_path: Path) -> Path:
     return write_collection(tmp_path / "only-test", train=False)

@@ -31,20 +31,9 @@ from tests.recovery.test_recovery import (
     passed_to_pipeline,
     pruned_student,
     run,
-    write_collection,
 )
 
 HELDOUT = 3
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def collection(tmp_path: Path) -> Path:
-    return write_collection(tmp_path / "collection")
 
 
 def dropped_student(teacher: Any, layers: str = "1") -> Any:

@@ -22,11 +22,6 @@ from tests.recovery.test_recovery import pruned_student, run, write_collection
 INT8 = {"_default": "int8"}
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def plan_for(model: Any, entries: dict[str, str] = INT8) -> CompressionPlan:
     return CompressionPlan(model.name, tuple(entries.items()))
 

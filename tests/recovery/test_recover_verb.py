@@ -16,11 +16,6 @@ from tests.fixtures import DOCUMENTS, QUERIES
 from tests.recovery.test_recovery import write_collection
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_recover_prunes_trains_and_writes_a_model_folder(
     tiny_model_path: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -66,16 +66,6 @@ def write_collection(root: Path, *, train: bool = True) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def collection(tmp_path: Path) -> Path:
-    return write_collection(tmp_path / "collection")
-
-
 def pruned_student(teacher: Any) -> Any:
     plan = CompressionPlan(
         teacher.name,

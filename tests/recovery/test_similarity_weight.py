@@ -24,18 +24,7 @@ from tests.recovery.test_recovery import (
     passed_to_pipeline,
     pruned_student,
     run,
-    write_collection,
 )
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def collection(tmp_path: Path) -> Path:
-    return write_collection(tmp_path / "collection")
 
 
 def test_the_weight_scales_the_similarity_kl_and_nothing_else() -> None:

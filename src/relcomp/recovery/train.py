@@ -106,27 +106,17 @@ class RecoverySettings:
             raise RelcompError(f"held-out groups must be a whole number ≥ 0, got {self.heldout}")
         if self.loss is not None:
             LOSSES.get(self.loss)  # an unknown name fails here, naming the valid ones
-        if (
-            isinstance(self.hidden_weight, bool)
-            or not isinstance(self.hidden_weight, int | float)
-            or not math.isfinite(self.hidden_weight)
-            or self.hidden_weight < 0
-        ):
-            raise RelcompError(
-                "recovery hidden weight must be a finite number ≥ 0 (0: no hidden-state "
-                f"matching), got {self.hidden_weight!r}"
-            )
-
-        if (
-            isinstance(self.similarity_weight, bool)
-            or not isinstance(self.similarity_weight, int | float)
-            or not math.isfinite(self.similarity_weight)
-            or self.similarity_weight < 0
-        ):
-            raise RelcompError(
-                "recovery similarity weight must be a finite number ≥ 0, got "
-                f"{self.similarity_weight!r}"
-            )
+        for name, meaning in (("hidden", " (0: no hidden-state matching)"), ("similarity", "")):
+            weight = getattr(self, f"{name}_weight")
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, int | float)
+                or not math.isfinite(weight)
+                or weight < 0
+            ):
+                raise RelcompError(
+                    f"recovery {name} weight must be a finite number ≥ 0{meaning}, got {weight!r}"
+                )
 
     def for_model(self, kind: str) -> RecoverySettings:
         """The loss and temperature defaults of a model kind filled in, and checked against it."""
