@@ -49,6 +49,12 @@ MEASURE = "nDCG@10"
 COLLECTIONS = ("scifact", "nfcorpus")
 
 
+def _student_label(path: str) -> str:
+    """A saved student's name in the work folder: its folder, or the one above a ``recovered/``."""
+    folder = Path(path)
+    return folder.parent.name if folder.name == "recovered" else folder.name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("reranker", "retriever"), default="reranker")
@@ -101,6 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         help="retriever: weight of the in-batch similarity KL next to the embedding distance "
         "(400 = 1/temperature²: an unscaled KL)",
     )
+    parser.add_argument(
+        "--label-weight",
+        type=float,
+        default=0.0,
+        help="weight of the supervised term on judged-relevant candidates (train/dev qrels, "
+        "pseudo-queries' source documents; 0: off, distillation only)",
+    )
+    parser.add_argument(
+        "--student",
+        default=None,
+        help="start from this saved model (a recovered folder, or the teacher itself for the "
+        "uncompressed reference given the same data) instead of pruning the teacher",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/recovery"))
@@ -128,37 +147,44 @@ def main(argv: list[str] | None = None) -> int:
         else {"layers_dropped": args.layers_dropped}
     )
     work = args.work / (
-        f"{args.model}-{args.train}-{args.importance}-"
-        + (f"{args.params_removed:g}" if structured else f"drop{args.layers_dropped}")
+        f"{args.model}-{args.train}-"
+        + (
+            f"from-{_student_label(args.student)}"
+            if args.student
+            else f"{args.importance}-"
+            + (f"{args.params_removed:g}" if structured else f"drop{args.layers_dropped}")
+        )
         + (f"-qat-{args.quantize}" if args.quantize else "")
         + (f"-depth{args.candidate_depth}" if args.candidate_depth else "")
         + (f"-c{args.candidates}" if args.candidates != 8 else "")
         + (f"-hidden{args.hidden_weight:g}" if args.hidden_weight else "")
         + (f"-sim{args.similarity_weight:g}" if args.similarity_weight != 1.0 else "")
+        + (f"-label{args.label_weight:g}" if args.label_weight else "")
         + (f"-len{args.max_length}" if args.max_length != 128 else "")
     )
     work.mkdir(parents=True, exist_ok=True)
 
-    relevance_file = work / "component_relevance.json"
-    if args.importance == "relevance":
-        if not relevance_file.is_file():
-            component_relevance(teacher, train_dir, split="train", calibration=64).save(
-                relevance_file
-            )
-        relevance: Any = relevance_file
+    if args.student:
+        pruned = load_model(args.student)
     else:
-        relevance = None
-    the_plan = plan(
-        teacher,
-        args.method,
-        budget,
-        relevance=relevance,
-        importance=args.importance,
-        data_dir=train_dir,
-        calibration_split="train",
-    )
-    the_plan.save(work / "plan.json")
-    pruned = prune_physically(teacher, the_plan)
+        relevance: Any = None
+        if args.importance == "relevance":
+            relevance = work / "component_relevance.json"
+            if not relevance.is_file():
+                component_relevance(teacher, train_dir, split="train", calibration=64).save(
+                    relevance
+                )
+        the_plan = plan(
+            teacher,
+            args.method,
+            budget,
+            relevance=relevance,
+            importance=args.importance,
+            data_dir=train_dir,
+            calibration_split="train",
+        )
+        the_plan.save(work / "plan.json")
+        pruned = prune_physically(teacher, the_plan)
 
     set_up = time.perf_counter()
     data = recovery_data(
@@ -180,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length,
         hidden_weight=args.hidden_weight,
         similarity_weight=args.similarity_weight,
+        label_weight=args.label_weight,
         device=args.device,
         checkpoint_dir=work,
         quantize=(
@@ -230,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             "model": relative(path),
             "train_collection": args.train,
             "plan": {
-                "method": args.method,
-                "importance": args.importance,
-                **budget,
+                **(
+                    {"student": relative(args.student)}
+                    if args.student
+                    else {"method": args.method, "importance": args.importance, **budget}
+                ),
                 "parameters": {
                     "reference": parameter_count(teacher),
                     "pruned": parameter_count(pruned),
@@ -251,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 "candidate_depth": args.candidate_depth,
                 "hidden_weight": args.hidden_weight,
                 "similarity_weight": args.similarity_weight,
+                "label_weight": args.label_weight,
                 "data": {**dict(log.data), "collection": relative(log.data["collection"])},
                 "heldout_loss": [dict(c) for c in log.checkpoints],
             },
@@ -293,6 +323,11 @@ def _rows(payload: dict[str, Any]) -> list[list[str]]:
                     f" (hidden-state matching × {meta['recovery']['hidden_weight']:g})"
                     if meta["recovery"].get("hidden_weight")
                     else ""
+                )
+                + (
+                    f" (judged positives × {meta['recovery']['label_weight']:g})"
+                    if meta["recovery"].get("label_weight")
+                    else ""
                 ),
             }[system]
             rows.append(
@@ -311,6 +346,8 @@ def _rows(payload: dict[str, Any]) -> list[list[str]]:
 
 
 def _plan_label(plan: dict[str, Any]) -> str:
+    if "student" in plan:
+        return f"{_student_label(plan['student'])} (the starting model)"
     if plan.get("method", "prune-structured") == "drop-layers":
         return f"{plan['importance']}: {plan['layers_dropped']} layers dropped"
     return f"{plan['importance']} {100 * plan['params_removed']:g} % pruned"

@@ -267,3 +267,34 @@ def test_the_recovery_benchmark_refuses_negative_queries_before_any_work(
         bench.main(["--queries", "-1", "--output", str(output)])
     assert "--queries must be 0 (no evaluation) or more, got -1" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_the_recovery_benchmark_continues_a_saved_student_with_the_label_term(
+    scripts: Any, tiny_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = scripts("recovery")
+    collection = write_collection(tmp_path / "collection")
+    teacher = tiny_model("minilm")
+    load = bench.load_model
+    monkeypatch.setattr(bench, "reranker_path", lambda: "the teacher")
+    monkeypatch.setattr(
+        bench, "load_model", lambda path: teacher if path == "the teacher" else load(path)
+    )
+    monkeypatch.setattr(bench, "beir_path", lambda name: collection)
+    common = ["--steps", "2", "--candidates", "4", "--pseudo", "4", "--queries", "0"]
+    common += ["--work", str(tmp_path / "work")]
+    first = ["--importance", "magnitude", "--params-removed", "0.3", *common]
+    bench.main([*first, "--output", str(tmp_path / "first.json")])
+    started = tmp_path / "work" / "reranker-scifact-magnitude-0.3-c4" / "recovered"
+
+    output = tmp_path / "out.json"
+    bench.main([*common, "--student", str(started), "--label-weight", "1", "--output", str(output)])
+    meta = json.loads(output.read_text())["_meta"]
+    assert meta["recovery"]["label_weight"] == 1.0
+    assert meta["plan"]["student"] == bench.relative(started)  # no machine path in results
+    assert meta["plan"]["parameters"]["pruned"] < meta["plan"]["parameters"]["reference"]
+    folder = tmp_path / "work" / "reranker-scifact-from-reranker-scifact-magnitude-0.3-c4-c4-label1"
+    assert json.loads((folder / "recovery_log.json").read_text())["label_weight"] == 1.0
+    assert (
+        bench._plan_label(meta["plan"]) == "reranker-scifact-magnitude-0.3-c4 (the starting model)"
+    )

@@ -1079,8 +1079,11 @@ class RecoveryLog(Artifact):
     bi-encoders, the weight of the in-batch similarity KL next to the embedding distance
     (:func:`~relcomp.recovery.losses.embedding_loss`); the distillation loss, held-out
     included, holds it, so held-out losses compare only between runs of one weight.
-    Version 1 logs (before hidden-state matching) read with a weight of 0, and versions
-    1 and 2 (before the similarity weight) with a similarity weight of 1.
+    ``label_weight`` is the weight of the supervised term on judged-relevant candidates
+    (:func:`~relcomp.recovery.losses.positive_nll`; 0: none); with it, checkpoints also
+    hold ``heldout_label_nll``. Version 1 logs (before hidden-state matching) read with a
+    weight of 0, versions 1 and 2 (before the similarity weight) with a similarity
+    weight of 1, and versions 1 to 3 with a label weight of 0.
 
     Example:
         >>> log = RecoveryLog(student="s", teacher="t", loss="listwise-kl", steps=2,
@@ -1091,8 +1094,8 @@ class RecoveryLog(Artifact):
     """
 
     KIND: ClassVar[str] = "recovery_log"
-    VERSION: ClassVar[int] = 3
-    READS_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
+    VERSION: ClassVar[int] = 4
+    READS_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2, 3)
 
     student: str
     teacher: str
@@ -1113,6 +1116,7 @@ class RecoveryLog(Artifact):
     hidden_weight: float = 0.0
     hidden_layers: tuple[tuple[int, int], ...] = ()
     similarity_weight: float = 1.0
+    label_weight: float = 0.0
 
     @property
     def final_heldout_loss(self) -> float | None:

@@ -239,6 +239,13 @@ def _add_recover(verbs: Verbs) -> None:
         "distance (default 1; 400 = 1/temperature² at the default 0.05: an unscaled KL)",
     )
     recover.add_argument(
+        "--label-weight",
+        type=float,
+        default=0.0,
+        help="also teach the judged-relevant candidates (train/dev qrels, pseudo-queries' "
+        "source documents; never test), with this weight (default 0: distillation only)",
+    )
+    recover.add_argument(
         "--gate-queries",
         type=int,
         default=50,
@@ -280,6 +287,7 @@ def _cmd_recover(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         hidden_weight=args.hidden_weight,
         similarity_weight=args.similarity_weight,
+        label_weight=args.label_weight,
         gate_queries=args.gate_queries,
         checkpoint_every=args.checkpoint_every,
         quantize=args.quantize,
@@ -1008,6 +1016,13 @@ def _add_compress(verbs: Verbs) -> None:
         "(default 1; see relcomp recover --similarity-weight)",
     )
     compress.add_argument(
+        "--recovery-label-weight",
+        type=float,
+        default=0.0,
+        help="with --recover, also teach the judged-relevant candidates of the train/dev "
+        "queries, with this weight (default 0: off; see relcomp recover --label-weight)",
+    )
+    compress.add_argument(
         "--recovery-candidate-depth",
         type=_positive_int,
         default=None,
@@ -1105,6 +1120,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             quantization_aware=args.quantization_aware,
             recovery_hidden_weight=args.recovery_hidden_weight,
             recovery_similarity_weight=args.recovery_similarity_weight,
+            recovery_label_weight=args.recovery_label_weight,
             recovery_candidate_depth=args.recovery_candidate_depth,
             recovery_pseudo=args.recovery_pseudo,
             show_progress_bar=not args.quiet,

@@ -174,6 +174,7 @@ class CompressOptions:
     quantization_aware: bool = False
     recovery_hidden_weight: float = 0.0
     recovery_similarity_weight: float = 1.0
+    recovery_label_weight: float = 0.0
     recovery_candidate_depth: int | None = None
     recovery_pseudo: int | None = None
     first_token: bool = False
@@ -198,6 +199,7 @@ class CompressOptions:
                 max_length=self.recovery_max_length,
                 hidden_weight=self.recovery_hidden_weight,
                 similarity_weight=self.recovery_similarity_weight,
+                label_weight=self.recovery_label_weight,
             )
             if len(self.budgets) > 1:
                 raise ValueError(
@@ -218,6 +220,7 @@ class CompressOptions:
             for flag, given in (
                 ("--recovery-hidden-weight", bool(self.recovery_hidden_weight)),
                 ("--recovery-similarity-weight", self.recovery_similarity_weight != 1.0),
+                ("--recovery-label-weight", bool(self.recovery_label_weight)),
                 ("--recovery-candidate-depth", self.recovery_candidate_depth is not None),
                 ("--recovery-pseudo", self.recovery_pseudo is not None),
             ):
@@ -715,6 +718,11 @@ class CompressFlow:
                 else {}
             ),
             **(
+                {"label_weight": options.recovery_label_weight}
+                if options.recovery_label_weight
+                else {}
+            ),
+            **(
                 {"candidate_depth": options.recovery_candidate_depth}
                 if options.recovery_candidate_depth is not None
                 else {}
@@ -749,6 +757,7 @@ class CompressFlow:
                 quantize=aware,
                 hidden_weight=options.recovery_hidden_weight,
                 similarity_weight=options.recovery_similarity_weight,
+                label_weight=options.recovery_label_weight,
                 candidate_depth=options.recovery_candidate_depth,
                 pseudo=options.recovery_pseudo,
                 show_progress_bar=options.show_progress_bar,
@@ -802,6 +811,7 @@ class CompressFlow:
                 "heldout_loss": [log.checkpoints[0].get("heldout_loss"), log.final_heldout_loss],
                 "hidden_weight": log.hidden_weight,
                 "similarity_weight": log.similarity_weight,
+                "label_weight": log.label_weight,
                 "data": dict(log.data),
             }
             if self.recovery_gate is not None:  # "after" is the exported bundle the gate judged

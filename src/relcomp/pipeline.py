@@ -655,6 +655,7 @@ def compress(
     quantization_aware: bool = False,
     recovery_hidden_weight: float = 0.0,
     recovery_similarity_weight: float = 1.0,
+    recovery_label_weight: float = 0.0,
     recovery_candidate_depth: int | None = None,
     recovery_pseudo: int | None = None,
     first_token: bool = False,
@@ -726,6 +727,8 @@ def compress(
             in the recovery loss (0: none; see :func:`recover`).
         recovery_similarity_weight: with ``recover`` and a bi-encoder, the weight of the
             in-batch similarity KL in the recovery loss (see :func:`recover`).
+        recovery_label_weight: with ``recover``, the weight of the supervised term on
+            the train/dev queries' judged-relevant candidates (0: none; see :func:`recover`).
         recovery_candidate_depth: with ``recover``, draw each recovery query's
             candidates from BM25's top-N (``recover``'s ``candidate_depth``).
         recovery_pseudo: with ``recover``, how many corpus pseudo-queries
@@ -769,6 +772,7 @@ def compress(
         recovery_max_length=recovery_max_length, quantization_aware=quantization_aware,
         recovery_hidden_weight=recovery_hidden_weight,
         recovery_similarity_weight=recovery_similarity_weight,
+        recovery_label_weight=recovery_label_weight,
         recovery_candidate_depth=recovery_candidate_depth, recovery_pseudo=recovery_pseudo,
         first_token=first_token, remove_padding=remove_padding,
         show_progress_bar=show_progress_bar, index=index, index_dims=index_dims,
@@ -883,6 +887,7 @@ def recover(
     temperature: float | None = None,
     hidden_weight: float = 0.0,
     similarity_weight: float = 1.0,
+    label_weight: float = 0.0,
     exclude: Sequence[str] = (),
     gate_queries: int = 50,
     gate_depth: int = 30,
@@ -930,6 +935,11 @@ def recover(
         similarity_weight: bi-encoders: the weight of the in-batch similarity KL next to
             the embedding distance (1 by default; ``1 / temperature**2``, 400 at the
             default 0.05, gives it the gradient of an unscaled KL).
+        label_weight: above 0, also teach the student each recovery query's
+            judged-relevant candidates (the train/dev qrels above grade 0, a pseudo-query's
+            source document; never test, never a gate query), with this weight: the one
+            signal that can carry a student past its teacher (see
+            :func:`relcomp.recovery.recover`).
         exclude: more query ids kept out of the recovery data (a later gate's, say).
         gate_queries: held-out dev/train queries evaluated at each checkpoint (0: none).
         gate_depth: BM25 depth of that evaluation.
@@ -971,6 +981,7 @@ def recover(
         checkpoint_every=checkpoint_every,
         hidden_weight=hidden_weight,
         similarity_weight=similarity_weight,
+        label_weight=label_weight,
     )  # every setting checked before a model is loaded
     precision = None
     if isinstance(quantize, str):
@@ -1062,6 +1073,7 @@ def recover(
         temperature=temperature,
         hidden_weight=hidden_weight,
         similarity_weight=similarity_weight,
+        label_weight=label_weight,
         gate=gate if gate_ids else None,
         quantize=quantize_plan,
         show_progress_bar=show_progress_bar,

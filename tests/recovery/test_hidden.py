@@ -254,15 +254,15 @@ def test_a_version_1_recovery_log_reads_with_no_hidden_matching() -> None:
                       lr=5e-5, max_length=128, seed=13, device="cpu", pairs_seen=64,
                       seconds=1.5, losses=[0.3, 0.2], hidden_weight=0.5,
                       hidden_layers=[(0, 0), (1, 2)])  # fmt: skip
-    assert log.to_dict()["version"] == 3
+    assert log.to_dict()["version"] == RecoveryLog.VERSION
     assert RecoveryLog.from_json(log.to_json()) == log
     old = log.to_dict()
     old["version"] = 1
     del old["hidden_weight"], old["hidden_layers"]
     read = RecoveryLog.from_dict(old)
     assert (read.hidden_weight, read.hidden_layers, read.losses) == (0.0, (), (0.3, 0.2))
-    with pytest.raises(Exception, match="version 4 is not supported"):
-        RecoveryLog.from_dict({**old, "version": 4})
+    with pytest.raises(Exception, match=f"version {RecoveryLog.VERSION + 1} is not supported"):
+        RecoveryLog.from_dict({**old, "version": RecoveryLog.VERSION + 1})
 
 
 def test_the_command_lines_pass_the_hidden_weight(

@@ -147,15 +147,15 @@ def test_a_version_2_recovery_log_reads_with_a_similarity_weight_of_1() -> None:
     log = RecoveryLog(student="s", teacher="t", loss="embedding", steps=2, batch_size=4,
                       lr=5e-5, max_length=128, seed=13, device="cpu", pairs_seen=64,
                       seconds=1.5, losses=[0.3, 0.2], similarity_weight=400.0)  # fmt: skip
-    assert log.to_dict()["version"] == 3
+    assert log.to_dict()["version"] == RecoveryLog.VERSION
     assert RecoveryLog.from_json(log.to_json()) == log
     old = log.to_dict()
     old["version"] = 2
     del old["similarity_weight"]
     read = RecoveryLog.from_dict(old)
     assert (read.similarity_weight, read.losses) == (1.0, (0.3, 0.2))
-    with pytest.raises(Exception, match="version 4 is not supported"):
-        RecoveryLog.from_dict({**old, "version": 4})
+    with pytest.raises(Exception, match=f"version {RecoveryLog.VERSION + 1} is not supported"):
+        RecoveryLog.from_dict({**old, "version": RecoveryLog.VERSION + 1})
 
 
 def test_the_command_lines_pass_the_similarity_weight(

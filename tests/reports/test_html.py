@@ -376,6 +376,7 @@ def _write_recovery(
     hidden_weight: float = 0.0,
     loss: str = "listwise-kl",
     similarity_weight: float = 1.0,
+    label_weight: float = 0.0,
 ) -> None:
     """A recovery log in ``recovered/`` and the gate's before/after figures in quality.json."""
     from relcomp.artifacts import RecoveryLog
@@ -389,7 +390,7 @@ def _write_recovery(
                 losses=[1.0 - i / 40 for i in range(20)], checkpoints=checkpoints,
                 hidden_weight=hidden_weight,
                 hidden_layers=[(0, 0), (1, 2)] if hidden_weight else [],
-                similarity_weight=similarity_weight,
+                similarity_weight=similarity_weight, label_weight=label_weight,
                 ).save(run_folder / "recovered" / "recovery_log.json")  # fmt: skip
     quality = json.loads((run_folder / "quality.json").read_text(encoding="utf-8"))
     recovery: dict = {"steps": 20, "hidden_weight": hidden_weight}
@@ -426,6 +427,15 @@ def test_the_recovery_section_says_when_the_gate_did_not_measure_it(run_folder: 
     assert "before and after recovery: not measured" in recovery
     assert "0.5012" not in recovery and "hidden-state matching</th><td>off" in recovery
     assert "similarity KL weight" not in recovery  # a cross-encoder's loss has none
+    assert "sources)</th><td>off" in recovery  # no label term
+
+
+def test_the_recovery_section_names_the_label_weight(run_folder: Path) -> None:
+    _write_recovery(run_folder, label_weight=0.5)
+    page = compression_report(run_folder)
+    recovery = page[page.index('id="recovery"') : page.index('id="parity"')]
+    assert "sources)</th><td>weight 0.5" in recovery
+    assert "the judged-positives term (0.5 × NLL)" in recovery
 
 
 def test_a_bi_encoders_recovery_section_names_its_similarity_weight(run_folder: Path) -> None:

@@ -15,7 +15,9 @@ export and gate.
   (``recover(..., quantize=plan)``), so the quantized model is what recovers;
 * :func:`layer_pairs`, :func:`hidden_state_mse` — optional hidden-state matching
   (``recover(..., hidden_weight=w)``): each layer the student kept pulled toward the
-  teacher layer it came from.
+  teacher layer it came from;
+* :func:`positive_nll` — the optional supervised term (``recover(..., label_weight=w)``)
+  on the train/dev queries' judged-relevant candidates, off by default.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from relcomp.recovery.data import (
     recovery_data,
 )
 from relcomp.recovery.hidden import LayerOutputs, hidden_state_mse, layer_pairs
-from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse
+from relcomp.recovery.losses import LOSSES, embedding_loss, listwise_kl, margin_mse, positive_nll
 from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
 from relcomp.recovery.train import (
     CHECKPOINT_FILE,
@@ -56,6 +58,7 @@ __all__ = [
     "layer_pairs",
     "listwise_kl",
     "margin_mse",
+    "positive_nll",
     "pseudo_queries",
     "quantization_actions",
     "recover",

@@ -1,4 +1,4 @@
-"""What recovery trains on: unlabeled, in-domain (query, candidates) groups and the teacher's view of them.
+"""What recovery trains on: in-domain (query, candidates) groups and the teacher's view of them.
 
 A group is one query with the documents a first stage (BM25) returns for it. The
 queries are a collection's train and dev queries (never ``test``, never a query the
@@ -7,12 +7,16 @@ document's title, or one of its sentences, with that document and its BM25
 neighbours as candidates. Pseudo-queries let a collection with no train queries
 (a user's own corpus with a few judged test queries) be recovered all the same.
 
-No relevance judgement is read: the teacher supplies the targets. For a
+The teacher supplies the targets. For a
 cross-encoder they are its scores of every (query, candidate) pair, computed through
 :func:`relcomp.evaluation.rerank`, so they land in the same chunked score cache as an
 evaluation and an interrupted computation resumes. For a bi-encoder they are its
 query and document embeddings (the corpus' through the cached
 :func:`relcomp.evaluation.encode_corpus`).
+
+Judgements are read only to mark each group's *positives* (a split query's candidates
+judged relevant, a pseudo-query's source document), for the optional supervised term
+of recovery (``label_weight``); the distillation itself reads none.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ class RecoveryData:
             array per group.
         identity: what the data was made from (collection, splits, counts, teacher),
             recorded in the :class:`~relcomp.artifacts.RecoveryLog` and in checkpoints.
+        positives: per group, per candidate (same order as ``documents``), whether it
+            is judged relevant to the query (a split query's qrels above 0, a
+            pseudo-query's source document); ``None`` when unknown. Read only by the
+            supervised term (``label_weight``), and not part of :attr:`digest`.
     """
 
     queries: tuple[str, ...]
@@ -76,6 +84,7 @@ class RecoveryData:
     teacher_query_embeddings: np.ndarray | None = None
     teacher_document_embeddings: tuple[np.ndarray, ...] | None = None
     identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    positives: tuple[tuple[bool, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.queries:
@@ -84,6 +93,10 @@ class RecoveryData:
             raise RelcompError("recovery data: queries, documents and sources differ in length")
         if self.teacher_scores is None and self.teacher_query_embeddings is None:
             raise RelcompError("recovery data needs the teacher's scores or embeddings")
+        if self.positives is not None and [len(p) for p in self.positives] != [
+            len(d) for d in self.documents
+        ]:
+            raise RelcompError("recovery data: positives and documents differ in shape")
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -150,7 +163,13 @@ class RecoveryData:
                 None if documents is None else tuple(documents[i] for i in rows)
             ),
             identity=self.identity,
+            positives=None if self.positives is None else tuple(self.positives[i] for i in rows),
         )
+
+    @property
+    def labelled_groups(self) -> int:
+        """Groups with at least one candidate judged relevant (0 when positives are unknown)."""
+        return sum(any(group) for group in self.positives or ())
 
 
 def recovery_data(
@@ -218,10 +237,14 @@ def recovery_data(
     excluded = set(exclude)
     base = load_beir(data_dir, chosen[0] if chosen else available[0])
     query_source: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}  # judged relevant (grade > 0), for ``positives``
     for split in chosen:
-        for query_id in load_beir(data_dir, split).split_queries:
+        split_data = load_beir(data_dir, split)
+        for query_id in split_data.split_queries:
             if query_id not in excluded and query_id not in query_source:
                 query_source[query_id] = split
+                judged = split_data.qrels.get(query_id, {})
+                relevant[query_id] = {d for d, grade in judged.items() if grade > 0}
     if pseudo is None:
         pseudo = len(query_source) if query_source else 1000
     # An excluded pseudo-query (the agreement gate's) keeps its document out of the drawing.
@@ -246,6 +269,7 @@ def recovery_data(
             q: _top_and_deep(found, candidates, seed, q) for q, found in first_stage.items()
         }
     for query_id, (_, source_doc) in drawn.items():
+        relevant[query_id] = {source_doc}
         # The document a pseudo-query came from is its natural positive: keep it.
         found = first_stage[query_id]
         if source_doc not in found:
@@ -281,7 +305,14 @@ def recovery_data(
     try:
         if isinstance(teacher, BiEncoder):
             return _bi_encoder_targets(
-                teacher, dataset, groups, query_source, identity, batch_size, show_progress_bar
+                teacher,
+                dataset,
+                groups,
+                query_source,
+                relevant,
+                identity,
+                batch_size,
+                show_progress_bar,
             )
         scored = rerank(
             teacher,
@@ -296,11 +327,12 @@ def recovery_data(
         teacher.max_length = previous_length
     width = max(len(scores) for scores in scored.values())
     targets = np.full((len(usable), width), np.nan, dtype=np.float32)
-    documents = []
+    documents, positives = [], []
     for row, query_id in enumerate(usable):
         ranked = sorted(scored[query_id].items(), key=lambda item: (-item[1], item[0]))
         targets[row, : len(ranked)] = [score for _, score in ranked]
         documents.append(tuple(dataset.document_text(doc_id) for doc_id, _ in ranked))
+        positives.append(tuple(doc_id in relevant[query_id] for doc_id, _ in ranked))
     if not np.isfinite(targets[~np.isnan(targets)]).all():
         raise RelcompError(f"the teacher {teacher.name} gave non-finite scores on recovery pairs")
     return RecoveryData(
@@ -309,6 +341,7 @@ def recovery_data(
         sources=tuple(query_source.get(q, "pseudo") for q in usable),
         teacher_scores=targets,
         identity=identity,
+        positives=tuple(positives),
     )
 
 
@@ -343,6 +376,7 @@ def _bi_encoder_targets(
     dataset: BeirDataset,
     groups: Mapping[str, Mapping[str, float]],
     query_source: Mapping[str, str],
+    relevant: Mapping[str, set[str]],
     identity: dict[str, Any],
     batch_size: int,
     show_progress_bar: bool | None,
@@ -371,4 +405,8 @@ def _bi_encoder_targets(
             corpus[[row_of[doc_id] for doc_id, _ in ranked]] for ranked in ordered
         ),
         identity=identity,
+        positives=tuple(
+            tuple(doc_id in relevant[q] for doc_id, _ in ranked)
+            for q, ranked in zip(query_ids, ordered, strict=True)
+        ),
     )

@@ -14,6 +14,11 @@ Every loss is registered under the name a user types (``--loss listwise-kl``).
   embeddings, plus KL over each query's in-batch similarity distribution (every
   document of the batch, the other queries' included), at a temperature.
 
+Beside the distillation loss, :func:`positive_nll` is the optional supervised term
+(``label_weight``): the negative log of the probability the student's softmax gives a
+query's judged-relevant candidates. It is the only signal that can carry a student
+past its teacher, so it reads judgements, from the train and dev splits only.
+
 Example:
     >>> import torch
     >>> teacher = torch.tensor([[3.0, 1.0, 0.0]])
@@ -32,7 +37,7 @@ from torch.nn import functional
 
 from relcomp.registry import Registry
 
-__all__ = ["LOSSES", "embedding_loss", "listwise_kl", "margin_mse"]
+__all__ = ["LOSSES", "embedding_loss", "listwise_kl", "margin_mse", "positive_nll"]
 
 #: Masked candidates (a group shorter than the batch's longest) get this logit.
 _MASKED = -1e4
@@ -131,3 +136,41 @@ def embedding_loss(
         temperature=temperature,
     )
     return distance + similarity_weight * divergence
+
+
+def positive_nll(
+    scores: torch.Tensor,
+    positives: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``-log`` of the softmax mass on each row's positives, mean over rows that have one.
+
+    A row (a query) with several judged-relevant candidates is satisfied by putting the
+    mass on any of them (the multi-positive InfoNCE of supervised contrastive learning),
+    so a grade-2 and a grade-1 document are not pitted against each other. Rows without
+    a positive add nothing; with none at all the result is 0 (and still has a gradient
+    path, so a batch of pseudo-queries only trains on the distillation term).
+
+    Args:
+        scores: ``(rows, candidates)`` student scores (a cross-encoder's, or a
+            bi-encoder's similarities to every document of the batch).
+        positives: ``True`` where a candidate is judged relevant to the row's query.
+        mask: ``True`` where a candidate exists; all present when ``None``.
+        temperature: divides the scores before the softmax.
+
+    Example:
+        >>> import torch
+        >>> scores = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+        >>> round(float(positive_nll(scores, torch.tensor([[True, False], [False, False]]))), 4)
+        0.1269
+    """
+    mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask
+    positives = positives & mask
+    log_probability = functional.log_softmax(_masked(scores, mask) / temperature, dim=-1)
+    on_positives = torch.logsumexp(_masked(log_probability, positives), dim=-1)
+    labelled = positives.any(dim=-1)
+    if not bool(labelled.any()):
+        return scores.sum() * 0.0
+    return -on_positives[labelled].mean()

@@ -10,6 +10,11 @@ uninterrupted run would have taken.
 With ``hidden_weight`` above 0 the loss also pulls each layer the student kept toward
 the teacher layer it came from (:mod:`relcomp.recovery.hidden`); the teacher then runs
 on every step's batch, since its hidden states are too large to cache.
+
+With ``label_weight`` above 0 the loss also adds a supervised term
+(:func:`~relcomp.recovery.losses.positive_nll`) on the groups' judged-relevant
+candidates (train/dev qrels, pseudo-queries' source documents): distillation alone can
+at best give the teacher back, judgements can carry the student past it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from relcomp.models import BiEncoder, RankingModel
 from relcomp.models.base import progress_enabled
 from relcomp.recovery.data import RecoveryData
 from relcomp.recovery.hidden import LayerOutputs, hidden_state_mse, layer_pairs
-from relcomp.recovery.losses import LOSSES, embedding_loss
+from relcomp.recovery.losses import LOSSES, embedding_loss, positive_nll
 from relcomp.recovery.quantization_aware import QuantizationAware, quantization_actions
 
 __all__ = ["CHECKPOINT_FILE", "RECOVERY_LOG_FILE", "RecoverySettings", "check_teacher", "recover"]
@@ -74,6 +79,7 @@ class RecoverySettings:
     checkpoint_every: int = 200
     hidden_weight: float = 0.0
     similarity_weight: float = 1.0
+    label_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -106,7 +112,11 @@ class RecoverySettings:
             raise RelcompError(f"held-out groups must be a whole number ≥ 0, got {self.heldout}")
         if self.loss is not None:
             LOSSES.get(self.loss)  # an unknown name fails here, naming the valid ones
-        for name, meaning in (("hidden", " (0: no hidden-state matching)"), ("similarity", "")):
+        for name, meaning in (
+            ("hidden", " (0: no hidden-state matching)"),
+            ("similarity", ""),
+            ("label", " (0: no supervised term)"),
+        ):
             weight = getattr(self, f"{name}_weight")
             if (
                 isinstance(weight, bool)
@@ -155,6 +165,7 @@ def recover(
     temperature: float | None = None,
     hidden_weight: float = 0.0,
     similarity_weight: float = 1.0,
+    label_weight: float = 0.0,
     warmup: float = 0.1,
     heldout: int | None = None,
     gate: Callable[[RankingModel], Mapping[str, float]] | None = None,
@@ -197,6 +208,13 @@ def recover(
         similarity_weight: bi-encoders: the weight of the in-batch similarity KL next
             to the embedding distance (:func:`~relcomp.recovery.losses.embedding_loss`;
             ``1 / temperature**2`` gives it an unscaled KL's gradient).
+        label_weight: above 0, the loss adds this weight times
+            :func:`~relcomp.recovery.losses.positive_nll` of the student's scores (a
+            bi-encoder's in-batch similarities) at the loss's temperature, over each
+            group's judged-relevant candidates (``data.positives``: train/dev qrels and
+            pseudo-queries' source documents; never test). The held-out groups then
+            also get ``heldout_label_nll`` at every checkpoint; ``heldout_loss`` stays
+            the distillation loss alone.
         warmup: share of the steps with a rising learning rate.
         heldout: groups kept out of training, on which the loss is measured at every
             checkpoint (0: none); by default a tenth of the groups, at most 32.
@@ -217,7 +235,8 @@ def recover(
         RelcompError: bad settings, a student that is not a torch model or is compressed
             in place, a teacher of another kind or tokenizer, data made by another teacher,
             a checkpoint in ``checkpoint_dir`` made with other settings, or (with
-            ``hidden_weight``) a student whose layers cannot be paired with the teacher's.
+            ``hidden_weight``) a student whose layers cannot be paired with the teacher's,
+            or (with ``label_weight``) data with no judged-relevant candidate.
 
     Example:
         >>> from relcomp.models import load_model
@@ -241,8 +260,14 @@ def recover(
         checkpoint_every=checkpoint_every,
         hidden_weight=hidden_weight,
         similarity_weight=similarity_weight,
+        label_weight=label_weight,
     ).for_model(student.kind)
     _check_models(student, teacher, data)
+    if settings.label_weight > 0 and not data.labelled_groups:
+        raise RelcompError(
+            "label_weight needs judged-relevant candidates, and no recovery group has one "
+            "(recovery_data marks them from the train/dev qrels and the pseudo-queries)"
+        )
     matched = layer_pairs(student, teacher) if settings.hidden_weight > 0 else ()
     if quantize is not None:
         quantization_actions(quantize, student)  # a plan it cannot simulate fails here
@@ -258,7 +283,8 @@ def recover(
         **{
             k: v
             for k, v in dataclasses.asdict(settings).items()
-            if (k, v) not in (("hidden_weight", 0.0), ("similarity_weight", 1.0))
+            if (k, v)
+            not in (("hidden_weight", 0.0), ("similarity_weight", 1.0), ("label_weight", 0.0))
         },
         "quantize": quantize.fingerprint() if quantize is not None else None,
     }
@@ -367,6 +393,7 @@ def recover(
         hidden_weight=float(settings.hidden_weight),
         hidden_layers=matched,
         similarity_weight=float(settings.similarity_weight),
+        label_weight=float(settings.label_weight),
     )
     return working, log
 
@@ -450,16 +477,17 @@ class _Trainer:
         self.loss_function = LOSSES.get(str(settings.loss))
 
     def loss(self, data: RecoveryData, rows: np.ndarray | list[int]) -> tuple[torch.Tensor, int]:
-        """``(loss, pairs scored)`` of the groups at ``rows``: distillation + weight × hidden."""
-        distillation, hidden, pairs = self.parts(data, rows)
-        if hidden is None:
-            return distillation, pairs
-        return distillation + self.settings.hidden_weight * hidden, pairs
+        """``(loss, pairs scored)`` of the groups at ``rows``: distillation + the weighted terms."""
+        parts = self.parts(data, rows)
+        value = parts.distillation
+        if parts.hidden is not None:
+            value = value + self.settings.hidden_weight * parts.hidden
+        if parts.label is not None:
+            value = value + self.settings.label_weight * parts.label
+        return value, parts.pairs
 
-    def parts(
-        self, data: RecoveryData, rows: np.ndarray | list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """``(distillation loss, hidden-state MSE or None, pairs scored)`` of the groups at ``rows``."""
+    def parts(self, data: RecoveryData, rows: np.ndarray | list[int]) -> _LossParts:
+        """The loss terms of the groups at ``rows``, each unweighted."""
         rows = [int(r) for r in rows]
         previous = self.model.max_length
         self.model.max_length = min(self.settings.max_length, previous)
@@ -488,9 +516,28 @@ class _Trainer:
         )
         return output, hidden
 
-    def _cross_encoder_loss(
-        self, data: RecoveryData, rows: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    def _label_term(
+        self, data: RecoveryData, rows: list[int], scores: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """:func:`positive_nll` of ``scores`` (rows × candidates, in ``rows``' order), if asked for."""
+        if not self.settings.label_weight or data.positives is None:
+            return None
+        positives = torch.zeros(scores.shape, dtype=torch.bool, device=self.device)
+        if isinstance(self.model, BiEncoder):  # columns: every candidate of the batch in turn
+            start = 0
+            for row, r in enumerate(rows):
+                marks = data.positives[r]
+                positives[row, start : start + len(marks)] = torch.tensor(marks)
+                start += len(marks)
+        else:
+            for row, r in enumerate(rows):
+                marks = data.positives[r]
+                positives[row, : len(marks)] = torch.tensor(marks)
+        return positive_nll(
+            scores, positives, mask, temperature=float(self.settings.temperature or 1.0)
+        )
+
+    def _cross_encoder_loss(self, data: RecoveryData, rows: list[int]) -> _LossParts:
         assert data.teacher_scores is not None
         targets = torch.as_tensor(
             data.teacher_scores[rows], dtype=torch.float32, device=self.device
@@ -507,11 +554,10 @@ class _Trainer:
         value = self.loss_function(
             student, torch.nan_to_num(targets), mask, temperature=self.settings.temperature
         )
-        return value, hidden, len(documents)
+        label = self._label_term(data, rows, student, mask)
+        return _LossParts(value, hidden, label, len(documents))
 
-    def _bi_encoder_loss(
-        self, data: RecoveryData, rows: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    def _bi_encoder_loss(self, data: RecoveryData, rows: list[int]) -> _LossParts:
         model = self.model
         assert isinstance(model, BiEncoder)
         assert (
@@ -543,23 +589,36 @@ class _Trainer:
             if query_hidden is None or document_hidden is None
             else (query_hidden + document_hidden) / 2  # queries and documents count alike
         )
-        return value, hidden, len(documents)
+        label = self._label_term(
+            data, rows, student_queries.float() @ student_documents.float().T, None
+        )
+        return _LossParts(value, hidden, label, len(documents))
 
     @torch.no_grad()
-    def heldout_losses(self, held: RecoveryData) -> tuple[float, float | None]:
-        """Mean distillation loss and (with a teacher) hidden-state MSE over the held-out groups, dropout off."""
+    def heldout_losses(self, held: RecoveryData) -> dict[str, float]:
+        """Mean of each loss term over the held-out groups, dropout off.
+
+        ``heldout_loss`` (distillation), and ``heldout_hidden_mse`` (with a teacher) and
+        ``heldout_label_nll`` (with a label weight, over the batches that have a
+        positive) when those terms are on.
+        """
         self.model.model.eval()
-        values, hidden_values, weights = [], [], []
+        terms: dict[str, list[tuple[float, int]]] = {}
         batch = max(self.settings.batch_size, 8)
         for start in range(0, len(held), batch):
             rows = list(range(start, min(start + batch, len(held))))
-            value, hidden, _ = self.parts(held, rows)
-            values.append(float(value))
-            if hidden is not None:
-                hidden_values.append(float(hidden))
-            weights.append(len(rows))
-        hidden_mean = float(np.average(hidden_values, weights=weights)) if hidden_values else None
-        return float(np.average(values, weights=weights)), hidden_mean
+            parts = self.parts(held, rows)
+            for name, value, weight in (
+                ("heldout_loss", parts.distillation, len(rows)),
+                ("heldout_hidden_mse", parts.hidden, len(rows)),
+                ("heldout_label_nll", parts.label, _labelled(held, rows)),
+            ):
+                if value is not None and weight:
+                    terms.setdefault(name, []).append((float(value), weight))
+        return {
+            name: float(np.average([v for v, _ in pairs], weights=[w for _, w in pairs]))
+            for name, pairs in terms.items()
+        }
 
     def checkpoint_entry(
         self,
@@ -569,10 +628,7 @@ class _Trainer:
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {"step": step}
         if held is not None:
-            distillation, hidden = self.heldout_losses(held)
-            entry["heldout_loss"] = round(distillation, 6)
-            if hidden is not None:
-                entry["heldout_hidden_mse"] = round(hidden, 6)
+            entry.update({k: round(v, 6) for k, v in self.heldout_losses(held).items()})
         if gate is not None:
             self.model.model.eval()
             with torch.inference_mode():
@@ -582,6 +638,21 @@ class _Trainer:
             )
         logger.info("recovery step %d: %s", step, {k: v for k, v in entry.items() if k != "step"})
         return entry
+
+
+@dataclasses.dataclass(frozen=True)
+class _LossParts:
+    """A batch's loss terms, unweighted: a term that is off is ``None``."""
+
+    distillation: torch.Tensor
+    hidden: torch.Tensor | None
+    label: torch.Tensor | None
+    pairs: int
+
+
+def _labelled(data: RecoveryData, rows: list[int]) -> int:
+    """How many of the groups at ``rows`` have a judged-relevant candidate."""
+    return sum(any(data.positives[r]) for r in rows) if data.positives is not None else 0
 
 
 def _schedule(groups: int, total: int, seed: int) -> np.ndarray:

@@ -1224,6 +1224,7 @@ def _recovery_section(page: _Page, run: CompressionRun) -> str | None:
         "split; the gate's queries left out) before it was quantized and exported.</p>"
     )
     hidden_weight = _number(log.get("hidden_weight")) or 0.0
+    label_weight = _number(log.get("label_weight")) or 0.0
     summary = _kv_table(
         [
             ["steps", _plain_value(log.get("steps"))],
@@ -1244,16 +1245,23 @@ def _recovery_section(page: _Page, run: CompressionRun) -> str | None:
                 if log.get("loss") == "embedding"
                 else []
             ),
+            [
+                "judged positives (train/dev qrels, pseudo-queries' sources)",
+                _e(f"weight {label_weight:g}") if label_weight else "off",
+            ],
         ]
     )
     checkpoints = [c for c in log.get("checkpoints") or [] if isinstance(c, Mapping)]
     losses = [v for v in log.get("losses") or [] if _number(v) is not None]
     figure = ""
     if losses or any("heldout_loss" in c for c in checkpoints):
+        terms = [f"the hidden-state term ({hidden_weight:g} × MSE)"] if hidden_weight else []
+        if label_weight:
+            terms.append(f"the judged-positives term ({label_weight:g} × NLL)")
         hidden_note = (
-            f" The training loss includes the hidden-state term ({hidden_weight:g} × MSE); "
+            f" The training loss includes {' and '.join(terms)}; "
             "the held-out loss is the distillation loss alone."
-            if hidden_weight
+            if terms
             else ""
         )
         figure = "<h3>Loss curve</h3>" + page.figure(
