@@ -523,16 +523,14 @@ class _Trainer:
         if not self.settings.label_weight or data.positives is None:
             return None
         positives = torch.zeros(scores.shape, dtype=torch.bool, device=self.device)
-        if isinstance(self.model, BiEncoder):  # columns: every candidate of the batch in turn
-            start = 0
-            for row, r in enumerate(rows):
-                marks = data.positives[r]
-                positives[row, start : start + len(marks)] = torch.tensor(marks)
+        # a cross-encoder's columns are the row's own candidates; a bi-encoder's, every
+        # candidate of the batch in turn, so a row's own start where the one before ends
+        start = 0
+        for row, r in enumerate(rows):
+            marks = data.positives[r]
+            positives[row, start : start + len(marks)] = torch.tensor(marks)
+            if isinstance(self.model, BiEncoder):
                 start += len(marks)
-        else:
-            for row, r in enumerate(rows):
-                marks = data.positives[r]
-                positives[row, : len(marks)] = torch.tensor(marks)
         return positive_nll(
             scores, positives, mask, temperature=float(self.settings.temperature or 1.0)
         )
