@@ -224,13 +224,14 @@ def test_the_readme_headlines_match_the_result_files(scripts) -> None:
         -lost(retriever_peer, d, retriever_fp32) for d in ("nfcorpus", "scifact")
     ]
     assert (
-        "all-MiniLM-L6-v2's best plan, Taylor 70 % recovered on the collection it serves and "
-        "taught its train/dev judgements "
+        "all-MiniLM-L6-v2's best plan, Taylor 70 % recovered on the collection it serves, "
+        "then trained on its train/dev judgements "
         f"({retriever_best['size_mb']:.1f} MB), runs at "
         f"{retriever_best['pairs_per_s'] / retriever_torch['pairs_per_s']:.2f}× torch fp32 and "
         f"{retriever_best['pairs_per_s'] / retriever_peer['pairs_per_s']:.2f}× the peer and "
-        f"gains {gained[0]:.2f} (p {retriever_p['nfcorpus']:.2f}) and {gained[1]:.2f} "
-        f"(p {retriever_p['scifact']:.4f}) (the peer {retriever_peer_gained[0]:+.2f} and "
+        f"gains {gained[0]:.2f} nDCG@10 points on nfcorpus (p {retriever_p['nfcorpus']:.2f}) "
+        f"and {gained[1]:.2f} on scifact (p {retriever_p['scifact']:.4f}) "
+        f"(the peer {retriever_peer_gained[0]:+.2f} and "
         f"{retriever_peer_gained[1]:+.2f}): every target met" in line
     )
 
