@@ -225,14 +225,28 @@ def test_the_recovery_table_gives_before_after_and_the_test_against_relevance(
 
 
 # -- recovery.py ---------------------------------------------------------------------------
-def test_the_recovery_benchmark_drops_layers_and_can_train_without_evaluating(
+@pytest.fixture
+def recovery_bench(
     scripts: Any, tiny_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Any, Any]:
+    """``(benchmarks/recovery.py, its teacher)``: a tiny reranker for the project's, and
+    the tiny collection for every BEIR name; any other model path loads for real."""
     bench = scripts("recovery")
     collection = write_collection(tmp_path / "collection")
     teacher = tiny_model("minilm")
-    monkeypatch.setattr(bench, "load_model", lambda path: teacher)
+    load = bench.load_model
+    monkeypatch.setattr(bench, "reranker_path", lambda: "the teacher")
+    monkeypatch.setattr(
+        bench, "load_model", lambda path: teacher if path == "the teacher" else load(path)
+    )
     monkeypatch.setattr(bench, "beir_path", lambda name: collection)
+    return bench, teacher
+
+
+def test_the_recovery_benchmark_drops_layers_and_can_train_without_evaluating(
+    recovery_bench: tuple[Any, Any], tmp_path: Path
+) -> None:
+    bench, teacher = recovery_bench
     output = tmp_path / "out.json"
     argv = ["--method", "drop-layers", "--layers-dropped", "1", "--importance", "uniform"]
     argv += ["--steps", "2", "--candidates", "4", "--pseudo", "4", "--queries", "0"]
@@ -270,17 +284,9 @@ def test_the_recovery_benchmark_refuses_negative_queries_before_any_work(
 
 
 def test_the_recovery_benchmark_continues_a_saved_student_with_the_label_term(
-    scripts: Any, tiny_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    recovery_bench: tuple[Any, Any], tmp_path: Path
 ) -> None:
-    bench = scripts("recovery")
-    collection = write_collection(tmp_path / "collection")
-    teacher = tiny_model("minilm")
-    load = bench.load_model
-    monkeypatch.setattr(bench, "reranker_path", lambda: "the teacher")
-    monkeypatch.setattr(
-        bench, "load_model", lambda path: teacher if path == "the teacher" else load(path)
-    )
-    monkeypatch.setattr(bench, "beir_path", lambda name: collection)
+    bench, _ = recovery_bench
     common = ["--steps", "2", "--candidates", "4", "--pseudo", "4", "--queries", "0"]
     common += ["--work", str(tmp_path / "work")]
     first = ["--importance", "magnitude", "--params-removed", "0.3", *common]

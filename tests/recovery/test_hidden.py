@@ -28,7 +28,6 @@ from relcomp.recovery import (
 from tests.fixtures import DOCUMENTS, QUERIES
 from tests.recovery.test_recovery import (
     interrupted_and_resumed,
-    passed_to_pipeline,
     pruned_student,
     run,
 )
@@ -263,22 +262,3 @@ def test_a_version_1_recovery_log_reads_with_no_hidden_matching() -> None:
     assert (read.hidden_weight, read.hidden_layers, read.losses) == (0.0, (), (0.3, 0.2))
     with pytest.raises(Exception, match=f"version {RecoveryLog.VERSION + 1} is not supported"):
         RecoveryLog.from_dict({**old, "version": RecoveryLog.VERSION + 1})
-
-
-def test_the_command_lines_pass_the_hidden_weight(
-    tiny_model_path: Any, collection: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = str(tiny_model_path("minilm"))
-    output = collection.parent / "out"
-    for verb, flag, name in (
-        (["recover", "--teacher", model, "--steps", "2"], "--hidden-weight", "hidden_weight"),
-        (
-            ["compress", "--budget", "0.3", "--recover", "2"],
-            "--recovery-hidden-weight",
-            "recovery_hidden_weight",
-        ),
-    ):
-        status, seen = passed_to_pipeline(
-            monkeypatch, [*verb, "-m", model, "-d", str(collection), flag, "0.5", "-o", str(output)]
-        )
-        assert status == 2 and seen[name] == 0.5, (verb, seen)

@@ -5,6 +5,7 @@ nothing to learn, and it is part of a checkpoint's and a log's identity."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,11 +20,10 @@ from relcomp.artifacts import RecoveryLog
 from relcomp.compress_flow import CompressOptions
 from relcomp.errors import RelcompError
 from relcomp.evaluation import load_beir, resolve_protocol
-from relcomp.recovery import CHECKPOINT_FILE, RecoveryData, recovery_data
+from relcomp.recovery import RecoveryData, recovery_data
 from relcomp.recovery.losses import positive_nll
 from tests.recovery.test_recovery import (
-    interrupted_and_resumed,
-    passed_to_pipeline,
+    assert_weight_in_checkpoint_identity,
     pruned_student,
     run,
 )
@@ -147,11 +147,11 @@ def test_a_label_weight_with_no_judged_candidate_is_refused_before_training(
     teacher = tiny_model("minilm")
     data = recovery_data(teacher, collection, candidates=3, pseudo=2)
     assert data.positives is not None
+    nothing_judged = tuple(tuple(False for _ in group) for group in data.positives)
     for unlabelled in (
-        RecoveryData(**{**_fields(data), "positives": None}),
-        RecoveryData(**{**_fields(data), "positives": tuple(
-            tuple(False for _ in group) for group in data.positives)}),
-    ):  # fmt: skip
+        dataclasses.replace(data, positives=None),
+        dataclasses.replace(data, positives=nothing_judged),
+    ):
         folder = tmp_path / "checkpoints"
         with pytest.raises(RelcompError, match="no recovery group has one"):
             run(pruned_student(teacher), teacher, unlabelled, label_weight=1.0,
@@ -160,44 +160,12 @@ def test_a_label_weight_with_no_judged_candidate_is_refused_before_training(
         run(pruned_student(teacher), teacher, unlabelled, steps=2)  # distillation alone is fine
 
 
-def _fields(data: RecoveryData) -> dict[str, Any]:
-    return {
-        name: getattr(data, name)
-        for name in (
-            "queries",
-            "documents",
-            "sources",
-            "teacher_scores",
-            "teacher_query_embeddings",
-            "teacher_document_embeddings",
-            "identity",
-            "positives",
-        )
-    }
-
-
 def test_the_label_weight_is_part_of_a_checkpoints_identity_only_when_not_0(
     tiny_model: Any, collection: Path, tmp_path: Path
 ) -> None:
     teacher = tiny_model("minilm", "bi-encoder")
     data = recovery_data(teacher, collection, candidates=3, pseudo=3)
-    options: dict[str, Any] = {"steps": 8, "checkpoint_every": 4, "label_weight": 0.5}
-    folder = tmp_path / "checkpoints"
-    whole, whole_log, resumed, resumed_log, saved = interrupted_and_resumed(
-        teacher, data, folder, **options
-    )
-    assert saved["identity"]["label_weight"] == 0.5
-    assert resumed_log.losses == whole_log.losses
-    for (name, a), (_, b) in zip(
-        whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    with pytest.raises(RelcompError, match=r"another recovery run.*label_weight"):
-        run(pruned_student(teacher), teacher, data, checkpoint_dir=folder,
-            **{**options, "label_weight": 0.0})  # fmt: skip
-    plain = tmp_path / "plain"
-    run(pruned_student(teacher), teacher, data, steps=4, checkpoint_every=4, checkpoint_dir=plain)
-    assert "label_weight" not in torch.load(plain / CHECKPOINT_FILE, weights_only=False)["identity"]
+    assert_weight_in_checkpoint_identity(teacher, data, tmp_path, "label_weight", 0.5, 0.0)
 
 
 def test_a_version_3_recovery_log_reads_with_a_label_weight_of_0() -> None:
@@ -209,22 +177,3 @@ def test_a_version_3_recovery_log_reads_with_a_label_weight_of_0() -> None:
     old["version"] = 3
     del old["label_weight"]
     assert RecoveryLog.from_dict(old).label_weight == 0.0
-
-
-def test_the_command_lines_pass_the_label_weight(
-    tiny_model_path: Any, collection: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = str(tiny_model_path("minilm"))
-    output = collection.parent / "out"
-    for verb, flag, name in (
-        (["recover", "--teacher", model, "--steps", "2"], "--label-weight", "label_weight"),
-        (["compress", "--budget", "0.3", "--recover", "2"], "--recovery-label-weight",
-         "recovery_label_weight"),
-    ):  # fmt: skip
-        status, seen = passed_to_pipeline(
-            monkeypatch, [*verb, "-m", model, "-d", str(collection), flag, "0.5", "-o", str(output)]
-        )
-        assert status == 2 and seen[name] == 0.5, (verb, seen)
-    with pytest.raises(ValueError, match="give --recover"):
-        CompressOptions("m", "d", ({"params_removed": 0.3},), "o",
-                        protocol=resolve_protocol("quick"), recovery_label_weight=0.5)  # fmt: skip

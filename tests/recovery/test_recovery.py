@@ -270,6 +270,61 @@ def interrupted_and_resumed(
     return whole, whole_log, resumed, resumed_log, saved
 
 
+def assert_weight_in_checkpoint_identity(
+    teacher: Any, data: Any, tmp_path: Path, name: str, value: float, default: float
+) -> None:
+    """A loss weight set to ``value`` names itself in the checkpoint, resumes to what an
+    uninterrupted run gives and refuses a checkpoint of another weight; left at its
+    ``default`` it stays out of the identity, as checkpoints made before it have it."""
+    options: dict[str, Any] = {"steps": 8, "checkpoint_every": 4, name: value}
+    folder = tmp_path / "checkpoints"
+    whole, whole_log, resumed, resumed_log, saved = interrupted_and_resumed(
+        teacher, data, folder, **options
+    )
+    assert saved["identity"][name] == value
+    assert resumed_log.losses == whole_log.losses
+    for (key, a), (_, b) in zip(
+        whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), key
+    with pytest.raises(RelcompError, match=rf"another recovery run.*{name}"):
+        run(pruned_student(teacher), teacher, data, checkpoint_dir=folder,
+            **{**options, name: default})  # fmt: skip
+    plain = tmp_path / "plain"
+    run(pruned_student(teacher), teacher, data, steps=4, checkpoint_every=4, checkpoint_dir=plain)
+    assert name not in torch.load(plain / CHECKPOINT_FILE, weights_only=False)["identity"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("hidden_weight", 0.5), ("similarity_weight", 400.0), ("label_weight", 0.5)]
+)
+def test_the_command_lines_pass_each_loss_weight(
+    tiny_model_path: Any,
+    collection: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: float,
+) -> None:
+    from relcomp.compress_flow import CompressOptions
+    from relcomp.evaluation import resolve_protocol
+
+    model = str(tiny_model_path("minilm", "bi-encoder"))
+    output = collection.parent / "out"
+    flag = name.replace("_", "-")
+    for verb, option, keyword in (
+        (["recover", "--teacher", model, "--steps", "2"], f"--{flag}", name),
+        (["compress", "--budget", "0.3", "--recover", "2"], f"--recovery-{flag}",
+         f"recovery_{name}"),
+    ):  # fmt: skip
+        argv = [*verb, "-m", model, "-d", str(collection), option, str(value), "-o", str(output)]
+        status, seen = passed_to_pipeline(monkeypatch, argv)
+        assert status == 2 and seen[keyword] == value, (verb, seen)
+    with pytest.raises(ValueError, match="give --recover"):
+        CompressOptions("m", "d", ({"params_removed": 0.3},), "o",
+                        protocol=resolve_protocol("quick"),
+                        **{f"recovery_{name}": value})  # fmt: skip
+
+
 def test_a_resumed_run_equals_an_uninterrupted_one(
     tiny_model: Any, collection: Path, tmp_path: Path
 ) -> None:

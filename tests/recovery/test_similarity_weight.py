@@ -17,11 +17,10 @@ from relcomp.artifacts import RecoveryLog
 from relcomp.compress_flow import CompressOptions
 from relcomp.errors import RelcompError
 from relcomp.evaluation import resolve_protocol
-from relcomp.recovery import CHECKPOINT_FILE, RecoveryData, recovery_data
+from relcomp.recovery import RecoveryData, recovery_data
 from relcomp.recovery.losses import embedding_loss, listwise_kl
 from tests.recovery.test_recovery import (
-    interrupted_and_resumed,
-    passed_to_pipeline,
+    assert_weight_in_checkpoint_identity,
     pruned_student,
     run,
 )
@@ -120,27 +119,7 @@ def test_the_weight_is_part_of_a_checkpoints_identity_only_when_not_the_default(
 ) -> None:
     teacher = tiny_model("minilm", "bi-encoder")
     data = recovery_data(teacher, collection, candidates=3, pseudo=3)
-    options: dict[str, Any] = {"steps": 8, "checkpoint_every": 4, "similarity_weight": 50.0}
-    folder = tmp_path / "checkpoints"
-    whole, whole_log, resumed, resumed_log, saved = interrupted_and_resumed(
-        teacher, data, folder, **options
-    )
-    assert saved["identity"]["similarity_weight"] == 50.0
-    assert resumed_log.losses == whole_log.losses
-    for (name, a), (_, b) in zip(
-        whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    with pytest.raises(RelcompError, match=r"another recovery run.*similarity_weight"):
-        run(pruned_student(teacher), teacher, data, checkpoint_dir=folder,
-            **{**options, "similarity_weight": 1.0})  # fmt: skip
-    # the default leaves the identity as checkpoints made before the option have it
-    plain = tmp_path / "plain"
-    run(pruned_student(teacher), teacher, data, steps=4, checkpoint_every=4, checkpoint_dir=plain)
-    assert (
-        "similarity_weight"
-        not in torch.load(plain / CHECKPOINT_FILE, weights_only=False)["identity"]
-    )
+    assert_weight_in_checkpoint_identity(teacher, data, tmp_path, "similarity_weight", 50.0, 1.0)
 
 
 def test_a_version_2_recovery_log_reads_with_a_similarity_weight_of_1() -> None:
@@ -156,24 +135,3 @@ def test_a_version_2_recovery_log_reads_with_a_similarity_weight_of_1() -> None:
     assert (read.similarity_weight, read.losses) == (1.0, (0.3, 0.2))
     with pytest.raises(Exception, match=f"version {RecoveryLog.VERSION + 1} is not supported"):
         RecoveryLog.from_dict({**old, "version": RecoveryLog.VERSION + 1})
-
-
-def test_the_command_lines_pass_the_similarity_weight(
-    tiny_model_path: Any, collection: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = str(tiny_model_path("minilm", "bi-encoder"))
-    output = collection.parent / "out"
-    for verb, flag, name in (
-        (["recover", "--teacher", model, "--steps", "2"], "--similarity-weight",
-         "similarity_weight"),
-        (["compress", "--budget", "0.3", "--recover", "2"], "--recovery-similarity-weight",
-         "recovery_similarity_weight"),
-    ):  # fmt: skip
-        status, seen = passed_to_pipeline(
-            monkeypatch, [*verb, "-m", model, "-d", str(collection), flag, "400", "-o", str(output)]
-        )
-        assert status == 2 and seen[name] == 400.0, (verb, seen)
-    with pytest.raises(ValueError, match="give --recover"):
-        CompressOptions("m", "d", ({"params_removed": 0.3},), "o",
-                        protocol=resolve_protocol("quick"),
-                        recovery_similarity_weight=400.0)  # fmt: skip

@@ -7,10 +7,10 @@ document's title, or one of its sentences, with that document and its BM25
 neighbours as candidates. Pseudo-queries let a collection with no train queries
 (a user's own corpus with a few judged test queries) be recovered all the same.
 
-The teacher supplies the targets. For a
-cross-encoder they are its scores of every (query, candidate) pair, computed through
-:func:`relcomp.evaluation.rerank`, so they land in the same chunked score cache as an
-evaluation and an interrupted computation resumes. For a bi-encoder they are its
+The teacher supplies the targets. For a cross-encoder they are its scores of every
+(query, candidate) pair, computed through :func:`relcomp.evaluation.rerank`, so they
+land in the same chunked score cache as an evaluation and an interrupted computation
+resumes. For a bi-encoder they are its
 query and document embeddings (the corpus' through the cached
 :func:`relcomp.evaluation.encode_corpus`).
 

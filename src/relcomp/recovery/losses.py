@@ -49,6 +49,11 @@ def _masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, scores, torch.full_like(scores, _MASKED))
 
 
+def _log_softmax(scores: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each row's log-probabilities over its present candidates, at ``temperature``."""
+    return functional.log_softmax(_masked(scores, mask) / temperature, dim=-1)
+
+
 @LOSSES.register("listwise-kl")
 def listwise_kl(
     student: torch.Tensor,
@@ -66,8 +71,8 @@ def listwise_kl(
         temperature: softens both distributions.
     """
     mask = torch.ones_like(student, dtype=torch.bool) if mask is None else mask
-    log_student = functional.log_softmax(_masked(student, mask) / temperature, dim=-1)
-    log_teacher = functional.log_softmax(_masked(teacher, mask) / temperature, dim=-1)
+    log_student = _log_softmax(student, mask, temperature)
+    log_teacher = _log_softmax(teacher, mask, temperature)
     divergence = functional.kl_div(log_student, log_teacher, log_target=True, reduction="none")
     return (divergence * mask).sum(dim=-1).mean() * temperature**2
 
@@ -168,8 +173,9 @@ def positive_nll(
     """
     mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask
     positives = positives & mask
-    log_probability = functional.log_softmax(_masked(scores, mask) / temperature, dim=-1)
-    on_positives = torch.logsumexp(_masked(log_probability, positives), dim=-1)
+    on_positives = torch.logsumexp(
+        _masked(_log_softmax(scores, mask, temperature), positives), dim=-1
+    )
     labelled = positives.any(dim=-1)
     if not bool(labelled.any()):
         return scores.sum() * 0.0
